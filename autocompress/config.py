@@ -1,0 +1,517 @@
+"""YAML -> validated, frozen specs (pydantic, ``extra="forbid"``).
+
+User input is validated here, once. Errors name the file, the field path, the bad value and what is
+allowed; :func:`format_validation_error` turns a pydantic error into such lines.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Union, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .registry import did_you_mean
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# ---------------------------------------------------------------- parameter forms
+class FloatRange(Strict):
+    low: float
+    high: float
+    step: float | None = Field(default=None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high}); swap them")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log=true needs low > 0 and no step")
+        return self
+
+
+class IntRange(Strict):
+    low: int
+    high: int
+    step: int = Field(default=1, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high}); swap them")
+        return self
+
+
+# A searched parameter is a fixed value, a list of choices or a range.
+FloatParam = Union[float, list[float], FloatRange]
+IntParam = Union[int, list[int], IntRange]
+
+
+def _values_of(p) -> list[float]:
+    if isinstance(p, (FloatRange, IntRange)):
+        return [p.low, p.high]
+    if isinstance(p, list):
+        return list(p)
+    return [p]
+
+
+def _check_nonempty(v):
+    if isinstance(v, list) and not v:
+        raise ValueError("an empty list of choices; give at least one value")
+    return v
+
+
+def _check_sparsity(v):
+    _check_nonempty(v)
+    for x in _values_of(v):
+        if not (0.0 <= x < 1.0):
+            raise ValueError(f"sparsity {x} is outside [0, 1); use e.g. 0.5 for half the channels")
+    return v
+
+
+# ---------------------------------------------------------------- search space
+class StudentSearch(Strict):
+    """Which students to try: the pruned teacher and/or family students of a smaller width/depth."""
+
+    kind: list[str] = ["pruned"]  # "pruned", "family", or a registered user builder name
+    width_mult: FloatParam = [0.25, 0.5, 0.75]
+    depth_mult: FloatParam = [0.5, 1.0]
+
+    _ne = field_validator("kind", "width_mult", "depth_mult")(_check_nonempty)
+
+    @field_validator("width_mult", "depth_mult")
+    @classmethod
+    def _positive(cls, v):
+        for x in _values_of(v):
+            if not (0 < x <= 1.0):
+                raise ValueError(f"multiplier {x} must be in (0, 1]")
+        return v
+
+
+class SparsitySearch(Strict):
+    granularity: Literal["uniform", "per_stage", "per_layer"] = "per_stage"
+    range: FloatParam = FloatRange(low=0.0, high=0.9, step=0.05)
+    layers: dict[str, FloatParam] = {}  # pattern -> fixed value or its own range (later wins)
+    exclude: list[str] = []  # patterns never pruned (the classifier never is)
+    criterion: list[str] = ["l1"]
+
+    _r = field_validator("range")(_check_sparsity)
+    _c = field_validator("criterion")(_check_nonempty)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v):
+        for p in v.values():
+            _check_sparsity(p)
+        return v
+
+
+class BitsSearch(Strict):
+    granularity: Literal["uniform", "per_stage", "per_layer"] = "uniform"
+    choices: list[Precision] = ["fp32", "int8"]
+    layers: dict[str, Precision] = {}  # fixed overrides by pattern (e.g. keep the stem in fp32)
+
+    _c = field_validator("choices")(_check_nonempty)
+
+
+class QuantSearch(Strict):
+    mode: list[Literal["static", "dynamic"]] = ["static"]
+    format: list[Literal["qdq", "qoperator"]] = ["qdq"]
+    types: list[Literal["u8s8", "s8s8"]] = ["u8s8"]
+    per_channel: list[bool] = [True]
+    calibration: list[Literal["minmax", "entropy", "percentile"]] = ["minmax"]
+
+    _c = field_validator("mode", "format", "types", "per_channel", "calibration")(_check_nonempty)
+
+
+class DistillSearch(Strict):
+    enabled: bool = True
+    epochs: IntParam = [2, 3]
+    lr: FloatParam = 0.01
+    temperature: FloatParam = 4.0
+    alpha: FloatParam = 0.9
+    batch_size: IntParam = 64
+    optimizer: list[Literal["sgd", "adam"]] = ["sgd"]
+
+    @field_validator("epochs", "batch_size")
+    @classmethod
+    def _pos_int(cls, v):
+        _check_nonempty(v)
+        for x in _values_of(v):
+            if x < 1:
+                raise ValueError(f"{x} must be >= 1")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v):
+        _check_nonempty(v)
+        for x in _values_of(v):
+            if not 0 <= x <= 1:
+                raise ValueError(f"alpha {x} must be in [0, 1]")
+        return v
+
+    @field_validator("lr", "temperature")
+    @classmethod
+    def _pos(cls, v):
+        _check_nonempty(v)
+        for x in _values_of(v):
+            if x <= 0:
+                raise ValueError(f"{x} must be > 0")
+        return v
+
+
+class SeedCandidate(Strict):
+    """A hand-picked point enqueued before the sampler runs (e.g. uniform 80% + int8)."""
+
+    student: str = "pruned"
+    sparsity: float | dict[str, float] = 0.0
+    bits: Precision = "fp32"
+    epochs: int | None = None
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sp(cls, v):
+        for x in (v.values() if isinstance(v, dict) else [v]):
+            _check_sparsity(x)
+        return v
+
+
+class SearchSpace(Strict):
+    kind: Literal["search_space"] = "search_space"
+    name: str = "custom"
+    description: str = ""
+    student: StudentSearch = StudentSearch()
+    sparsity: SparsitySearch | None = SparsitySearch()
+    bits: BitsSearch = BitsSearch()
+    quantization: QuantSearch = QuantSearch()
+    distill: DistillSearch = DistillSearch()
+    seeds: list[SeedCandidate] = []
+
+
+# ---------------------------------------------------------------- hardware profile
+class LatencySpec(Strict):
+    mode: Literal["measure", "predict"] = "measure"
+    warmup: int = Field(default=10, ge=0)
+    min_rounds: int = Field(default=5, ge=1)
+    max_rounds: int = Field(default=60, ge=1)
+    time_cap_s: float = Field(default=8.0, gt=0)
+    target_ci: float = Field(default=0.03, gt=0, lt=1)  # relative half-width of the speedup's CI
+    block_ms: float = Field(default=20.0, gt=0)  # each sample times a block of runs lasting ~this long
+    statistic: Literal["median", "mean", "p90"] = "median"
+
+    @model_validator(mode="after")
+    def _rounds(self):
+        if self.min_rounds > self.max_rounds:
+            raise ValueError(f"min_rounds ({self.min_rounds}) must be <= max_rounds ({self.max_rounds})")
+        return self
+
+
+class HardwareProfile(Strict):
+    kind: Literal["hardware_profile"] = "hardware_profile"
+    name: str = "custom"
+    description: str = ""
+    device: Literal["cpu", "cuda", "other"] = "cpu"
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    execution_provider: str = "CPUExecutionProvider"
+    provider_options: dict[str, Any] = {}
+    intra_op_threads: int = Field(default=0, ge=0)  # 0 = ONNX Runtime's default (all physical cores)
+    inter_op_threads: int = Field(default=1, ge=0)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    batch_size: int = Field(default=1, ge=1)
+    input_shape: list[int] | None = None  # C, H, W override of the data's shape
+    precisions: list[Precision] = ["fp32", "int8"]
+    int8_format: Literal["qdq", "qoperator"] | None = None  # preferred int8 format on this target
+    int8_types: Literal["u8s8", "s8s8"] | None = None
+    round_to: int | None = Field(default=None, ge=1)
+    latency: LatencySpec = LatencySpec()
+    lookup_table: str | None = None  # path (relative to the profile file) of a predict-mode table
+    ray_resource: str | None = None
+    fingerprint: dict[str, Any] = {}
+
+    @field_validator("execution_provider")
+    @classmethod
+    def _ep(cls, v):
+        if not v.endswith("ExecutionProvider"):
+            raise ValueError(
+                f"'{v}' is not an ONNX Runtime execution provider name; use e.g. CPUExecutionProvider, "
+                "CUDAExecutionProvider, TensorrtExecutionProvider"
+            )
+        return v
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v):
+        if v is not None and (len(v) != 3 or any(d <= 0 for d in v)):
+            raise ValueError(f"input_shape {v} must be [channels, height, width] with positive sizes")
+        return v
+
+    @field_validator("precisions")
+    @classmethod
+    def _prec(cls, v):
+        _check_nonempty(v)
+        if "fp32" not in v and "fp16" not in v:
+            raise ValueError("a profile must support fp32 or fp16 (the baseline runs in it)")
+        return v
+
+    @model_validator(mode="after")
+    def _predict(self):
+        if self.latency.mode == "predict" and not self.lookup_table:
+            raise ValueError("latency.mode 'predict' needs lookup_table (run `autocompress profile-device`)")
+        return self
+
+
+# ---------------------------------------------------------------- run spec
+class Objective(Strict):
+    name: Literal["accuracy", "speedup", "latency_ms", "size_mb", "params", "macs"]
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @property
+    def resolved_direction(self) -> str:
+        if self.direction:
+            return self.direction
+        return "maximize" if self.name in ("accuracy", "speedup") else "minimize"
+
+
+class Constraints(Strict):
+    max_accuracy_drop: float | None = Field(default=None, ge=0)  # percentage points vs baseline
+    min_speedup: float | None = Field(default=None, gt=0)
+    max_size_mb: float | None = Field(default=None, gt=0)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+
+
+class TeacherSpec(Strict):
+    max_epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=4, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    target_accuracy: float = Field(default=0.995, gt=0, le=1)  # stop early once reached
+
+
+class RunSpec(Strict):
+    kind: Literal["run"] = "run"
+    model: str = "mobilenet_v3_small"
+    checkpoint: str | None = None
+    trust_checkpoint: bool = False  # allow a full pickle (weights_only=False): only for files you trust
+    data: str = "digits"
+    image_size: int = Field(default=32, ge=8)
+    space: str = "default"
+    profile: str = "cpu"
+    objectives: list[Objective] = [
+        Objective(name="accuracy"),
+        Objective(name="speedup"),
+        Objective(name="size_mb"),
+    ]
+    constraints: Constraints = Constraints(max_accuracy_drop=1.0)
+    trials: int = Field(default=24, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+    sampler: str = "nsga2"
+    seed: int = 0
+    out: str | None = None
+    backend: Literal["optuna", "ray"] = "optuna"
+    storage: str | None = None
+    study: str | None = None
+    workers: int = Field(default=1, ge=1)
+    address: str | None = None
+    teacher: TeacherSpec = TeacherSpec()
+    metric: str | None = None  # "file.py:fn" / "module:fn", fn(outputs, targets) -> float
+    metric_direction: Literal["maximize", "minimize"] = "maximize"
+    early_stop: bool = True
+
+    @field_validator("objectives")
+    @classmethod
+    def _objs(cls, v):
+        names = [o.name for o in v]
+        if not v:
+            raise ValueError("at least one objective is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives repeat a name: {names}")
+        return v
+
+
+KINDS: dict[str, type[Strict]] = {
+    "search_space": SearchSpace,
+    "hardware_profile": HardwareProfile,
+    "run": RunSpec,
+}
+
+
+# ---------------------------------------------------------------- loading and errors
+def _fmt_value(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+_UNION_TAGS = {"float", "int", "str", "bool", "list[float]", "list[int]", "list[str]", "FloatRange", "IntRange",
+               "dict[str,float]", "dict[str,any]", "none"}
+_TYPE_ERRORS = {"float_type", "float_parsing", "int_type", "int_parsing", "list_type", "model_type",
+                "dict_type", "string_type", "bool_type", "bool_parsing", "model_attributes_type", "int_from_float"}
+
+
+def _submodel(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for a in get_args(annotation):
+        m = _submodel(a)
+        if m is not None:
+            return m
+    return None
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> list[str]:
+    """One line per problem: ``FILE: field.path: got VALUE; what is allowed``."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in err.errors():
+        # pydantic reports union members as extra path parts ('float', 'list[float]'...): drop them
+        parts = tuple(str(p) for p in e["loc"] if str(p) not in _UNION_TAGS and not str(p).startswith(("function-", "tagged-")))
+        groups.setdefault(parts, []).append(e)
+    lines = []
+    for parts, errs in groups.items():
+        loc = ".".join(parts) or "(top level)"
+        if any(e["type"] == "extra_forbidden" for e in errs):
+            parent = model
+            for p in parts[:-1]:
+                f = getattr(parent, "model_fields", {}).get(p)
+                parent = _submodel(getattr(f, "annotation", None))
+                if parent is None:
+                    break
+            allowed = sorted(parent.model_fields) if parent is not None else []
+            hint = did_you_mean(parts[-1], allowed) if parts else ""
+            msg = f"unknown key{hint}; allowed keys: {', '.join(allowed)}" if allowed else "unknown key"
+            lines.append(f"{source}: {loc}: {msg}")
+            continue
+        specific = [e for e in errs if e["type"] not in _TYPE_ERRORS]
+        if specific:
+            msg = "; ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in specific))
+        elif len(errs) > 1:
+            kinds = [e["msg"].removeprefix("Input should be ").removeprefix("a valid ") for e in errs]
+            msg = "expected " + " or ".join(dict.fromkeys(kinds))
+        else:
+            msg = errs[0]["msg"]
+        lines.append(f"{source}: {loc}: got {_fmt_value(errs[0].get('input'))}; {msg}")
+    return lines
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file; check the path")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: malformed YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def guess_kind(path: Path, data: dict) -> str:
+    if "kind" in data and data["kind"] in KINDS:
+        return data["kind"]
+    parent = path.resolve().parent.name
+    if parent == "search_spaces":
+        return "search_space"
+    if parent == "hardware_profiles":
+        return "hardware_profile"
+    keys = set(data)
+    if keys & {"execution_provider", "precisions", "intra_op_threads", "latency", "device"}:
+        return "hardware_profile"
+    if keys & {"model", "trials", "objectives", "constraints"}:
+        return "run"
+    return "search_space"
+
+
+def parse(model: type[Strict], data: dict, source: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(format_validation_error(e, source, model))) from None
+
+
+def validate_file(path: str | os.PathLike) -> tuple[str, list[str]]:
+    """Validate any autocompress YAML; returns (kind, problems) with one line per problem."""
+    p = Path(path)
+    try:
+        data = read_yaml(p)
+        kind = guess_kind(p, data)
+        parse(KINDS[kind], data, str(p))
+        if kind == "hardware_profile" and data.get("lookup_table"):
+            table = resolve_relative(p, data["lookup_table"])
+            if not table.is_file():
+                return kind, [f"{p}: lookup_table: got {data['lookup_table']!r}; no such file next to the profile"]
+    except ConfigError as e:
+        return "unknown", str(e).splitlines()
+    return kind, []
+
+
+def resolve_relative(base_file: Path, rel: str) -> Path:
+    q = Path(rel)
+    return q if q.is_absolute() else (base_file.resolve().parent / q)
+
+
+def _search_dirs(sub: str) -> list[Path]:
+    return [Path.cwd() / sub, REPO_ROOT / sub]
+
+
+def builtin_names(sub: str) -> list[str]:
+    names: set[str] = set()
+    for d in _search_dirs(sub):
+        if d.is_dir():
+            names.update(f.stem for f in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def find_named(name_or_path: str, sub: str, what: str) -> Path:
+    """A built-in name (``default``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"{what} file '{name_or_path}' not found; check the path")
+        return p
+    for d in _search_dirs(sub):
+        cand = d / f"{name_or_path}.yaml"
+        if cand.is_file():
+            return cand
+    names = builtin_names(sub)
+    raise ConfigError(
+        f"unknown {what} '{name_or_path}'{did_you_mean(name_or_path, names)}; "
+        f"built-in: {', '.join(names) or '(none)'}, or give a path to a YAML file"
+    )
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    p = find_named(name_or_path, "search_spaces", "search space")
+    return parse(SearchSpace, read_yaml(p), str(p))
+
+
+def load_profile(name_or_path: str) -> tuple[HardwareProfile, Path]:
+    """Returns the profile and the file it came from (lookup tables are relative to it)."""
+    p = find_named(name_or_path, "hardware_profiles", "hardware profile")
+    return parse(HardwareProfile, read_yaml(p), str(p)), p
+
+
+def load_run_spec(path: str | os.PathLike | None = None, **overrides) -> RunSpec:
+    data: dict = {}
+    source = "command line"
+    if path is not None:
+        data = read_yaml(path)
+        source = str(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return parse(RunSpec, data, source)

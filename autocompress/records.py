@@ -1,0 +1,203 @@
+"""Frozen values that flow through the engine. No torch/onnx import here.
+
+A :class:`Candidate` is one point of the search space; a :class:`TrialRecord` is what a trial produced.
+Per-layer settings are mappings from a module-name pattern to a value: an exact module name,
+``"re:<regex>"`` (``re.fullmatch`` on the module name) or ``"_default"``. When several patterns match a
+module, the one written *last* wins, so a mapping reads like a list of overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class TrialStatus(str, Enum):
+    COMPLETE = "COMPLETE"
+    INFEASIBLE = "INFEASIBLE"  # could not be built (e.g. zero channels) or violates a hard rule
+    STOPPED = "STOPPED"  # stopped early: could not reach the front or the constraints
+    FAILED = "FAILED"  # a stage raised; stage and message are recorded
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    epochs: int = 3
+    lr: float = 0.01
+    temperature: float = 4.0
+    alpha: float = 0.9
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd | adam
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How int8 layers are quantized (ONNX Runtime)."""
+
+    mode: str = "static"  # static | dynamic
+    format: str = "qdq"  # qdq | qoperator
+    types: str = "u8s8"  # u8s8 | s8s8  (activations / weights)
+    per_channel: bool = True
+    calibration: str = "minmax"  # minmax | entropy | percentile
+
+
+def _frozen_items(m: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple((str(k), v) for k, v in (m or {}).items())
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point in the search space, fully resolved.
+
+    ``sparsity`` and ``bits`` are tuples of (pattern, value) pairs so the value is hashable; use
+    :meth:`sparsity_map` / :meth:`bits_map` for dicts. Order matters: later patterns win.
+    """
+
+    student: str = "pruned"  # "pruned" or a student builder name (e.g. "resnet", "mobilenet", user:...)
+    student_args: tuple[tuple[str, Any], ...] = ()
+    sparsity: tuple[tuple[str, float], ...] = ()
+    criterion: str = "l1"
+    bits: tuple[tuple[str, str], ...] = (("_default", "fp32"),)
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    distill: DistillSpec | None = field(default_factory=DistillSpec)
+    params: tuple[tuple[str, Any], ...] = ()  # the raw searched parameters, for tables
+
+    @staticmethod
+    def make(
+        *,
+        student: str = "pruned",
+        student_args: Mapping[str, Any] | None = None,
+        sparsity: Mapping[str, float] | None = None,
+        criterion: str = "l1",
+        bits: Mapping[str, str] | None = None,
+        quant: QuantSpec | None = None,
+        distill: DistillSpec | None = DistillSpec(),
+        params: Mapping[str, Any] | None = None,
+    ) -> "Candidate":
+        return Candidate(
+            student=student,
+            student_args=_frozen_items(student_args),
+            sparsity=_frozen_items(sparsity),
+            criterion=criterion,
+            bits=_frozen_items(bits) or (("_default", "fp32"),),
+            quant=quant or QuantSpec(),
+            distill=distill,
+            params=_frozen_items(params),
+        )
+
+    def sparsity_map(self) -> dict[str, float]:
+        return dict(self.sparsity)
+
+    def bits_map(self) -> dict[str, str]:
+        return dict(self.bits)
+
+    def student_args_map(self) -> dict[str, Any]:
+        return dict(self.student_args)
+
+    def uses(self, precision: str) -> bool:
+        return any(v == precision for _, v in self.bits)
+
+    def student_key(self) -> str:
+        """Content hash of everything that determines the distilled student (not bits/quant)."""
+        return content_hash(
+            {
+                "student": self.student,
+                "student_args": self.student_args,
+                "sparsity": self.sparsity,
+                "criterion": self.criterion,
+                "distill": asdict(self.distill) if self.distill else None,
+            }
+        )
+
+    def key(self) -> str:
+        return content_hash({"student": self.student_key(), "bits": self.bits, "quant": asdict(self.quant)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "student": self.student,
+            "student_args": self.student_args_map(),
+            "sparsity": self.sparsity_map(),
+            "criterion": self.criterion,
+            "bits": self.bits_map(),
+            "quant": asdict(self.quant),
+            "distill": asdict(self.distill) if self.distill else None,
+            "params": dict(self.params),
+        }
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "Candidate":
+        return Candidate.make(
+            student=d.get("student", "pruned"),
+            student_args=d.get("student_args"),
+            sparsity=d.get("sparsity"),
+            criterion=d.get("criterion", "l1"),
+            bits=d.get("bits"),
+            quant=QuantSpec(**d["quant"]) if d.get("quant") else None,
+            distill=DistillSpec(**d["distill"]) if d.get("distill") else None,
+            params=d.get("params"),
+        )
+
+
+def content_hash(obj: Any, n: int = 16) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What a trial measured on the deployable artifact."""
+
+    accuracy: float | None = None  # primary metric (top-1 unless a user metric is set)
+    top5: float | None = None
+    accuracy_drop: float | None = None  # baseline - candidate, in percentage points
+    latency_ms: float | None = None  # median, measured or predicted
+    speedup: float | None = None  # baseline_median / candidate_median, same rounds
+    size_mb: float | None = None
+    params: int | None = None
+    macs: int | None = None
+    latency_cv: float | None = None
+    latency_mode: str | None = None  # measure | predict
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    status: TrialStatus
+    candidate: Candidate
+    metrics: Metrics = field(default_factory=Metrics)
+    stage: str | None = None  # the stage that failed / stopped
+    message: str | None = None
+    duration_s: float = 0.0
+    stage_times: tuple[tuple[str, float], ...] = ()
+    artifact: str | None = None  # path to the final ONNX model, relative to the run folder
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "status": self.status.value,
+            "candidate": self.candidate.to_dict(),
+            "metrics": asdict(self.metrics),
+            "stage": self.stage,
+            "message": self.message,
+            "duration_s": self.duration_s,
+            "stage_times": dict(self.stage_times),
+            "artifact": self.artifact,
+        }
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "TrialRecord":
+        return TrialRecord(
+            number=int(d["number"]),
+            status=TrialStatus(d["status"]),
+            candidate=Candidate.from_dict(d["candidate"]),
+            metrics=Metrics(**d.get("metrics", {})),
+            stage=d.get("stage"),
+            message=d.get("message"),
+            duration_s=float(d.get("duration_s", 0.0)),
+            stage_times=tuple((d.get("stage_times") or {}).items()),
+            artifact=d.get("artifact"),
+        )

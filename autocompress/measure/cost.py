@@ -1,0 +1,120 @@
+"""Static costs: parameters and MACs (PyTorch), file size and parameters (ONNX), peak memory (ORT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..config import HardwareProfile
+
+
+def count_params_macs(model, example_input) -> tuple[int, int]:
+    """(parameters, MACs) with Torch-Pruning's counter (one multiply-accumulate = one MAC)."""
+    import torch
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(model, example_input)
+    finally:
+        model.train(was_training)
+    return int(params), int(macs)
+
+
+def _external_files(path: Path) -> list[Path]:
+    m = onnx.load(str(path), load_external_data=False)
+    files = set()
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for e in t.external_data:
+                if e.key == "location":
+                    files.add(path.parent / e.value)
+    return sorted(files)
+
+
+def file_size_mb(path) -> float:
+    """Bytes of the .onnx file plus any external-data files it names, / 1e6."""
+    p = Path(path)
+    total = p.stat().st_size
+    for f in _external_files(p):
+        if f.is_file():
+            total += f.stat().st_size
+    return total / 1e6
+
+
+def onnx_param_count(path) -> int:
+    """Elements of all initializers (weights, biases; int8 weights count once, scales/zero points too).
+
+    Quantization parameters are scalars or per-channel vectors, a rounding error next to the weights.
+    """
+    m = onnx.load(str(path), load_external_data=False)
+    n = 0
+    for t in m.graph.initializer:
+        n += int(np.prod(t.dims)) if len(t.dims) else 1
+    for node in m.graph.node:  # weights folded into Constant nodes by some exporters
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t is not None:
+                    n += int(np.prod(a.t.dims)) if len(a.t.dims) else 1
+    return n
+
+
+_PEAK_SCRIPT = r"""
+import json, resource, sys
+import numpy as np
+from autocompress.config import HardwareProfile
+from autocompress.measure import hardware
+prof = HardwareProfile.model_validate(json.loads(sys.argv[2]))
+shape = json.loads(sys.argv[3])
+scale = 1024.0 if sys.platform != "darwin" else 1.0   # ru_maxrss: KiB on Linux, bytes on macOS
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+sess = hardware.make_session(sys.argv[1], prof)
+x = np.random.default_rng(0).standard_normal(shape).astype(hardware.input_dtype(sess))
+for _ in range(3):
+    sess.run(None, {sess.get_inputs()[0].name: x})
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+print(json.dumps({"peak_mb": (after - before) / 1e6}))
+"""
+
+
+def peak_memory_mb(path, profile: HardwareProfile, input_shape: Sequence[int], timeout: float = 120.0) -> float | None:
+    """Peak resident-memory growth (MB) of creating a session for the model and running it, or None.
+
+    ONNX Runtime has no portable peak-memory API on the CPU EP, so this measures it from outside: a fresh
+    Python process imports numpy/onnxruntime, records its peak RSS (``ru_maxrss``), creates the session as
+    the profile says, runs 3 inferences and records the peak again; the figure is the difference. It
+    includes the model's weights (as loaded and as repacked by ORT: prepacked int8/fp32 weights can double
+    them), the arena's activation buffers and the thread pool; it excludes the interpreter and libraries.
+    The figure is host memory only (a GPU EP's device memory is not seen) and is rounded by the kernel's
+    page accounting. Returns None where ``resource`` is missing (Windows) or the subprocess fails.
+    """
+    try:
+        import resource  # noqa: F401  (POSIX only)
+    except ImportError:
+        return None
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK_SCRIPT, str(path), profile.model_dump_json(), json.dumps(list(input_shape))],
+            capture_output=True, text=True, timeout=timeout, env=env,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    if out.returncode != 0:
+        return None
+    try:
+        return max(0.0, float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]))
+    except (ValueError, KeyError, IndexError):
+        return None

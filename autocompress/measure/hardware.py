@@ -1,0 +1,212 @@
+"""Hardware profiles in practice: which execution providers exist here, and ONNX Runtime sessions built
+exactly as a :class:`~autocompress.config.HardwareProfile` says.
+
+Every measurement (accuracy, latency, lookup tables) builds its sessions through :func:`make_session`,
+so a profile is the single place that decides threads, graph optimisation level and provider options.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ..config import HardwareProfile
+from ..errors import StageError, UnavailableError
+
+CPU_EP = "CPUExecutionProvider"
+
+_OPT_LEVEL = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_EXEC_MODE = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+
+# What each execution provider can run well; precisions a profile lists beyond these are dropped.
+# fp16 on the CPU EP: x86 builds of ONNX Runtime have no fp16 Conv kernel (only ARM64 builds do).
+# int8 on the CUDA EP: QDQ graphs fall back to CPU kernels node by node; only TensorRT runs them.
+_EP_PRECISIONS = {
+    CPU_EP: ("fp32", "int8"),
+    "CUDAExecutionProvider": ("fp32", "fp16"),
+    "TensorrtExecutionProvider": ("fp32", "fp16", "int8"),
+    "DmlExecutionProvider": ("fp32", "fp16"),
+    "CoreMLExecutionProvider": ("fp32", "fp16"),
+}
+
+_HINTS = {
+    "CUDAExecutionProvider": "install onnxruntime-gpu on a machine with an NVIDIA GPU",
+    "TensorrtExecutionProvider": "install onnxruntime-gpu with TensorRT on a machine with an NVIDIA GPU",
+    "OpenVINOExecutionProvider": "install onnxruntime-openvino",
+    "DmlExecutionProvider": "install onnxruntime-directml on Windows",
+}
+
+_ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def check_available(profile: HardwareProfile) -> None:
+    """Raise :class:`UnavailableError` (one line, with what to do) if the profile's EP is not here."""
+    ep = profile.execution_provider
+    have = available_providers()
+    if ep in have:
+        return
+    hint = _HINTS.get(ep, f"install an onnxruntime build that ships {ep}")
+    raise UnavailableError(
+        f"profile '{profile.name}' needs {ep}, which this onnxruntime does not have "
+        f"(available: {', '.join(have)}); {hint} or pick --profile cpu"
+    )
+
+
+def session_options(profile: HardwareProfile) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(profile.intra_op_threads)  # 0 = ORT default
+    so.inter_op_num_threads = int(profile.inter_op_threads)
+    so.graph_optimization_level = _OPT_LEVEL[profile.graph_optimization_level]
+    so.execution_mode = _EXEC_MODE[profile.execution_mode]
+    so.log_severity_level = 3  # errors only: no warnings about unused initializers etc.
+    return so
+
+
+def make_session(path: str | os.PathLike | bytes, profile: HardwareProfile) -> ort.InferenceSession:
+    """An InferenceSession on the profile's EP (CPU fallback only for non-CPU EPs)."""
+    check_available(profile)
+    ep = profile.execution_provider
+    providers: list = [(ep, dict(profile.provider_options))]
+    if ep != CPU_EP:
+        providers.append(CPU_EP)
+    src = path if isinstance(path, bytes) else str(path)
+    if not isinstance(path, bytes) and not Path(src).is_file():
+        raise StageError("session", f"ONNX model '{src}' not found")
+    try:
+        sess = ort.InferenceSession(src, sess_options=session_options(profile), providers=providers)
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
+        name = "<bytes>" if isinstance(path, bytes) else Path(src).name
+        raise StageError("session", f"ONNX Runtime could not load {name}: {_one_line(e)}") from None
+    got = sess.get_providers()
+    if got and got[0] != ep:
+        raise UnavailableError(
+            f"profile '{profile.name}': {ep} failed to initialise and ONNX Runtime fell back to {got[0]}; "
+            "check the driver/CUDA install or pick --profile cpu"
+        )
+    return sess
+
+
+def input_shape_for(profile: HardwareProfile, data_shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """(batch, C, H, W): the profile's batch and, when given, its input_shape override of the data's."""
+    chw = tuple(profile.input_shape) if profile.input_shape else tuple(data_shape)
+    if len(chw) != 3:
+        raise StageError("input", f"data shape {tuple(data_shape)} is not (channels, height, width)")
+    return (int(profile.batch_size), int(chw[0]), int(chw[1]), int(chw[2]))
+
+
+def supported_precisions(profile: HardwareProfile) -> list[str]:
+    """The profile's precisions that its EP can actually run (unknown EPs: trusted as written)."""
+    ok = _EP_PRECISIONS.get(profile.execution_provider)
+    if ok is None:
+        return list(profile.precisions)
+    return [p for p in profile.precisions if p in ok]
+
+
+def input_dtype(session: ort.InferenceSession) -> np.dtype:
+    t = session.get_inputs()[0].type
+    return np.dtype(_ORT_TO_NUMPY.get(t, np.float32))
+
+
+def check_input_shape(session: ort.InferenceSession, shape: Sequence[int], stage: str, what: str = "model") -> None:
+    """StageError naming the expected vs the given shape when a fixed dimension disagrees."""
+    inp = session.get_inputs()[0]
+    want = list(inp.shape)
+    given = tuple(int(d) for d in shape)
+    bad = len(want) != len(given) or any(isinstance(w, int) and w > 0 and w != g for w, g in zip(want, given))
+    if bad:
+        shown = "[" + ", ".join(str(w) if isinstance(w, int) else f"{w}" for w in want) + "]"
+        raise StageError(
+            stage, f"{what} expects input '{inp.name}' of shape {shown}, given {list(given)}; "
+            "check the profile's batch_size/input_shape and the data's image size"
+        )
+
+
+def _one_line(e: BaseException) -> str:
+    s = " ".join(str(e).split())
+    return s if len(s) <= 300 else s[:297] + "..."
+
+
+# ---------------------------------------------------------------- fingerprint
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and model in ("", platform.machine(), platform.processor()):
+            model = val.strip()
+        elif key in ("flags", "features") and not flags:
+            have = set(val.split())
+            flags = [f for f in _FLAGS if f in have]
+    return model, flags
+
+
+def _ram_gb() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def load_average() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def fingerprint() -> dict:
+    """What this machine and software stack are: written beside every result and lookup table."""
+    model, flags = _cpuinfo()
+    return {
+        "cpu": model,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "ram_gb": _ram_gb(),
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "torch": _version("torch"),
+        "onnxruntime": ort.__version__,
+        "onnx": _version("onnx"),
+        "optuna": _version("optuna"),
+        "providers": available_providers(),
+        "load_avg_1m": load_average(),
+    }

@@ -1,0 +1,190 @@
+"""The teacher: loaded from a checkpoint, or trained from scratch once and cached by content hash."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import TeacherSpec
+from ..data import DataBundle
+from ..records import content_hash
+from .loader import ModelInfo, architecture_signature, load_checkpoint, resolve_model
+
+
+@dataclass(frozen=True)
+class Teacher:
+    model: nn.Module  # eval mode, CPU
+    info: ModelInfo
+    val_accuracy: float  # 0..1, measured in torch on data.x_val
+    source: str  # "checkpoint:<path>" | "trained" | "cache:<path>"
+    epochs: int
+    train_seconds: float
+
+
+def cache_dir_default() -> Path:
+    env = os.environ.get("AUTOCOMPRESS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "autocompress"
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy (0..1) in eval mode."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (edge padding): light, label-safe augmentation."""
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]  # n,1,h,1
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :]  # n,1,1,w
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def teacher_key(spec: str, model: nn.Module, data: DataBundle, train: TeacherSpec, seed: int) -> str:
+    return content_hash(
+        {
+            "spec": spec,
+            "arch": architecture_signature(model),
+            "data": data.fingerprint,
+            "train": train.model_dump(),
+            "seed": seed,
+            "torch": torch.__version__,
+        }
+    )
+
+
+def train_teacher(model: nn.Module, data: DataBundle, train: TeacherSpec, seed: int, name: str,
+                  log: Callable[[str], None] = print) -> tuple[float, int, int]:
+    """Train in place (SGD + nesterov, warm-up then cosine, early stop); keeps the best epoch.
+
+    Returns (best val accuracy, epochs run, best epoch).
+    """
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    n = len(data.x_train)
+    bs = min(train.batch_size, n)
+    steps = n // bs + (1 if n % bs >= 2 else 0)  # drop a lone trailing sample: it breaks BatchNorm
+    total = steps * train.max_epochs
+    warm = min(steps, total // 10 + 1)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=train.lr, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+    )
+    shift = max(1, data.input_shape[1] // 16)
+    best_acc, best_epoch, best_state, epoch = -1.0, 0, None, 0
+    for epoch in range(1, train.max_epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        loss_sum, seen = 0.0, 0
+        for i in range(steps):
+            idx = perm[i * bs : (i + 1) * bs]
+            xb = random_shift(data.x_train[idx], shift, g)
+            loss = F.cross_entropy(model(xb), data.y_train[idx], label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        acc = evaluate(model, data.x_val, data.y_val)
+        log(f"teacher {name}: epoch {epoch}/{train.max_epochs} loss {loss_sum / max(1, seen):.4f} "
+            f"val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s)")
+        if acc > best_acc:
+            best_acc, best_epoch, best_state = acc, epoch, copy.deepcopy(model.state_dict())
+        if acc >= train.target_accuracy or epoch - best_epoch >= train.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return best_acc, epoch, best_epoch
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def get_teacher(
+    spec: str,
+    data: DataBundle,
+    *,
+    checkpoint: str | None = None,
+    trust_checkpoint: bool = False,
+    train: TeacherSpec = TeacherSpec(),
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Teacher:
+    """Load the teacher from ``checkpoint``, else from the cache, else train it once and cache it."""
+    torch.manual_seed(seed)  # zoo/user models are initialised from this seed
+    model, info = resolve_model(spec, data.num_classes, data.input_shape)
+    if checkpoint:
+        load_checkpoint(model, checkpoint, trust=trust_checkpoint)
+        model.eval()
+        acc = evaluate(model, data.x_val, data.y_val)
+        log(f"teacher {info.name}: loaded checkpoint {checkpoint}; val accuracy {acc:.4f}")
+        return Teacher(model, info, acc, f"checkpoint:{checkpoint}", 0, 0.0)
+
+    path = Path(cache_dir or cache_dir_default()) / "teachers" / f"{teacher_key(spec, model, data, train, seed)}.pt"
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(blob["state_dict"])
+        except Exception as e:  # noqa: BLE001 - a broken cache entry is retrained, not fatal
+            log(f"teacher {info.name}: cache entry {path} unreadable ({type(e).__name__}); retraining")
+        else:
+            model.eval()
+            acc = evaluate(model, data.x_val, data.y_val)
+            log(f"teacher {info.name}: from cache {path}; val accuracy {acc:.4f}")
+            return Teacher(model, info, acc, f"cache:{path}", int(blob.get("epochs", 0)),
+                           float(blob.get("train_seconds", 0.0)))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cpu_count())
+    t0 = time.perf_counter()
+    try:
+        acc, epochs, best = train_teacher(model, data, train, seed, info.name, log)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    _atomic_save({"state_dict": model.state_dict(), "val_accuracy": acc, "epochs": epochs,
+                  "train_seconds": seconds, "spec": spec, "data": data.fingerprint}, path)
+    log(f"teacher {info.name}: val accuracy {acc:.4f} (best epoch {best} of {epochs}) in {seconds:.1f}s; "
+        f"cached at {path}")
+    return Teacher(model, info, acc, "trained", epochs, seconds)

@@ -1,0 +1,52 @@
+"""Shared fixtures: small, real components (no mocks, no downloads)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TINY_CNN_SOURCE = textwrap.dedent(
+    """
+    import torch.nn as nn
+
+
+    def tiny_cnn(num_classes=10, in_channels=3, width=16):
+        return nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
+        )
+
+
+    def tiny_student(num_classes, input_shape, width=8):
+        return tiny_cnn(num_classes, input_shape[0], width)
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The bundled scikit-learn digits at 16x16 (3 channels), loaded once per session."""
+    from autocompress.data import load_data
+
+    return load_data("digits", image_size=16)
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    """An empty autocompress cache folder (AUTOCOMPRESS_CACHE points at it)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path) -> Path:
+    """A user model file with ``tiny_cnn()`` (10 classes, 3 channels) and ``tiny_student(nc, shape, width)``."""
+    path = tmp_path / "tiny_models.py"
+    path.write_text(TINY_CNN_SOURCE)
+    return path

@@ -174,6 +174,8 @@ class TrialRecord:
     duration_s: float = 0.0
     stage_times: tuple[tuple[str, float], ...] = ()
     artifact: str | None = None  # path to the final ONNX model, relative to the run folder
+    kd_history: tuple[float, ...] = ()  # validation accuracy after each distillation epoch (torch)
+    worker: str | None = None  # host:pid of the process that ran it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,6 +188,8 @@ class TrialRecord:
             "duration_s": self.duration_s,
             "stage_times": dict(self.stage_times),
             "artifact": self.artifact,
+            "kd_history": list(self.kd_history),
+            "worker": self.worker,
         }
 
     @staticmethod
@@ -200,4 +204,6 @@ class TrialRecord:
             duration_s=float(d.get("duration_s", 0.0)),
             stage_times=tuple((d.get("stage_times") or {}).items()),
             artifact=d.get("artifact"),
+            kd_history=tuple(d.get("kd_history") or ()),
+            worker=d.get("worker"),
         )

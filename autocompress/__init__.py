@@ -1,0 +1,51 @@
+"""autocompress: automated, hardware-aware model compression search.
+
+Python API::
+
+    import autocompress
+    result = autocompress.compress("resnet18", "digits", space="default", profile="cpu", trials=24)
+    result.front            # pandas DataFrame of the Pareto front
+    result.model_paths()    # ONNX files of the front
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+from .config import RunSpec, load_profile, load_space  # noqa: E402
+from .errors import AutocompressError, ConfigError, InfeasibleCandidate, StageError  # noqa: E402
+
+
+def compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space: str = "default", profile: str = "cpu",
+             trials: int = 24, out: str | Path | None = None, log=None, **options):
+    """Run a search and return a RunResult (``.front`` DataFrame, ``.model_paths()``, ``.report``).
+
+    ``model`` is a zoo name, ``"file.py:fn"``/``"module:fn"``, or an ``nn.Module`` instance (used as the
+    teacher as is: give its trained weights). Other options are RunSpec fields (``checkpoint``,
+    ``constraints={"max_accuracy_drop": 1.0}``, ``sampler``, ``seed``, ``timeout``, ...).
+    """
+    from .config import parse
+    from .engine import run
+
+    if not isinstance(model, str):
+        from .models.loader import register_instance
+
+        model = register_instance(model)
+    spec = parse(RunSpec, {"model": model, "data": data, "space": space, "profile": profile, "trials": trials,
+                           "out": str(out) if out else None, **options}, "compress()")
+    kwargs = {"log": log} if log else {}
+    return run(spec, **kwargs)
+
+
+def pareto_front(run_dir: str | Path):
+    """The Pareto front of a run folder as a DataFrame (rebuilt from its stored trials)."""
+    from .report import finalize
+
+    return finalize(Path(run_dir), log=lambda s: None).front
+
+
+__all__ = ["compress", "pareto_front", "load_space", "load_profile", "RunSpec", "AutocompressError",
+           "ConfigError", "StageError", "InfeasibleCandidate"]

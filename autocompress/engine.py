@@ -1,0 +1,369 @@
+"""The run: validate -> data -> teacher -> baseline -> ask/run_trial/store/tell -> results.
+
+``run(spec)`` starts or continues a run in its folder; ``resume(dir)`` continues one from its run.yaml;
+``join(storage, study)`` runs trials of an existing study as one more worker. Every finished trial is
+appended to ``trials.jsonl`` (fsync) and stored on the Optuna trial before the next one starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import REPO_ROOT, HardwareProfile, RunSpec, SearchSpace, load_profile, load_space, parse
+from .errors import ConfigError, UnavailableError
+from .records import TrialRecord, TrialStatus
+from .store import RunStore, merge_records, package_versions
+from .trial import Baseline, EarlyStopper, TrialContext, feasibility, run_trial
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the finished trials are saved; the CLI prints how to resume and exits 130."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    records: list[TrialRecord]
+    front: Any  # pandas DataFrame
+    report: Path | None
+    baseline: Baseline
+
+    @property
+    def pareto(self):
+        return self.front
+
+    def model_paths(self) -> list[Path]:
+        return [self.run_dir / p for p in self.front["model"].tolist()] if len(self.front) else []
+
+
+def default_run_dir(spec: RunSpec) -> Path:
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.model.split(":")[0]).stem)
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.data).stem)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path.cwd() / "results" if (Path.cwd() / "results").is_dir() or Path.cwd() != REPO_ROOT else REPO_ROOT / "results"
+    return base / f"{model}-{data}-{stamp}"
+
+
+def study_name(spec: RunSpec, run_dir: Path) -> str:
+    return spec.study or f"autocompress-{run_dir.name}"
+
+
+# ---------------------------------------------------------------------------- set-up
+@dataclass
+class Prepared:
+    spec: RunSpec
+    space: SearchSpace
+    profile: HardwareProfile
+    ctx: TrialContext
+    groups: dict[str, list[str]]
+    layer_names: list[str]
+    store: RunStore
+
+
+def _log_default(msg: str) -> None:
+    from rich.console import Console
+
+    Console(highlight=False, soft_wrap=True).print(msg)
+
+
+def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_default, shared_baseline: dict | None = None) -> Prepared:
+    import torch
+
+    from .compress.distill import compute_logits
+    from .compress.export import export_onnx
+    from .compress.prune import resolve_ratios, stage_groups
+    from .data import load_data
+    from .measure.accuracy import evaluate_onnx, load_metric
+    from .measure.cost import count_params_macs, file_size_mb
+    from .measure.hardware import check_available, input_shape_for
+    from .measure.latency import measure_latency
+    from .models.teacher import get_teacher
+
+    space = load_space(spec.space)
+    profile, profile_path = load_profile(spec.profile)
+    from .space import allowed_precisions
+
+    allowed_precisions(space, profile)
+    table = None
+    if profile.latency.mode == "measure":
+        check_available(profile)
+    else:
+        from .measure.predict import load_table
+
+        table = load_table(profile, profile_path)
+    metric = load_metric(spec.metric) if spec.metric else None
+    store = RunStore(run_dir)
+    store.create()
+    torch.manual_seed(spec.seed)
+
+    data = load_data(spec.data, image_size=spec.image_size, seed=spec.seed)
+    log(f"data: {spec.data}: {len(data.y_train)} train / {len(data.y_val)} val, {data.num_classes} classes, input {tuple(data.input_shape)}")
+    teacher = get_teacher(spec.model, data, checkpoint=spec.checkpoint, trust_checkpoint=spec.trust_checkpoint,
+                          train=spec.teacher, seed=spec.seed, log=log)
+    log(f"teacher: {teacher.info.name} ({teacher.source}), val accuracy {teacher.val_accuracy:.2%} (PyTorch)")
+    shape4 = input_shape_for(profile, tuple(data.input_shape))
+    input_shape = tuple(shape4[1:])
+    if input_shape != tuple(data.input_shape):
+        raise ConfigError(f"profile '{profile.name}' sets input_shape {list(input_shape)} but the data is {list(data.input_shape)}; "
+                          "remove input_shape from the profile or set --image-size to match")
+
+    base_path = store.models_dir / "baseline.onnx"
+    example = torch.zeros(1, *data.input_shape)
+    saved = shared_baseline or store.read_baseline()
+    if saved and base_path.is_file() and saved.get("teacher_fingerprint") == _teacher_fp(teacher):
+        baseline = Baseline(**{k: v for k, v in saved.items() if k in Baseline.__dataclass_fields__})
+        baseline = Baseline(**{**baseline.__dict__, "path": base_path})
+        log(f"baseline: reused ({baseline.accuracy:.2%}, {baseline.latency_ms:.3f} ms, {baseline.size_mb:.2f} MB)")
+    else:
+        export_onnx(teacher.model, example, base_path)
+        acc = evaluate_onnx(base_path, data.x_val.numpy(), data.y_val.numpy(), metric=metric)
+        lat = measure_latency(base_path, profile, input_shape, seed=spec.seed)
+        predicted = None
+        if table is not None:
+            from .measure.predict import predict_latency
+
+            predicted = predict_latency(base_path, profile, table, input_shape)
+        params, macs = count_params_macs(teacher.model, example)
+        baseline = Baseline(
+            path=base_path, accuracy=acc.metric if acc.metric is not None else acc.top1, top5=acc.top5,
+            latency_ms=lat.median_ms, latency_cv=lat.cv, size_mb=file_size_mb(base_path), params=params, macs=macs,
+            predicted_ms=predicted,
+        )
+        store.write_baseline({**baseline.to_dict(), "teacher_fingerprint": _teacher_fp(teacher),
+                              "teacher_source": teacher.source, "load_avg": lat.load_avg})
+        log(f"baseline (fp32 ONNX, {profile.name}): accuracy {baseline.accuracy:.2%}, latency {baseline.latency_ms:.3f} ms "
+            f"(CV {lat.cv:.0%}), {baseline.size_mb:.2f} MB, {params / 1e6:.2f} M params, {macs / 1e6:.1f} M MACs")
+
+    t = time.perf_counter()
+    logits = compute_logits(teacher.model, data.x_train)
+    log(f"teacher logits: {len(logits)} samples in {time.perf_counter() - t:.1f} s (computed once, shared by every candidate)")
+
+    groups = stage_groups(teacher.model)
+    exclude = tuple(space.sparsity.exclude) if space.sparsity is not None else ()
+    layer_names = list(resolve_ratios(teacher.model, {"_default": 0.0}, exclude=exclude))
+    target = None
+    if spec.constraints.max_accuracy_drop is not None:
+        scale = 1.0 if metric is not None else 100.0
+        target = baseline.accuracy - spec.constraints.max_accuracy_drop / scale
+    stopper = EarlyStopper(target=target, num_classes=data.num_classes) if spec.early_stop else None
+    ctx = TrialContext(
+        run_dir=run_dir, data=data, teacher=teacher, teacher_logits=logits, profile=profile, space=space,
+        baseline=baseline, input_shape=input_shape, constraints=spec.constraints, seed=spec.seed, metric=metric,
+        metric_direction=spec.metric_direction, lookup_table=table, early_stopper=stopper, log=log,
+    )
+    return Prepared(spec, space, profile, ctx, groups, layer_names, store)
+
+
+def _teacher_fp(teacher) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(teacher.model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- the loop
+def _summary_line(rec: TrialRecord, done: int, budget: int, best: str) -> str:
+    m = rec.metrics
+    head = f"[{done}/{budget}] trial {rec.number}"
+    if rec.status == TrialStatus.COMPLETE:
+        body = (f"[green]COMPLETE[/] acc {m.accuracy:.2%} (drop {m.accuracy_drop:+.2f}) speedup {m.speedup:.2f}x "
+                f"{m.size_mb:.2f} MB")
+    else:
+        colour = {"STOPPED": "yellow", "INFEASIBLE": "magenta", "FAILED": "red"}[rec.status.value]
+        body = f"[{colour}]{rec.status.value}[/] at {rec.stage}: {rec.message}"
+    return f"{head} {body} ({rec.duration_s:.0f} s){best}"
+
+
+def _best_so_far(records: list[TrialRecord], spec: RunSpec) -> str:
+    ok = [r for r in records if r.status == TrialStatus.COMPLETE and all(v <= 0 for v in feasibility(r.metrics, spec.constraints))]
+    if not ok:
+        return ""
+    fast = max(ok, key=lambda r: r.metrics.speedup or 0)
+    small = min(ok, key=lambda r: r.metrics.size_mb or 1e9)
+    return f" | best feasible: {fast.metrics.speedup:.1f}x, {small.metrics.size_mb:.2f} MB"
+
+
+def search(prep: Prepared, backend, *, deadline: float | None, log: Callable[[str], None] = _log_default,
+           progress: bool = True) -> None:
+    from .space import sample_candidate
+
+    spec, store = prep.spec, prep.store
+    records = merge_records(store.records(), backend.records())
+    if prep.ctx.early_stopper is not None:
+        for r in records:
+            if r.status == TrialStatus.COMPLETE and r.kd_history:
+                prep.ctx.early_stopper.observe(r.kd_history, r.metrics.accuracy)
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            log(f"time budget reached (--timeout {spec.timeout:.0f} s): stopping after {backend.finished()} trials")
+            break
+        asked = backend.ask()
+        if asked is None:
+            break
+        handle, suggest, number = asked
+        try:
+            try:
+                cand = sample_candidate(suggest, prep.space, prep.profile, prep.groups, prep.layer_names)
+            except ConfigError:
+                backend.discard(handle)
+                raise
+            log(f"trial {number}: {_describe(cand)}")
+            rec = run_trial(number, cand, prep.ctx)
+        except KeyboardInterrupt:
+            backend.discard(handle)
+            raise
+        store.append(rec)  # on disk first: the backend may be a remote database
+        backend.tell(handle, rec, feasibility(rec.metrics, spec.constraints))
+        records.append(rec)
+        log(_summary_line(rec, backend.finished(), backend.budget, _best_so_far(records, spec)))
+
+
+def _describe(c) -> str:
+    parts = [c.student]
+    sp = c.sparsity_map()
+    if sp:
+        vals = sorted(set(round(v, 2) for v in sp.values()))
+        parts.append(f"sparsity {vals[0]:.2f}" if len(vals) == 1 else f"sparsity {min(vals):.2f}-{max(vals):.2f}")
+    if c.student_args:
+        parts.append(", ".join(f"{k}={v}" for k, v in c.student_args))
+    bits = sorted(set(c.bits_map().values()))
+    parts.append("/".join(bits) + (f" ({c.quant.format} {c.quant.types})" if "int8" in bits else ""))
+    if c.distill:
+        parts.append(f"KD {c.distill.epochs} ep")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------- entry points
+def _resolved(spec: RunSpec, run_dir: Path, url: str, name: str) -> dict:
+    d = spec.model_dump(mode="json")
+    d.update(out=str(run_dir), storage=url, study=name)
+    return d
+
+
+def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: bool = False) -> RunResult:
+    from .measure.hardware import fingerprint
+    from .report import finalize
+    from .search.optuna_backend import OptunaBackend, storage_url
+
+    run_dir = Path(spec.out).resolve() if spec.out else default_run_dir(spec)
+    store = RunStore(run_dir)
+    if run_dir.exists():
+        store.check_version()
+    store.create()
+    store.acquire_lock()
+    try:
+        url = storage_url(spec.storage, run_dir)
+        name = study_name(spec, run_dir)
+        store.write_run_yaml(_resolved(spec, run_dir, url, name), {
+            "versions": package_versions(), "machine": fingerprint(), "started": datetime.now().isoformat(timespec="seconds"),
+        })
+        log(f"run folder: {run_dir}")
+        if spec.backend == "ray":
+            from .search.ray_backend import run_on_ray
+
+            run_on_ray(spec, run_dir, url, name, log=log)
+        else:
+            deadline = time.time() + spec.timeout if spec.timeout else None
+            prep = prepare(spec, run_dir, log=log)
+            cons_len = len(feasibility(_dummy_metrics(), spec.constraints))
+            backend = OptunaBackend.open(url=url, study_name=name, objectives=spec.objectives, sampler=spec.sampler,
+                                         seed=spec.seed, budget=spec.trials, constraints_len=cons_len)
+            backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
+            backend.study.set_user_attr("baseline", store.read_baseline())
+            n_stale = backend.fail_stale(all_running=resume)
+            if n_stale:
+                log(f"resume: {n_stale} trial(s) interrupted by the last stop will be redone")
+            if not backend.study.user_attrs.get("seeded"):
+                from .space import seed_params
+
+                backend.enqueue([seed_params(s, prep.space, prep.groups) for s in prep.space.seeds])
+                backend.study.set_user_attr("seeded", True)
+            done = backend.finished()
+            if done:
+                log(f"resuming: {done} finished trial(s) kept, {max(0, spec.trials - done)} to go")
+            _with_sigint(lambda: search(prep, backend, deadline=deadline, log=log), run_dir)
+        return finalize(run_dir, log=log)
+    finally:
+        store.release_lock()
+
+
+def _dummy_metrics():
+    from .records import Metrics
+
+    return Metrics()
+
+
+def _with_sigint(fn: Callable[[], None], run_dir: Path) -> None:
+    """Ctrl-C: finish writing what is finished, then raise Interrupted (exit 130 in the CLI)."""
+    prev = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        fn()
+    except KeyboardInterrupt:
+        from .report import finalize
+
+        try:
+            finalize(run_dir, log=lambda s: None)
+        except Exception:
+            pass
+        raise Interrupted(run_dir) from None
+    finally:
+        signal.signal(signal.SIGINT, prev)
+
+
+def resume(run_dir: str | os.PathLike, *, log: Callable[[str], None] = _log_default, trials: int | None = None) -> RunResult:
+    store = RunStore(run_dir)
+    meta = store.read_run_yaml()
+    spec_d = dict(meta["spec"])
+    if trials is not None:
+        spec_d["trials"] = trials
+    spec = parse(RunSpec, spec_d, str(store.run_yaml))
+    return run(spec, log=log, resume=True)
+
+
+def join(storage: str, study: str, *, out: str | None = None, log: Callable[[str], None] = _log_default) -> RunResult:
+    """One more worker on an existing study (any machine that reaches the database)."""
+    from .report import finalize
+    from .search.optuna_backend import OptunaBackend, open_storage
+
+    import optuna
+
+    try:
+        st = optuna.load_study(study_name=study, storage=open_storage(storage))
+    except KeyError:
+        raise ConfigError(f"no study '{study}' in {storage}; start it with `autocompress run --storage ... --study {study}`") from None
+    spec_d = st.user_attrs.get("run_spec")
+    if not spec_d:
+        raise ConfigError(f"study '{study}' was not created by autocompress run (no run_spec); start it with `autocompress run`")
+    run_dir = Path(out) if out else Path(spec_d["out"]).with_name(Path(spec_d["out"]).name + f"-worker-{socket.gethostname()}-{os.getpid()}")
+    spec_d = {**spec_d, "out": str(run_dir), "storage": storage, "study": study}
+    spec = parse(RunSpec, spec_d, f"study {study}")
+    store = RunStore(run_dir)
+    store.create()
+    store.write_run_yaml(spec_d, {"versions": package_versions(), "worker_of": study})
+    prep = prepare(spec, run_dir, log=log, shared_baseline=None)
+    if st.user_attrs.get("baseline"):
+        # every worker scores accuracy against the same baseline; speedups are measured locally, interleaved
+        b = st.user_attrs["baseline"]
+        prep.ctx.baseline = Baseline(**{**prep.ctx.baseline.__dict__, "accuracy": b["accuracy"], "top5": b.get("top5")})
+    backend = OptunaBackend.open(url=storage, study_name=study, objectives=spec.objectives, sampler=spec.sampler,
+                                 seed=spec.seed + os.getpid(), budget=spec.trials,
+                                 constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)), create=False)
+    backend.fail_stale()
+    _with_sigint(lambda: search(prep, backend, deadline=None, log=log), run_dir)
+    return finalize(run_dir, log=log, backend=backend)

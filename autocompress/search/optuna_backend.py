@@ -1,0 +1,197 @@
+"""Optuna as the search backend: samplers by name, RDB/journal storage, ask/tell, an exact trial budget.
+
+* Samplers: ``nsga2`` (default), ``tpe`` (multi-objective TPE), ``random``, ``nsga3``, ``gp``, or any
+  class in ``optuna.samplers`` by its name; all seeded; constraints passed to those that take them, so
+  infeasible trials never sit on their fronts.
+* Storage: SQLite in the run folder by default; any RDB URL (PostgreSQL, MySQL), or a journal file
+  (``journal:///path/file.log``) for several processes on one machine.
+* Budget: a trial whose number shows that the budget was already claimed by other workers is discarded
+  before it runs, so N workers never overshoot or duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import ConfigError
+from ..records import TrialRecord, TrialStatus
+from ..registry import Registry
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+logging.getLogger("optuna").setLevel(logging.WARNING)
+
+RECORD_ATTR = "record"
+CONSTRAINTS_ATTR = "constraints"
+DISCARDED_ATTR = "discarded"
+
+SAMPLERS: Registry = Registry("sampler")
+
+
+def _constraints(ft: optuna.trial.FrozenTrial) -> Sequence[float]:
+    return ft.user_attrs.get(CONSTRAINTS_ATTR, [])
+
+
+SAMPLERS.register("nsga2", lambda seed, n, cons: optuna.samplers.NSGAIISampler(
+    seed=seed, population_size=max(6, min(50, n // 4)), constraints_func=cons))
+SAMPLERS.register("nsga3", lambda seed, n, cons: optuna.samplers.NSGAIIISampler(
+    seed=seed, population_size=max(6, min(50, n // 4)), constraints_func=cons))
+SAMPLERS.register("tpe", lambda seed, n, cons: optuna.samplers.TPESampler(
+    seed=seed, n_startup_trials=max(5, min(10, n // 4)), multivariate=True, constraints_func=cons))
+SAMPLERS.register("random", lambda seed, n, cons: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.register("gp", lambda seed, n, cons: optuna.samplers.GPSampler(seed=seed, constraints_func=cons))
+
+
+def make_sampler(name: str, seed: int, n_trials: int, with_constraints: bool) -> optuna.samplers.BaseSampler:
+    cons = _constraints if with_constraints else None
+    if name in SAMPLERS:
+        return SAMPLERS.get(name)(seed, n_trials, cons)
+    cls = getattr(optuna.samplers, name, None)
+    if isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler):
+        try:
+            return cls(seed=seed)
+        except TypeError:
+            return cls()
+    SAMPLERS.get(name)  # raises the "did you mean" error
+    raise AssertionError("unreachable")
+
+
+def storage_url(storage: str | None, run_dir: Path) -> str:
+    return storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+
+
+def open_storage(url: str, heartbeat: bool = True):
+    try:
+        if url.startswith("journal://"):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            path = url.removeprefix("journal://")
+            return JournalStorage(JournalFileBackend(path))
+        kwargs: dict[str, Any] = {}
+        if heartbeat:
+            kwargs.update(heartbeat_interval=30, grace_period=120)
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+    except ImportError as e:
+        raise ConfigError(f"storage '{url}' needs a database driver that is not installed ({e}); e.g. `pip install psycopg2-binary` for PostgreSQL") from None
+    except Exception as e:  # sqlalchemy errors: bad URL, unreachable server
+        raise ConfigError(f"cannot open storage '{url}': {str(e).splitlines()[0]}; check the URL and that the database is reachable") from None
+
+
+def record_of(ft: optuna.trial.FrozenTrial) -> TrialRecord | None:
+    raw = ft.user_attrs.get(RECORD_ATTR)
+    if not raw:
+        return None
+    try:
+        return TrialRecord.from_dict(json.loads(raw) if isinstance(raw, str) else raw)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class OptunaBackend:
+    """ask/tell over an Optuna study with an exact, shared trial budget."""
+
+    def __init__(self, study: optuna.Study, objectives: Sequence[Any], budget: int, constraints_len: int):
+        self.study = study
+        self.objectives = list(objectives)
+        self.budget = budget
+        self.constraints_len = constraints_len
+
+    @classmethod
+    def open(cls, *, url: str, study_name: str, objectives, sampler: str, seed: int, budget: int,
+             constraints_len: int, create: bool = True) -> "OptunaBackend":
+        storage = open_storage(url)
+        directions = [o.resolved_direction for o in objectives]
+        smp = make_sampler(sampler, seed, budget, constraints_len > 0)
+        try:
+            if create:
+                study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
+                                            sampler=smp, load_if_exists=True)
+            else:
+                study = optuna.load_study(storage=storage, study_name=study_name, sampler=smp)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            raise ConfigError(f"no study '{study_name}' in {url}; studies there: {', '.join(names) or '(none)'}") from None
+        except ValueError as e:
+            raise ConfigError(f"study '{study_name}' in {url} does not match this run ({e}); use another --study or --out") from None
+        if list(study.directions) and [d.name.lower() for d in study.directions] != directions:
+            raise ConfigError(f"study '{study_name}' optimises {[d.name.lower() for d in study.directions]}, this run {directions}; use another --study")
+        return cls(study, objectives, budget, constraints_len)
+
+    # ------------------------------------------------------------------ budget
+    def _trials(self):
+        return self.study.get_trials(deepcopy=False)
+
+    @staticmethod
+    def _discarded(ft) -> bool:
+        if ft.user_attrs.get(DISCARDED_ATTR):
+            return True
+        # a FAIL with no record: a killed process's trial, failed by heartbeat or resume
+        return ft.state == TrialState.FAIL and RECORD_ATTR not in ft.user_attrs
+
+    def finished(self) -> int:
+        return sum(1 for t in self._trials() if RECORD_ATTR in t.user_attrs and not t.user_attrs.get(DISCARDED_ATTR))
+
+    def fail_stale(self, all_running: bool = False) -> int:
+        """Fail trials left RUNNING by a dead process (heartbeat), or all RUNNING ones on resume."""
+        try:
+            optuna.storages.fail_stale_trials(self.study)
+        except Exception:
+            pass
+        n = 0
+        if all_running:
+            for t in self._trials():
+                if t.state == TrialState.RUNNING:
+                    self.study.tell(t.number, state=TrialState.FAIL)
+                    n += 1
+        return n
+
+    def ask(self):
+        if self.finished() >= self.budget:
+            return None
+        trial = self.study.ask()
+        claimed = sum(1 for t in self._trials() if t.number < trial.number and not self._discarded(t))
+        if claimed >= self.budget:
+            trial.set_user_attr(DISCARDED_ATTR, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
+        return trial, trial, trial.number
+
+    def discard(self, trial) -> None:
+        """An interrupted trial: not a result, redone on resume."""
+        try:
+            trial.set_user_attr(DISCARDED_ATTR, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+        except Exception:
+            pass
+
+    def tell(self, trial, record: TrialRecord, constraints: Sequence[float]) -> None:
+        trial.set_user_attr(CONSTRAINTS_ATTR, list(constraints))
+        trial.set_user_attr(RECORD_ATTR, json.dumps(record.to_dict(), default=str))
+        if record.status == TrialStatus.COMPLETE:
+            m = record.metrics
+            values = [float(getattr(m, o.name)) for o in self.objectives]
+            self.study.tell(trial, values)
+        elif record.status == TrialStatus.STOPPED:
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+
+    def records(self) -> list[TrialRecord]:
+        out = []
+        for t in self._trials():
+            if t.user_attrs.get(DISCARDED_ATTR):
+                continue
+            r = record_of(t)
+            if r is not None:
+                out.append(r)
+        return out
+
+    def enqueue(self, params_list: Sequence[dict]) -> None:
+        for p in params_list:
+            self.study.enqueue_trial(p, skip_if_exists=True)

@@ -1,0 +1,155 @@
+"""Search space YAML -> define-by-run suggestions -> a frozen :class:`Candidate`.
+
+Parameters are conditional: per-stage sparsity is suggested only for the ``pruned`` student, width and
+depth only for family students, the int8 format only when some layer is int8. Parameter names are
+stable (``sparsity.layer1``, ``bits``, ``kd.epochs``...) so studies resume and tables line up.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence
+
+from .config import FloatRange, HardwareProfile, IntRange, SearchSpace, SeedCandidate
+from .errors import ConfigError
+from .records import Candidate, DistillSpec, QuantSpec
+
+
+class Suggest(Protocol):
+    """The part of ``optuna.Trial`` the space needs (any backend can provide it)."""
+
+    def suggest_float(self, name: str, low: float, high: float, *, step=None, log=False) -> float: ...
+    def suggest_int(self, name: str, low: int, high: int, *, step=1, log=False) -> int: ...
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+
+def _suggest(t: Suggest, name: str, p, params: dict) -> Any:
+    """A fixed value, a list of choices or a range -> a value (recorded in params when searched)."""
+    if isinstance(p, FloatRange):
+        v = t.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    elif isinstance(p, IntRange):
+        v = t.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
+    elif isinstance(p, list):
+        if len(p) == 1:
+            return p[0]
+        v = t.suggest_categorical(name, list(p))
+    else:
+        return p
+    params[name] = v
+    return v
+
+
+def allowed_precisions(space: SearchSpace, profile: HardwareProfile) -> list[str]:
+    allowed = [p for p in space.bits.choices if p in profile.precisions]
+    if not allowed:
+        raise ConfigError(
+            f"search space '{space.name}' offers bits {space.bits.choices} but profile '{profile.name}' runs "
+            f"only {profile.precisions}; add one of those to bits.choices or pick another --profile"
+        )
+    for pat, prec in space.bits.layers.items():
+        if prec not in profile.precisions:
+            raise ConfigError(
+                f"search space '{space.name}': bits.layers['{pat}'] is {prec}, which profile "
+                f"'{profile.name}' cannot run (it runs {profile.precisions})"
+            )
+    return allowed
+
+
+def sample_candidate(
+    t: Suggest,
+    space: SearchSpace,
+    profile: HardwareProfile,
+    groups: Mapping[str, Sequence[str]],
+    layer_names: Sequence[str] = (),
+) -> Candidate:
+    """Draw one candidate. ``groups`` maps stage names to module names (prune.stage_groups of the
+    teacher); ``layer_names`` lists prunable layers for per-layer granularity."""
+    params: dict[str, Any] = {}
+    student = _suggest(t, "student", list(space.student.kind), params)
+    student_args: dict[str, Any] = {}
+    sparsity: dict[str, float] = {}
+    criterion = "l1"
+    if student == "family":
+        student_args["width_mult"] = _suggest(t, "width_mult", space.student.width_mult, params)
+        student_args["depth_mult"] = _suggest(t, "depth_mult", space.student.depth_mult, params)
+    elif student == "pruned" and space.sparsity is not None:
+        sp = space.sparsity
+        if sp.granularity == "uniform":
+            sparsity["_default"] = _suggest(t, "sparsity", sp.range, params)
+        elif sp.granularity == "per_stage":
+            for stage, names in groups.items():
+                r = _suggest(t, f"sparsity.{stage}", sp.range, params)
+                sparsity.update({n: r for n in names})
+        else:
+            for n in layer_names:
+                sparsity[n] = _suggest(t, f"sparsity.{n}", sp.range, params)
+        for pat, p in sp.layers.items():
+            sparsity[pat] = _suggest(t, f"sparsity.{pat}", p, params)
+        criterion = _suggest(t, "criterion", list(sp.criterion), params)
+
+    precisions = allowed_precisions(space, profile)
+    bits: dict[str, str] = {}
+    if space.bits.granularity == "uniform" or not groups:
+        bits["_default"] = _suggest(t, "bits", precisions, params)
+    else:
+        # per stage (per_layer bits over fifty layers is rarely worth it: stages keep the space small)
+        for stage, names in groups.items():
+            b = _suggest(t, f"bits.{stage}", precisions, params)
+            bits.update({n: b for n in names})
+        bits = {"_default": b, **bits}  # layers outside the stages (classifier) follow the last stage
+    bits.update(space.bits.layers)
+
+    q = space.quantization
+    # a single format/type in the space defers to the profile's preferred int8 form for its target
+    formats = list(q.format) if len(q.format) > 1 else [profile.int8_format or q.format[0]]
+    types = list(q.types) if len(q.types) > 1 else [profile.int8_types or q.types[0]]
+    quant = QuantSpec(mode=q.mode[0], format=formats[0], types=types[0],
+                      per_channel=q.per_channel[0], calibration=q.calibration[0])
+    if "int8" in bits.values():
+        quant = QuantSpec(
+            mode=_suggest(t, "quant.mode", list(q.mode), params),
+            format=_suggest(t, "quant.format", formats, params),
+            types=_suggest(t, "quant.types", types, params),
+            per_channel=_suggest(t, "quant.per_channel", list(q.per_channel), params),
+            calibration=_suggest(t, "quant.calibration", list(q.calibration), params),
+        )
+
+    distill = None
+    d = space.distill
+    needs_training = student != "pruned" or any(v > 0 for v in sparsity.values())
+    if d.enabled and needs_training:
+        distill = DistillSpec(
+            epochs=int(_suggest(t, "kd.epochs", d.epochs, params)),
+            lr=float(_suggest(t, "kd.lr", d.lr, params)),
+            temperature=float(_suggest(t, "kd.temperature", d.temperature, params)),
+            alpha=float(_suggest(t, "kd.alpha", d.alpha, params)),
+            batch_size=int(_suggest(t, "kd.batch_size", d.batch_size, params)),
+            optimizer=_suggest(t, "kd.optimizer", list(d.optimizer), params),
+        )
+    elif student != "pruned":
+        raise ConfigError(f"search space '{space.name}': student '{student}' needs distill.enabled: true (a fresh student must be trained)")
+    return Candidate.make(
+        student=student, student_args=student_args, sparsity=sparsity, criterion=criterion,
+        bits=bits, quant=quant, distill=distill, params=params,
+    )
+
+
+def seed_params(seed: SeedCandidate, space: SearchSpace, groups: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """A hand-picked seed -> the parameter values to enqueue (only names this space searches)."""
+    out: dict[str, Any] = {}
+    if len(space.student.kind) > 1:
+        out["student"] = seed.student
+    if space.sparsity is not None and seed.student == "pruned":
+        sp = space.sparsity
+        per = seed.sparsity if isinstance(seed.sparsity, dict) else None
+        if sp.granularity == "uniform":
+            out["sparsity"] = float(seed.sparsity if per is None else next(iter(per.values())))
+        elif sp.granularity == "per_stage":
+            for stage in groups:
+                out[f"sparsity.{stage}"] = float(per.get(stage, 0.0) if per is not None else seed.sparsity)
+    if space.bits.granularity == "uniform" or not groups:
+        out["bits"] = seed.bits
+    else:
+        out.update({f"bits.{stage}": seed.bits for stage in groups})
+    if seed.epochs is not None:
+        out["kd.epochs"] = seed.epochs
+    return out

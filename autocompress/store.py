@@ -1,0 +1,155 @@
+"""The run folder: resolved config, baseline, append-only trial log, lock, stage cache.
+
+``trials.jsonl`` is append-only and fsync'ed: every finished trial is on disk before the next begins.
+The same record is also stored on the Optuna trial (user attribute ``record``), so workers on other
+machines that share only the database still see one another's results; :func:`merge_records`
+unions both, by trial number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import ConfigError
+from .records import TrialRecord
+
+FORMAT_VERSION = 1
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("autocompress", "torch", "torchvision", "torch-pruning", "onnx", "onnxruntime", "optuna",
+                 "pandas", "ray", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.log_path = self.dir / "trials.jsonl"
+        self.run_yaml = self.dir / "run.yaml"
+        self.baseline_json = self.dir / "baseline.json"
+        self.lock_path = self.dir / "run.lock"
+        self.models_dir = self.dir / "models"
+
+    # ------------------------------------------------------------------ folder
+    def create(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"output folder '{self.dir}' is not writable ({e.strerror}); pick another with --out") from None
+        self.models_dir.mkdir(exist_ok=True)
+
+    def check_version(self) -> None:
+        if not self.run_yaml.is_file():
+            return
+        meta = yaml.safe_load(self.run_yaml.read_text()) or {}
+        v = meta.get("format_version")
+        if v != FORMAT_VERSION:
+            raise ConfigError(
+                f"run folder '{self.dir}' was written by an incompatible autocompress (format {v}, this one reads "
+                f"{FORMAT_VERSION}); start a new run with another --out"
+            )
+
+    def acquire_lock(self) -> None:
+        host = socket.gethostname()
+        if self.lock_path.is_file():
+            try:
+                info = json.loads(self.lock_path.read_text())
+            except (OSError, ValueError):
+                info = {}
+            if info.get("host") == host and isinstance(info.get("pid"), int) and info["pid"] != os.getpid() and _pid_alive(info["pid"]):
+                raise ConfigError(
+                    f"run folder '{self.dir}' is in use by process {info['pid']}; wait for it, stop it, or join the "
+                    f"study with `autocompress worker`"
+                )
+        self.lock_path.write_text(json.dumps({"host": host, "pid": os.getpid()}))
+
+    def release_lock(self) -> None:
+        try:
+            info = json.loads(self.lock_path.read_text())
+            if info.get("pid") == os.getpid():
+                self.lock_path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    # ------------------------------------------------------------------ config and baseline
+    def write_run_yaml(self, resolved: dict[str, Any], extra: dict[str, Any]) -> None:
+        doc = {"format_version": FORMAT_VERSION, "spec": resolved, **extra}
+        tmp = self.run_yaml.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, self.run_yaml)
+
+    def read_run_yaml(self) -> dict[str, Any]:
+        if not self.run_yaml.is_file():
+            raise ConfigError(f"'{self.dir}' is not an autocompress run folder (no run.yaml); give the folder a run wrote")
+        self.check_version()
+        return yaml.safe_load(self.run_yaml.read_text())
+
+    def write_baseline(self, d: dict[str, Any]) -> None:
+        tmp = self.baseline_json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d, indent=2, default=str))
+        os.replace(tmp, self.baseline_json)
+
+    def read_baseline(self) -> dict[str, Any] | None:
+        if not self.baseline_json.is_file():
+            return None
+        return json.loads(self.baseline_json.read_text())
+
+    # ------------------------------------------------------------------ trial log
+    def append(self, rec: TrialRecord) -> None:
+        line = json.dumps(rec.to_dict(), default=str)
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[TrialRecord]:
+        """Records by trial number (the last line wins); a torn last line from a kill is skipped."""
+        out: dict[int, TrialRecord] = {}
+        if not self.log_path.is_file():
+            return []
+        for line in self.log_path.read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = TrialRecord.from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue
+            out[rec.number] = rec
+        return [out[k] for k in sorted(out)]
+
+
+def merge_records(*sources: Iterable[TrialRecord]) -> list[TrialRecord]:
+    out: dict[int, TrialRecord] = {}
+    for src in sources:
+        for r in src:
+            out[r.number] = r
+    return [out[k] for k in sorted(out)]

@@ -379,7 +379,7 @@ def _fix_input(model: onnx.ModelProto, input_shape) -> None:
     want = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     given = [int(x) for x in input_shape]
     if len(want) != len(given) or any(w not in (None, 0) and w != g for w, g in zip(want, given)):
-        shown = [w if w else "?" for w in want]
+        shown = "[" + ", ".join(str(w) if w else (d.dim_param or "?") for w, d in zip(want, dims)) + "]"
         raise StageError("predict", f"model expects input '{inp.name}' of shape {shown}, given {given}; "
                          "check the profile's batch_size/input_shape")
     for d, g in zip(dims, given):

@@ -206,12 +206,11 @@ def stage_groups(model: nn.Module) -> dict[str, list[str]]:
             sizes = [len(a) + len(b) for a, b in zip(body, body[1:])]
             i = sizes.index(min(sizes))
             body[i:i + 2] = [body[i] + body[i + 1]]
-        if len(body) >= 2 or stem_separate:
+        if len(body) >= 2:  # no resolution change: fall through to the even split
             out = {"stem": segments[0]} if stem_separate else {}
             for i, members in enumerate(body, 1):
                 out[f"stage{i}"] = members
-            if len(out) >= 2:
-                return out
+            return out
     n = min(4, len(layers))
     size = -(-len(layers) // n)
     chunks = [layers[i:i + size] for i in range(0, len(layers), size)]

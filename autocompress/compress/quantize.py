@@ -227,7 +227,50 @@ def _fp16(src: Path, dst: Path, fp16_nodes: set[str]) -> None:
     m = onnx.load(str(src))
     block = [n.name for n in m.graph.node if n.name not in fp16_nodes]
     m16 = convert_float_to_float16(m, keep_io_types=True, node_block_list=block)
-    onnx.save(m16, str(dst))
+    onnx.save(_drop_cast_roundtrips(m16), str(dst))
+
+
+def _drop_cast_roundtrips(model):
+    """Remove ``Cast(to fp16) -> Cast(to fp32)`` pairs the converter puts between an fp32 producer (e.g.
+    an int8 weight's DequantizeLinear) and an fp32 consumer: they lose precision and hide the QDQ
+    pattern ORT fuses into int8 kernels."""
+    from onnx import TensorProto
+
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    graph_out = {o.name for o in model.graph.output}
+
+    def cast_to(n):
+        return next((a.i for a in n.attribute if a.name == "to"), None)
+
+    rename, drop = {}, set()
+    for n in nodes:
+        if n.op_type != "Cast" or cast_to(n) != TensorProto.FLOAT or n.output[0] in graph_out:
+            continue
+        first = producer.get(n.input[0])
+        if first is None or first.op_type != "Cast" or cast_to(first) != TensorProto.FLOAT16:
+            continue
+        if consumers.get(first.output[0], 0) != 1:
+            continue
+        src = producer.get(first.input[0])
+        if src is None or src.op_type != "DequantizeLinear":
+            continue
+        rename[n.output[0]] = first.input[0]
+        drop.update({id(n), id(first)})
+    if not rename:
+        return model
+    keep = [n for n in nodes if id(n) not in drop]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in rename:
+                n.input[i] = rename[name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
 
 
 def quantize_model(

@@ -1,0 +1,105 @@
+"""Repeatability of measure_latency across fresh processes (FIELD_NOTES pitfall 9).
+
+The same pair (resnet18 adapted to 32x32: 3x3 stem, no maxpool; fp32 baseline vs its int8 static QDQ
+U8S8 per-channel) is measured in N fresh Python processes, one after another, with the cpu profile.
+Reports the CV across processes of the speedup (goal <= 5%) and of the absolute medians; writes
+benchmarks/results/latency_repeatability.csv.
+
+    python benchmarks/bench_latency_repeatability.py [--procs 5] [--profile cpu] [--size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CHILD = r"""
+import json, sys, time
+from autocompress.config import load_profile
+from autocompress.measure import hardware
+from autocompress.measure.latency import measure_latency
+prof, _ = load_profile(sys.argv[3])
+shape = hardware.input_shape_for(prof, (3, int(sys.argv[4]), int(sys.argv[4])))
+t = time.perf_counter()
+r = measure_latency(sys.argv[1], prof, shape, baseline_path=sys.argv[2], seed=0)
+print(json.dumps(dict(speedup=r.speedup, ci_lo=r.speedup_ci[0], ci_hi=r.speedup_ci[1], cand_ms=r.median_ms,
+                      base_ms=r.baseline_median_ms, cv=r.cv, rounds=r.n_samples, k=r.runs_per_sample,
+                      stop=r.stop_reason, load=r.load_avg, seconds=time.perf_counter() - t)))
+"""
+
+
+def build(d: Path, size: int):
+    import torch
+    import torch.nn as nn
+    import torchvision
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=10)
+    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
+    m.eval()
+    fp32, int8 = d / "resnet18.onnx", d / "resnet18.int8.onnx"
+    torch.onnx.export(m, torch.randn(1, 3, size, size), fp32, dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.it = iter([{"input": rng.standard_normal((1, 3, size, size)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    return fp32, int8
+
+
+def cv(x) -> float:
+    x = np.asarray(x, float)
+    return float(np.std(x, ddof=1) / np.mean(x))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--procs", type=int, default=5)
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--tag", default="", help="suffix of the CSV name")
+    args = ap.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        fp32, int8 = build(Path(d), args.size)
+        for i in range(args.procs):
+            out = subprocess.run([sys.executable, "-c", CHILD, str(int8), str(fp32), args.profile, str(args.size)],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(dict(process=i, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+            print(f"process {i}: speedup {r['speedup']:.3f} [{r['ci_lo']:.3f}, {r['ci_hi']:.3f}]  int8 {r['cand_ms']:.3f} ms"
+                  f"  fp32 {r['base_ms']:.3f} ms  rounds {r['rounds']} ({r['stop']})  load {r['load']:.1f}"
+                  f"  {r['seconds']:.1f} s", flush=True)
+    name = RESULTS / f"latency_repeatability{args.tag}.csv"
+    with open(name, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    sp = [r["speedup"] for r in rows]
+    print(f"speedup: mean {np.mean(sp):.3f}, CV across processes {cv(sp):.1%} (goal <= 5%)")
+    print(f"int8 median ms: CV {cv([r['cand_ms'] for r in rows]):.1%}; fp32 median ms: CV {cv([r['base_ms'] for r in rows]):.1%}")
+    print(f"load average at start: {min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}; wrote {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import re
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +22,9 @@ from .errors import ConfigError, UnavailableError
 from .records import TrialRecord, TrialStatus
 from .store import RunStore, merge_records, package_versions
 from .trial import Baseline, EarlyStopper, TrialContext, feasibility, run_trial
+
+
+MAX_DUPLICATE_RETRIES = 5
 
 
 class Interrupted(Exception):
@@ -129,12 +132,12 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     else:
         export_onnx(teacher.model, example, base_path)
         acc = evaluate_onnx(base_path, data.x_val.numpy(), data.y_val.numpy(), metric=metric)
-        lat = measure_latency(base_path, profile, input_shape, seed=spec.seed)
+        lat = measure_latency(base_path, profile, shape4, seed=spec.seed)
         predicted = None
         if table is not None:
             from .measure.predict import predict_latency
 
-            predicted = predict_latency(base_path, profile, table, input_shape)
+            predicted = predict_latency(base_path, profile, table, shape4)
         params, macs = count_params_macs(teacher.model, example)
         baseline = Baseline(
             path=base_path, accuracy=acc.metric if acc.metric is not None else acc.top1, top5=acc.top5,
@@ -208,6 +211,7 @@ def search(prep: Prepared, backend, *, deadline: float | None, log: Callable[[st
         for r in records:
             if r.status == TrialStatus.COMPLETE and r.kd_history:
                 prep.ctx.early_stopper.observe(r.kd_history, r.metrics.accuracy)
+    retries = 0
     while True:
         if deadline is not None and time.time() >= deadline:
             log(f"time budget reached (--timeout {spec.timeout:.0f} s): stopping after {backend.finished()} trials")
@@ -222,8 +226,19 @@ def search(prep: Prepared, backend, *, deadline: float | None, log: Callable[[st
             except ConfigError:
                 backend.discard(handle)
                 raise
+            seen = next((r for r in records if r.candidate.key() == cand.key()), None)
+            if seen is not None and retries < MAX_DUPLICATE_RETRIES:
+                # the sampler proposed a candidate already run: ask again rather than spend budget on it
+                retries += 1
+                backend.discard(handle)
+                continue
+            retries = 0
             log(f"trial {number}: {_describe(cand)}")
-            rec = run_trial(number, cand, prep.ctx)
+            if seen is not None:
+                rec = replace(seen, number=number, candidate=cand, duration_s=0.0, stage_times=(),
+                              message=f"duplicate of trial {seen.number}" if seen.message is None else seen.message)
+            else:
+                rec = run_trial(number, cand, prep.ctx)
         except KeyboardInterrupt:
             backend.discard(handle)
             raise

@@ -146,6 +146,8 @@ def seed_params(seed: SeedCandidate, space: SearchSpace, groups: Mapping[str, Se
         elif sp.granularity == "per_stage":
             for stage in groups:
                 out[f"sparsity.{stage}"] = float(per.get(stage, 0.0) if per is not None else seed.sparsity)
+        if len(sp.criterion) > 1:
+            out["criterion"] = sp.criterion[0]
     if space.bits.granularity == "uniform" or not groups:
         out["bits"] = seed.bits
     else:

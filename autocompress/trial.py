@@ -102,6 +102,10 @@ class TrialContext:
     log: Callable[[str], None] = lambda s: None
 
     @property
+    def batch_shape(self) -> tuple[int, int, int, int]:
+        return (int(self.profile.batch_size), *self.input_shape)
+
+    @property
     def cache_dir(self) -> Path:
         return self.run_dir / "cache" / "students"
 
@@ -252,11 +256,11 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
             if ctx.profile.latency.mode == "predict":
                 from .measure.predict import predict_latency
 
-                lat_ms = predict_latency(final, ctx.profile, ctx.lookup_table, ctx.input_shape)
+                lat_ms = predict_latency(final, ctx.profile, ctx.lookup_table, ctx.batch_shape)
                 speedup = (ctx.baseline.predicted_ms or ctx.baseline.latency_ms) / lat_ms
                 cv = None
             else:
-                lat = measure_latency(final, ctx.profile, ctx.input_shape, baseline_path=ctx.baseline.path,
+                lat = measure_latency(final, ctx.profile, ctx.batch_shape, baseline_path=ctx.baseline.path,
                                       seed=ctx.seed + number)
                 lat_ms, speedup, cv = lat.median_ms, lat.speedup, lat.cv
         metrics = Metrics(

@@ -1,0 +1,137 @@
+"""End-to-end: a tiny real search through the CLI, checked against the results contract."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from autocompress.cli import main
+from conftest import TINY_CNN_SOURCE
+
+SPACE = {
+    "kind": "search_space", "name": "tiny",
+    "sparsity": {"granularity": "uniform", "range": {"low": 0.25, "high": 0.75, "step": 0.25}, "criterion": ["l1"]},
+    "bits": {"choices": ["fp32", "int8"]},
+    "distill": {"epochs": 2, "lr": 0.05},
+    "seeds": [{"sparsity": 0.5, "bits": "int8"}],
+}
+PROFILE = {
+    "kind": "hardware_profile", "name": "tiny-cpu", "intra_op_threads": 1, "precisions": ["fp32", "int8"],
+    "int8_format": "qdq", "int8_types": "u8s8",
+    "latency": {"warmup": 2, "min_rounds": 3, "max_rounds": 6, "time_cap_s": 1.0, "block_ms": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Model file, space, profile and a teacher cache shared by the tests of this module."""
+    d = tmp_path_factory.mktemp("e2e")
+    (d / "models.py").write_text(TINY_CNN_SOURCE)
+    (d / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    (d / "profile.yaml").write_text(yaml.safe_dump(PROFILE))
+    (d / "cache").mkdir()
+    return d
+
+
+def _args(ws, out, trials=4, extra=()):
+    return ["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--data", "digits", "--image-size", "16",
+            "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"), "--trials", str(trials),
+            "--out", str(out), "--seed", "0", "--max-accuracy-drop", "60", *extra]
+
+
+@pytest.fixture
+def env(workspace, monkeypatch):
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(workspace / "cache"))
+    return workspace
+
+
+def test_run_writes_the_results_contract_and_resumes(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(env, out, trials=3)) == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed and str(out / "report.html") in printed.replace("\n", "")
+
+    meta = yaml.safe_load((out / "run.yaml").read_text())
+    assert meta["spec"]["trials"] == 3 and meta["spec"]["seed"] == 0 and meta["spec"]["sampler"] == "nsga2"
+    assert "torch" in meta["versions"] and "onnxruntime" in meta["versions"] and meta["machine"]
+
+    df = pd.read_csv(out / "trials.csv")
+    for col in ["number", "status", "accuracy", "accuracy_drop", "latency_ms", "speedup", "size_mb", "params",
+                "macs", "duration_s", "param.sparsity", "param.bits"]:
+        assert col in df.columns, col
+    assert len(df) == 3 and df["number"].is_unique and 0 in set(df["number"])
+    assert (out / "trials.parquet").is_file()
+    # trial 0 is the enqueued seed: 50% sparsity, int8
+    t0 = df[df["number"] == 0].iloc[0]
+    assert t0["param.sparsity"] == 0.5 and t0["param.bits"] == "int8"
+    done = df[df["status"] == "COMPLETE"]
+    assert len(done) >= 2
+    base = json.loads((out / "baseline.json").read_text())
+    assert (out / "models" / "baseline.onnx").is_file()
+    assert (done["size_mb"] < base["size_mb"]).all()  # pruned (and int8) models are smaller files
+    assert (done["speedup"] > 0).all() and (done["latency_ms"] > 0).all()
+
+    front = pd.read_csv(out / "pareto.csv")
+    assert len(front) >= 1 and set(front["number"]) <= set(done["number"])
+    for n in front["number"]:
+        assert (out / "models" / f"trial_{n}.onnx").is_file()
+        card = json.loads((out / "models" / f"trial_{n}.json").read_text())
+        assert card["trial"] == n and "sparsity" in card["candidate"] and "bits" in card["candidate"]
+        assert yaml.safe_load((out / "models" / f"trial_{n}.recipe.yaml").read_text())["candidate"]
+    html = (out / "report.html").read_text()
+    assert "pareto-plot" in html and "hv-plot" in html and "plotly" in html.lower()
+
+    # resume with a larger budget: the three finished trials are kept, only two new ones run
+    assert main(["resume", str(out), "--trials", "5"]) == 0
+    df2 = pd.read_csv(out / "trials.csv")
+    first = sorted(df["number"])
+    assert len(df2) == 5 and sorted(df2["number"])[:3] == first
+    old = df.set_index("number").loc[first, "accuracy"]
+    assert (df2.set_index("number").loc[first, "accuracy"].fillna(-1) == old.fillna(-1)).all()
+    lines = [json.loads(x)["number"] for x in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and len(set(lines)) == 5  # nothing redone
+
+    # the report rebuilds offline; export writes one trial's model, card and recipe
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+    n = int(front["number"].iloc[0])
+    dest = tmp_path / "exported"
+    assert main(["export", str(out), "--trial", str(n), "--to", str(dest)]) == 0
+    assert (dest / f"trial_{n}.onnx").stat().st_size > 0 and (dest / f"trial_{n}.recipe.yaml").is_file()
+
+
+def test_a_failing_stage_is_recorded_and_the_study_goes_on(env, tmp_path, monkeypatch):
+    import autocompress.compress.quantize as q
+
+    real = q.quantize_model
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected quantizer failure")
+        return real(*a, **k)
+
+    monkeypatch.setattr(q, "quantize_model", flaky)
+    out = tmp_path / "run"
+    assert main(_args(env, out, trials=3)) == 0
+    df = pd.read_csv(out / "trials.csv")
+    assert len(df) == 3
+    failed = df[df["status"] == "FAILED"]
+    assert len(failed) == 1 and failed.iloc[0]["stage"] == "quantize"
+    assert "injected quantizer failure" in failed.iloc[0]["message"]
+    assert (df["status"] == "COMPLETE").sum() >= 1
+
+
+def test_export_recreates_a_model_missing_from_disk(env, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(env, out, trials=1)) == 0
+    df = pd.read_csv(out / "trials.csv")
+    n = int(df[df["status"] == "COMPLETE"]["number"].iloc[0])
+    (out / df.set_index("number").loc[n, "model"]).unlink()
+    dest = tmp_path / "x"
+    assert main(["export", str(out), "--trial", str(n), "--to", str(dest)]) == 0
+    assert (dest / f"trial_{n}.onnx").is_file()

@@ -9,7 +9,7 @@ from autocompress.config import TeacherSpec
 from autocompress.errors import ConfigError
 from autocompress.models import Teacher, cache_dir_default, evaluate, get_teacher
 
-FAST = TeacherSpec(max_epochs=2, patience=2, lr=0.05, batch_size=64, target_accuracy=0.999)
+FAST = TeacherSpec(max_epochs=2, patience=2, lr=0.1, batch_size=32, target_accuracy=0.999)
 
 
 def test_cache_dir_default(tmp_cache):
@@ -24,7 +24,7 @@ def test_train_then_cache(digits, tiny_model_file, tmp_path):
     t_first = time.perf_counter() - t0
     assert isinstance(first, Teacher) and first.source == "trained"
     assert first.epochs == 2 and first.train_seconds > 0
-    assert first.val_accuracy > 0.3  # far above chance (0.1) after 2 epochs
+    assert first.val_accuracy > 0.4  # far above chance (0.1) after 2 epochs (0.66-0.82 over seeds)
     assert not first.model.training
     assert sum("epoch" in ln and "val_acc" in ln for ln in lines) == 2
     assert abs(first.val_accuracy - evaluate(first.model, digits.x_val, digits.y_val)) < 1e-9

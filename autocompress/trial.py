@@ -100,6 +100,9 @@ class TrialContext:
     lookup_table: dict | None = None
     early_stopper: EarlyStopper | None = None
     log: Callable[[str], None] = lambda s: None
+    # where latency is taken: None = here; a backend may send it to the target's node instead
+    # (called with the final model's path, returns (latency_ms, speedup, cv))
+    latency_fn: Callable[[Path], tuple[float, float, float | None]] | None = None
 
     @property
     def batch_shape(self) -> tuple[int, int, int, int]:
@@ -253,7 +256,9 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
         if ctx.early_stopper is not None:
             ctx.early_stopper.observe(tuple(history), accuracy)
         with _stage("latency", current, times):
-            if ctx.profile.latency.mode == "predict":
+            if ctx.latency_fn is not None:
+                lat_ms, speedup, cv = ctx.latency_fn(final)
+            elif ctx.profile.latency.mode == "predict":
                 from .measure.predict import predict_latency
 
                 lat_ms = predict_latency(final, ctx.profile, ctx.lookup_table, ctx.batch_shape)

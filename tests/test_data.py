@@ -183,3 +183,12 @@ def test_missing_path_and_unsupported_type(tmp_path):
         load_data(str(tmp_path / "fake.npz") if (tmp_path / "fake.npz").write_text("x") else "")
     with pytest.raises(ConfigError, match="image_size"):
         load_data("digits", image_size=4)
+
+
+def test_folder_memo_sees_new_images(tmp_path):
+    root = _make_folder(tmp_path / "imgs")
+    a = load_data(str(root), image_size=8)
+    assert load_data(str(root), image_size=8) is a
+    _png(root / "cat" / "extra.png", (1, 2, 3))
+    b = load_data(str(root), image_size=8)
+    assert b is not a and len(b.y_train) + len(b.y_val) == 16

@@ -219,16 +219,19 @@ def load_npz_bundle(path: Path, image_size: int, seed: int) -> DataBundle:
 
 
 # ---------------------------------------------------------------- dispatch
-def source_key(source: str) -> tuple[str, float]:
-    """(resolved source, modification stamp) used to memoise loads; validates that the path exists."""
+def source_key(source: str) -> tuple[str, object]:
+    """(resolved source, modification stamp) used to memoise loads; validates that the path exists.
+
+    For a folder the stamp is the newest mtime of its folders and files plus their count."""
     if source == "digits":
         return "digits", 0.0
     p = Path(os.path.expanduser(source))
     if not p.exists():
         raise ConfigError(f"data '{source}': no such file or folder; check the path, or {FORMS}")
     if p.is_dir():
-        stamp = max((os.stat(d).st_mtime for d, _, _ in os.walk(p)), default=0.0)
-        return str(p.resolve()), stamp
+        stamps = [os.stat(d).st_mtime for d, _, _ in os.walk(p)]
+        stamps += [os.stat(os.path.join(d, f)).st_mtime for d, _, files in os.walk(p) for f in files]
+        return str(p.resolve()), (max(stamps, default=0.0), len(stamps))  # count catches added/removed files
     return str(p.resolve()), p.stat().st_mtime
 
 

@@ -57,6 +57,7 @@ def trials_frame(records: list[TrialRecord]) -> pd.DataFrame:
         }
         for k, v in r.candidate.params:
             row[f"param.{k}"] = v
+        row["candidate_key"] = r.candidate.key()
         row["student"] = r.candidate.student
         row["bits"] = "/".join(sorted(set(r.candidate.bits_map().values())))
         row["kd_epochs"] = r.candidate.distill.epochs if r.candidate.distill else 0
@@ -85,6 +86,8 @@ def pareto_front(df: pd.DataFrame, objectives: list[Objective], constraints: Con
     if df.empty:
         return df.copy()
     feas = df[feasible_mask(df, constraints)]
+    if "candidate_key" in feas:  # a re-proposed candidate shows once, as its first trial
+        feas = feas.drop_duplicates("candidate_key", keep="first")
     if feas.empty:
         return feas.copy()
     vals = feas[[o.name for o in objectives]].astype(float).to_numpy()
@@ -208,7 +211,8 @@ def write_html(run_dir: Path, df: pd.DataFrame, front: pd.DataFrame, spec: RunSp
                              marker={"symbol": "star", "size": 16, "color": "black"}))
     fig.update_layout(title="accuracy vs measured speedup (size as colour and marker size)",
                       xaxis={"title": "speedup vs fp32 baseline (x, log)", "type": "log"},
-                      yaxis={"title": "accuracy", "tickformat": ".1%"}, template="plotly_white", height=520)
+                      yaxis={"title": "accuracy", "tickformat": ".1%"}, template="plotly_white", height=560,
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
 
     hv_fig = go.Figure()
     objectives = list(spec.objectives)

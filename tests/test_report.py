@@ -17,8 +17,9 @@ from autocompress.store import RunStore
 OBJ = [Objective(name="accuracy"), Objective(name="speedup"), Objective(name="size_mb")]
 
 
-def _rec(n, acc, sp, size, status=TrialStatus.COMPLETE, bits="int8"):
-    cand = Candidate.make(sparsity={"_default": 0.5}, bits={"_default": bits}, params={"sparsity": 0.5, "bits": bits})
+def _rec(n, acc, sp, size, status=TrialStatus.COMPLETE, bits="int8", sparsity=None):
+    sparsity = 0.05 * n if sparsity is None else sparsity  # a distinct candidate per trial unless asked
+    cand = Candidate.make(sparsity={"_default": sparsity}, bits={"_default": bits}, params={"sparsity": sparsity, "bits": bits})
     m = Metrics(accuracy=acc, accuracy_drop=(0.99 - acc) * 100, latency_ms=5 / sp, speedup=sp, size_mb=size,
                 params=1000, macs=10000) if status == TrialStatus.COMPLETE else Metrics()
     return TrialRecord(number=n, status=status, candidate=cand, metrics=m, duration_s=1.0,
@@ -95,6 +96,6 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 
 def test_a_duplicate_candidate_appears_once_on_the_front():
-    recs = [_rec(0, 0.99, 3.0, 10.0), _rec(1, 0.99, 3.0, 10.0)]
+    recs = [_rec(0, 0.99, 3.0, 10.0, sparsity=0.5), _rec(1, 0.99, 3.0, 10.0, sparsity=0.5)]
     front = pareto_front(trials_frame(recs), OBJ, Constraints())
     assert front["number"].tolist() == [0]

@@ -180,9 +180,9 @@ def _teacher_fp(teacher) -> str:
 
 
 # ---------------------------------------------------------------------------- the loop
-def _summary_line(rec: TrialRecord, done: int, budget: int, best: str) -> str:
+def _summary_line(rec: TrialRecord, done: int, budget: int, best: str, elapsed: float) -> str:
     m = rec.metrics
-    head = f"[{done}/{budget}] trial {rec.number}"
+    head = f"[{done}/{budget} {int(elapsed // 60):d}:{int(elapsed % 60):02d}] trial {rec.number}"
     if rec.status == TrialStatus.COMPLETE:
         body = (f"[green]COMPLETE[/] acc {m.accuracy:.2%} (drop {m.accuracy_drop:+.2f}) speedup {m.speedup:.2f}x "
                 f"{m.size_mb:.2f} MB")
@@ -212,6 +212,7 @@ def search(prep: Prepared, backend, *, deadline: float | None, log: Callable[[st
             if r.status == TrialStatus.COMPLETE and r.kd_history:
                 prep.ctx.early_stopper.observe(r.kd_history, r.metrics.accuracy)
     retries = 0
+    started = time.time()
     while True:
         if deadline is not None and time.time() >= deadline:
             log(f"time budget reached (--timeout {spec.timeout:.0f} s): stopping after {backend.finished()} trials")
@@ -245,7 +246,7 @@ def search(prep: Prepared, backend, *, deadline: float | None, log: Callable[[st
         store.append(rec)  # on disk first: the backend may be a remote database
         backend.tell(handle, rec, feasibility(rec.metrics, spec.constraints))
         records.append(rec)
-        log(_summary_line(rec, backend.finished(), backend.budget, _best_so_far(records, spec)))
+        log(_summary_line(rec, backend.finished(), backend.budget, _best_so_far(records, spec), time.time() - started))
 
 
 def _describe(c) -> str:

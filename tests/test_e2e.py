@@ -135,3 +135,17 @@ def test_export_recreates_a_model_missing_from_disk(env, tmp_path):
     dest = tmp_path / "x"
     assert main(["export", str(out), "--trial", str(n), "--to", str(dest)]) == 0
     assert (dest / f"trial_{n}.onnx").is_file()
+
+
+def test_python_api_returns_the_front_and_model_paths(env, tmp_path):
+    import autocompress
+
+    res = autocompress.compress(
+        f"{env / 'models.py'}:tiny_cnn", "digits", image_size=16, space=str(env / "space.yaml"),
+        profile=str(env / "profile.yaml"), trials=2, out=tmp_path / "api", constraints={"max_accuracy_drop": 60},
+        log=lambda s: None,
+    )
+    assert isinstance(res.front, pd.DataFrame) and len(res.front) >= 1
+    assert all(p.is_file() and p.suffix == ".onnx" for p in res.model_paths())
+    assert res.report is not None and res.report.is_file()
+    assert autocompress.pareto_front(tmp_path / "api")["number"].tolist() == res.front["number"].tolist()

@@ -292,7 +292,7 @@ def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: boo
         if spec.backend == "ray":
             from .search.ray_backend import run_on_ray
 
-            run_on_ray(spec, run_dir, url, name, log=log)
+            run_on_ray(spec, run_dir, url, name, log=log, resume=resume)
         else:
             deadline = time.time() + spec.timeout if spec.timeout else None
             prep = prepare(spec, run_dir, log=log)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +27,17 @@ from ..registry import Registry
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
+@contextmanager
+def _quiet():
+    """Optuna's experimental/deprecation notices (heartbeat, constraints_func) are not the user's to act on:
+    keep them off stderr, where the CLI promises one line per problem."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        yield
 
 RECORD_ATTR = "record"
 CONSTRAINTS_ATTR = "constraints"
@@ -48,6 +61,11 @@ SAMPLERS.register("gp", lambda seed, n, cons: optuna.samplers.GPSampler(seed=see
 
 
 def make_sampler(name: str, seed: int, n_trials: int, with_constraints: bool) -> optuna.samplers.BaseSampler:
+    with _quiet():
+        return _make_sampler(name, seed, n_trials, with_constraints)
+
+
+def _make_sampler(name: str, seed: int, n_trials: int, with_constraints: bool) -> optuna.samplers.BaseSampler:
     cons = _constraints if with_constraints else None
     if name in SAMPLERS:
         return SAMPLERS.get(name)(seed, n_trials, cons)
@@ -66,6 +84,11 @@ def storage_url(storage: str | None, run_dir: Path) -> str:
 
 
 def open_storage(url: str, heartbeat: bool = True):
+    with _quiet():
+        return _open_storage(url, heartbeat)
+
+
+def _open_storage(url: str, heartbeat: bool):
     try:
         if url.startswith("journal://"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -140,7 +163,8 @@ class OptunaBackend:
     def fail_stale(self, all_running: bool = False) -> int:
         """Fail trials left RUNNING by a dead process (heartbeat), or all RUNNING ones on resume."""
         try:
-            optuna.storages.fail_stale_trials(self.study)
+            with _quiet():
+                optuna.storages.fail_stale_trials(self.study)
         except Exception:
             pass
         n = 0
@@ -154,7 +178,8 @@ class OptunaBackend:
     def ask(self):
         if self.finished() >= self.budget:
             return None
-        trial = self.study.ask()
+        with _quiet():
+            trial = self.study.ask()
         claimed = sum(1 for t in self._trials() if t.number < trial.number and not self._discarded(t))
         if claimed >= self.budget:
             trial.set_user_attr(DISCARDED_ATTR, True)

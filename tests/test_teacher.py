@@ -76,3 +76,18 @@ def test_zoo_teacher_learns_digits(digits, tmp_path):
     t = get_teacher("mobilenet_v3_small", digits, train=TeacherSpec(max_epochs=4, patience=4),
                     cache_dir=tmp_path, log=lambda s: None)
     assert t.val_accuracy > 0.5
+
+
+def test_in_memory_instance_is_used_as_given(digits, tiny_model_file, tmp_path):
+    from autocompress.models import register_instance, resolve_model
+
+    trained = get_teacher(f"{tiny_model_file}:tiny_cnn", digits, train=TeacherSpec(max_epochs=1),
+                          cache_dir=tmp_path, log=lambda s: None)
+    user_model = trained.model.train()
+    name = register_instance(user_model)
+    t = get_teacher(name, digits, cache_dir=tmp_path, log=lambda s: None)
+    assert t.source == "instance" and t.epochs == 0 and t.info.family == "user"
+    assert t.model is not user_model and user_model.training  # a copy; the caller's module is untouched
+    assert t.val_accuracy == pytest.approx(trained.val_accuracy)
+    with pytest.raises(ConfigError, match="no such in-memory model"):
+        resolve_model("instance:Gone@0", 10, digits.input_shape)

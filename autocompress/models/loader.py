@@ -6,6 +6,7 @@ User modules are imported only because the user named them. Every failure is a o
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -106,10 +107,36 @@ def check_model(model: nn.Module, name: str, num_classes: int, input_shape) -> N
         )
 
 
+INSTANCE_PREFIX = "instance:"
+_INSTANCES: dict[str, nn.Module] = {}
+
+
+def register_instance(model: nn.Module) -> str:
+    """Make an in-memory ``nn.Module`` resolvable by name in this process (for the Python API).
+
+    :func:`resolve_model` returns a deep copy; :func:`~autocompress.models.teacher.get_teacher` uses its
+    weights as they are (no training). The name only resolves in the process that registered it.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model: got {type(model).__name__}; pass a torch.nn.Module, a zoo name or 'file.py:fn'")
+    name = f"{INSTANCE_PREFIX}{type(model).__name__}@{id(model):x}"
+    _INSTANCES[name] = model
+    return name
+
+
 def resolve_model(spec: str, num_classes: int, input_shape) -> tuple[nn.Module, ModelInfo]:
-    """A zoo name (freshly initialised, adapted to ``input_shape``) or a user entrypoint called with no args."""
+    """A zoo name (freshly initialised, adapted to ``input_shape``), a user entrypoint called with no
+    args, or a name from :func:`register_instance` (a deep copy of that module)."""
     spec = str(spec).strip()
-    if spec in MODELS:
+    if spec.startswith(INSTANCE_PREFIX):
+        if spec not in _INSTANCES:
+            raise ConfigError(
+                f"model '{spec}': no such in-memory model in this process; pass the nn.Module to compress() "
+                "in the same process, or use a zoo name or 'file.py:fn'"
+            )
+        model = copy.deepcopy(_INSTANCES[spec])
+        info = ModelInfo(spec, "user", "instance")
+    elif spec in MODELS:
         model = build_model(spec, num_classes, tuple(input_shape))
         info = ModelInfo(spec, family_of(spec), f"zoo:{spec}")
     elif _split_spec(spec) is not None:

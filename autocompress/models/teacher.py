@@ -25,7 +25,7 @@ class Teacher:
     model: nn.Module  # eval mode, CPU
     info: ModelInfo
     val_accuracy: float  # 0..1, measured in torch on data.x_val
-    source: str  # "checkpoint:<path>" | "trained" | "cache:<path>"
+    source: str  # "checkpoint:<path>" | "trained" | "cache:<path>" | "instance" (an nn.Module given as is)
     epochs: int
     train_seconds: float
 
@@ -159,6 +159,11 @@ def get_teacher(
         acc = evaluate(model, data.x_val, data.y_val)
         log(f"teacher {info.name}: loaded checkpoint {checkpoint}; val accuracy {acc:.4f}")
         return Teacher(model, info, acc, f"checkpoint:{checkpoint}", 0, 0.0)
+    if info.source == "instance":  # an in-memory module from the Python API: its weights, as given
+        model.eval()
+        acc = evaluate(model, data.x_val, data.y_val)
+        log(f"teacher {info.name}: in-memory model used as given; val accuracy {acc:.4f}")
+        return Teacher(model, info, acc, "instance", 0, 0.0)
 
     path = Path(cache_dir or cache_dir_default()) / "teachers" / f"{teacher_key(spec, model, data, train, seed)}.pt"
     if path.is_file():

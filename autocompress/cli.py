@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import AutocompressError, ConfigError
 
@@ -119,7 +120,7 @@ def validate(files: List[Path] = typer.Argument(..., help="search-space, hardwar
         if problems:
             bad += 1
             for p in problems:
-                err.print(f"[red]{p}[/]")
+                err.print(f"[red]{escape(p)}[/]")
         else:
             out.print(f"{f}: ok ({kind})")
     if bad:
@@ -200,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cmd = ctx.command_path if ctx is not None else "autocompress"
         msg = e.format_message() if hasattr(e, "format_message") else str(e)
-        err.print(f"[red]error: {msg} (see `{cmd} --help`)[/]")
+        err.print(f"[red]error: {escape(msg)} (see `{cmd} --help`)[/]")
         return 2
     except Interrupted as e:
-        err.print(f"[yellow]interrupted: finished trials are saved; continue with `autocompress resume {e.run_dir}`[/]")
+        err.print(f"[yellow]interrupted: finished trials are saved; continue with `autocompress resume {escape(str(e.run_dir))}`[/]")
         return 130
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -213,8 +214,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         lines = str(e).splitlines() or [type(e).__name__]
         for line in lines:
-            err.print(f"[red]error: {line}[/]")
+            err.print(f"[red]error: {escape(line)}[/]")
         return e.exit_code
+    except Exception as e:  # a bug, not bad input: still one line (the traceback with --debug)
+        if _DEBUG["on"]:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        err.print(f"[red]error: unexpected {escape(type(e).__name__)}: {escape(first)}; rerun with --debug for the "
+                  "traceback and report it[/]")
+        return 1
 
 
 def entry() -> None:

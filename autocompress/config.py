@@ -331,6 +331,22 @@ class RunSpec(Strict):
     metric_direction: Literal["maximize", "minimize"] = "maximize"
     early_stop: bool = True
 
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v):
+        # checked here, before a run folder is touched (an unknown name used to be found only after run.yaml was written)
+        from .search.optuna_backend import SAMPLERS
+
+        if v in SAMPLERS:
+            return v
+        import optuna
+
+        cls_ = getattr(optuna.samplers, v, None)
+        if isinstance(cls_, type) and issubclass(cls_, optuna.samplers.BaseSampler):
+            return v
+        raise ValueError(f"unknown sampler '{v}'{did_you_mean(v, SAMPLERS.names())}; choose one of: "
+                         f"{', '.join(SAMPLERS.names())}, or an optuna.samplers class name")
+
     @field_validator("objectives")
     @classmethod
     def _objs(cls, v):
@@ -411,6 +427,11 @@ def read_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{p}: no such file; check the path")
     try:
         data = yaml.safe_load(p.read_text())
+    except yaml.constructor.ConstructorError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: {getattr(e, 'problem', e)}: YAML tags that build Python objects are refused "
+                          "(files are read with yaml.safe_load); write plain values instead") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -21,6 +21,8 @@ from .errors import ConfigError
 from .records import TrialRecord
 
 FORMAT_VERSION = 1
+# spec keys a later `run`/`resume` on the same folder may change; any other difference is another run
+MUTABLE_SPEC_KEYS = frozenset({"trials", "timeout", "workers", "address", "early_stop", "out"})
 
 
 def package_versions() -> dict[str, str]:
@@ -100,7 +102,27 @@ class RunStore:
             pass
 
     # ------------------------------------------------------------------ config and baseline
+    def check_same_run(self, resolved: dict[str, Any]) -> None:
+        """A run folder holds one configuration: refuse another one before anything in it is overwritten
+        (a second ``run --out DIR`` with another model, space, storage... would rewrite run.yaml and the
+        baseline under the existing trials, and ``resume`` would then continue with the wrong spec)."""
+        if not self.run_yaml.is_file():
+            return
+        try:
+            old = (yaml.safe_load(self.run_yaml.read_text()) or {}).get("spec") or {}
+        except yaml.YAMLError:
+            return
+        diff = [k for k in sorted(set(old) | set(resolved)) if k not in MUTABLE_SPEC_KEYS and old.get(k) != resolved.get(k)]
+        if diff:
+            k = diff[0]
+            more = f" (and {', '.join(diff[1:])})" if len(diff) > 1 else ""
+            raise ConfigError(
+                f"run folder '{self.dir}' holds a run with {k}={old.get(k)!r}, not {resolved.get(k)!r}{more}; continue it "
+                f"with `autocompress resume {self.dir}` (optionally --trials N), or start this one with another --out"
+            )
+
     def write_run_yaml(self, resolved: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.check_same_run(resolved)
         doc = {"format_version": FORMAT_VERSION, "spec": resolved, **extra}
         tmp = self.run_yaml.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(doc, sort_keys=False))

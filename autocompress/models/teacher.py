@@ -43,13 +43,20 @@ def cpu_count() -> int:
 
 
 @torch.no_grad()
+def _val_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
+    """(top-1 accuracy 0..1, mean cross-entropy) in eval mode."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        out, yb = model(x[i : i + batch_size]), y[i : i + batch_size]
+        correct += int((out.argmax(1) == yb).sum())
+        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+    return correct / max(1, len(x)), loss / max(1, len(x))
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     """Top-1 accuracy (0..1) in eval mode."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-    return correct / max(1, len(x))
+    return _val_metrics(model, x, y, batch_size)[0]
 
 
 def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
@@ -67,9 +74,13 @@ def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.T
     return padded[batch, chans, rows, cols]
 
 
+RECIPE_VERSION = 2  # bump when train_teacher changes, so cached teachers are retrained
+
+
 def teacher_key(spec: str, model: nn.Module, data: DataBundle, train: TeacherSpec, seed: int) -> str:
     return content_hash(
         {
+            "recipe": RECIPE_VERSION,
             "spec": spec,
             "arch": architecture_signature(model),
             "data": data.fingerprint,
@@ -82,7 +93,9 @@ def teacher_key(spec: str, model: nn.Module, data: DataBundle, train: TeacherSpe
 
 def train_teacher(model: nn.Module, data: DataBundle, train: TeacherSpec, seed: int, name: str,
                   log: Callable[[str], None] = print) -> tuple[float, int, int]:
-    """Train in place (SGD + nesterov, warm-up then cosine, early stop); keeps the best epoch.
+    """Train in place (SGD + nesterov, warm-up then cosine, label smoothing 0.05, random shifts of
+    up to H/16 px); stops at ``target_accuracy`` or after ``patience`` epochs without improvement, and
+    keeps the best epoch.
 
     Returns (best val accuracy, epochs run, best epoch).
     """
@@ -101,7 +114,7 @@ def train_teacher(model: nn.Module, data: DataBundle, train: TeacherSpec, seed: 
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
     )
     shift = max(1, data.input_shape[1] // 16)
-    best_acc, best_epoch, best_state, epoch = -1.0, 0, None, 0
+    best_acc, best_loss, best_epoch, best_state, epoch = -1.0, float("inf"), 0, None, 0
     for epoch in range(1, train.max_epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -117,11 +130,13 @@ def train_teacher(model: nn.Module, data: DataBundle, train: TeacherSpec, seed: 
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             seen += len(idx)
-        acc = evaluate(model, data.x_val, data.y_val)
+        acc, val_loss = _val_metrics(model, data.x_val, data.y_val)
         log(f"teacher {name}: epoch {epoch}/{train.max_epochs} loss {loss_sum / max(1, seen):.4f} "
-            f"val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s)")
-        if acc > best_acc:
-            best_acc, best_epoch, best_state = acc, epoch, copy.deepcopy(model.state_dict())
+            f"val_loss {val_loss:.4f} val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s)")
+        # improvement: higher accuracy, or the same accuracy with a lower loss (small val sets plateau)
+        if acc > best_acc or (acc == best_acc and val_loss < best_loss):
+            best_acc, best_loss, best_epoch = acc, val_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
         if acc >= train.target_accuracy or epoch - best_epoch >= train.patience:
             break
     if best_state is not None:

@@ -213,6 +213,8 @@ def search(prep: Prepared, backend, *, deadline: float | None, log: Callable[[st
                 prep.ctx.early_stopper.observe(r.kd_history, r.metrics.accuracy)
     retries = 0
     started = time.time()
+    # engine overhead = wall time of the loop not spent inside run_trial (asks, storage, logging)
+    timing = {"trials": 0, "trial_s": 0.0, "wall_s": 0.0}
     while True:
         if deadline is not None and time.time() >= deadline:
             log(f"time budget reached (--timeout {spec.timeout:.0f} s): stopping after {backend.finished()} trials")
@@ -246,6 +248,10 @@ def search(prep: Prepared, backend, *, deadline: float | None, log: Callable[[st
         store.append(rec)  # on disk first: the backend may be a remote database
         backend.tell(handle, rec, feasibility(rec.metrics, spec.constraints))
         records.append(rec)
+        timing["trials"] += 1
+        timing["trial_s"] += rec.duration_s
+        timing["wall_s"] = time.time() - started
+        store.write_timing(timing)
         log(_summary_line(rec, backend.finished(), backend.budget, _best_so_far(records, spec), time.time() - started))
 
 

@@ -144,6 +144,13 @@ class RunStore:
             return None
         return json.loads(self.baseline_json.read_text())
 
+    def write_timing(self, timing: dict[str, Any]) -> None:
+        """Loop timing of this process's last search (benchmarks read the engine overhead from it)."""
+        t = dict(timing)
+        t["overhead_s"] = max(0.0, t["wall_s"] - t["trial_s"])
+        t["overhead_fraction"] = t["overhead_s"] / t["wall_s"] if t["wall_s"] > 0 else 0.0
+        (self.dir / "timing.json").write_text(json.dumps(t, indent=2))
+
     # ------------------------------------------------------------------ trial log
     def append(self, rec: TrialRecord) -> None:
         line = json.dumps(rec.to_dict(), default=str)

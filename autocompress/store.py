@@ -154,8 +154,13 @@ class RunStore:
     # ------------------------------------------------------------------ trial log
     def append(self, rec: TrialRecord) -> None:
         line = json.dumps(rec.to_dict(), default=str)
+        torn = False
+        if self.log_path.is_file() and self.log_path.stat().st_size:
+            with open(self.log_path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"  # a kill mid-append: end that line, or this record would be glued to it
         with open(self.log_path, "a") as f:
-            f.write(line + "\n")
+            f.write(("\n" if torn else "") + line + "\n")
             f.flush()
             os.fsync(f.fileno())
 

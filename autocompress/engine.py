@@ -307,7 +307,8 @@ def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: boo
                                          seed=spec.seed, budget=spec.trials, constraints_len=cons_len)
             backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
             backend.study.set_user_attr("baseline", store.read_baseline())
-            n_stale = backend.fail_stale(all_running=resume)
+            logged = {r.number: (r, feasibility(r.metrics, spec.constraints)) for r in store.records()}
+            n_stale = backend.fail_stale(all_running=resume, logged=logged)
             if n_stale:
                 log(f"resume: {n_stale} trial(s) interrupted by the last stop will be redone")
             if not backend.study.user_attrs.get("seeded"):

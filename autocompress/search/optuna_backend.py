@@ -160,8 +160,16 @@ class OptunaBackend:
     def finished(self) -> int:
         return sum(1 for t in self._trials() if RECORD_ATTR in t.user_attrs and not t.user_attrs.get(DISCARDED_ATTR))
 
-    def fail_stale(self, all_running: bool = False) -> int:
-        """Fail trials left RUNNING by a dead process (heartbeat), or all RUNNING ones on resume."""
+    def fail_stale(self, all_running: bool = False, logged: dict[int, tuple[TrialRecord, Sequence[float]]] | None = None) -> int:
+        """Fail trials left RUNNING by a dead process (heartbeat), or all RUNNING ones on resume.
+
+        ``logged``: records already in the run folder's log, with their constraint values. A RUNNING trial
+        found there was killed after its record reached the log but before the database: it is told from
+        that record (not failed), so it counts once against the budget and is not run again."""
+        for t in self._trials():
+            if t.state == TrialState.RUNNING and logged and t.number in logged:
+                rec, cons = logged[t.number]
+                self.tell(optuna.trial.Trial(self.study, t._trial_id), rec, cons)
         try:
             with _quiet():
                 optuna.storages.fail_stale_trials(self.study)

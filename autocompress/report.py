@@ -87,7 +87,7 @@ def pareto_front(df: pd.DataFrame, objectives: list[Objective], constraints: Con
         return df.copy()
     feas = df[feasible_mask(df, constraints)]
     if "candidate_key" in feas:  # a re-proposed candidate shows once, as its first trial
-        feas = feas.drop_duplicates("candidate_key", keep="first")
+        feas = feas.sort_values("number", kind="stable").drop_duplicates("candidate_key", keep="first")
     if feas.empty:
         return feas.copy()
     vals = feas[[o.name for o in objectives]].astype(float).to_numpy()

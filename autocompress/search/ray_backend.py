@@ -1,0 +1,474 @@
+"""Ray as the executor: the same search, with up to ``spec.workers`` trials running on a Ray cluster.
+
+Design decision: the engine's own Optuna ask/tell drives plain Ray tasks; Ray Tune and its
+``OptunaSearch`` are not used. The driver asks Optuna for up to N candidates, submits each one as a Ray
+task, and as each task finishes it appends the record to the run store (``trials.jsonl``), tells Optuna,
+and asks for the next. Hence one loop, one budget logic (:class:`OptunaBackend`'s exact, shared budget;
+a trial in flight counts as claimed), one storage, one resume path, and the Pareto front comes from the
+store exactly as with ``--backend optuna``. Tune would bring a second loop with its own trial
+bookkeeping, checkpoints and result folder, and its searcher would own the study.
+
+What runs where:
+
+* the driver (this process) validates, loads the data, gets the teacher, measures the baseline and
+  computes the teacher logits once (:func:`autocompress.engine.prepare`), then puts data, teacher,
+  teacher logits and the baseline ONNX bytes into the object store once; every task receives the refs
+  (a worker process resolves them once and keeps the context for its next tasks);
+* a trial task rebuilds a :class:`TrialContext` in a node-local folder (nodes need not share a
+  filesystem), runs :func:`run_trial`, and returns the record and the final ONNX bytes; the driver writes
+  them to ``run_dir/trials/<number>/model.onnx`` and appends the record;
+* latency: with ``profile.ray_resource`` set (e.g. ``hw-jetson``), the measurement is a nested task
+  that requires ``{ray_resource: 1}``: it runs only on a node advertising that resource, and at most one
+  at a time per node when the node advertises 1. Without it, the trial's node measures, one measurement
+  at a time per node (a file lock). Where each trial ran and where its latency was measured go to
+  ``run_dir/placement.jsonl`` with the task timings.
+
+Ctrl-C cancels the tasks in flight (their Optuna trials are discarded, redone on resume) and keeps the
+finished ones; Ray is shut down if this function started or connected it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError, UnavailableError
+from ..records import TrialRecord, TrialStatus
+
+# Task resources. These are defaults, not yet RunSpec fields (see the module's report): one CPU per
+# trial (Ray then sets OMP_NUM_THREADS=1 in the worker, so N trials use N cores), half a GPU per trial
+# when the profile targets CUDA, and no CPU for a latency task (the custom resource is what gates it, so
+# a dedicated measurement node may be started with --num-cpus 0 and never run trials).
+TRIAL_NUM_CPUS = 1.0
+TRIAL_NUM_GPUS_CUDA = 0.5
+PLACEMENT_FILE = "placement.jsonl"
+USER_MODULE_PREFIXES = ("_autocompress_user_", "_autocompress_metric_")
+
+
+# ============================================================================ driver
+def run_on_ray(spec, run_dir: Path, url: str, name: str, *, log: Callable[[str], None], resume: bool = False) -> None:
+    """Run the search of ``spec`` on Ray; results land in ``run_dir`` (the caller finalizes)."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray: `pip install autocompress[ray]` (ray[tune]>=2.30)") from None
+    from ..engine import _with_sigint, prepare
+
+    deadline = time.time() + spec.timeout if spec.timeout else None
+    started = not ray.is_initialized()
+    if started:
+        _init_ray(ray, spec, log)
+    try:
+        prep = prepare(spec, run_dir, log=log)
+        profile = prep.profile
+        if profile.ray_resource and profile.latency.mode == "measure":
+            have = ray.cluster_resources().get(profile.ray_resource, 0)
+            if have < 1:
+                raise ConfigError(
+                    f"profile '{profile.name}' measures latency on Ray resource '{profile.ray_resource}', but no node of "
+                    f"the cluster advertises it; start the target node with `ray start --address ... --resources "
+                    f"'{{\"{profile.ray_resource}\": 1}}'` (or remove ray_resource from the profile)")
+        backend = _open_backend(spec, prep, run_dir, url, name, log, resume)
+        shared = _put_shared(ray, prep, spec, url, name)
+        _with_sigint(lambda: _loop(ray, prep, backend, shared, spec, run_dir, log, deadline), run_dir)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _init_ray(ray, spec, log) -> None:
+    import logging
+
+    kwargs: dict[str, Any] = dict(ignore_reinit_error=True, logging_level=logging.ERROR, log_to_driver=False,
+                                  include_dashboard=False, configure_logging=True)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = spec.address or os.environ.get("RAY_ADDRESS")  # ray.init() would follow RAY_ADDRESS anyway
+    if address:
+        kwargs["address"] = address
+    else:
+        # a local cluster: as many CPU slots as cores, or as --workers asks for
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, int(spec.workers * TRIAL_NUM_CPUS))
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as e:
+        raise UnavailableError(f"cannot connect to the Ray cluster at '{address}': {str(e).splitlines()[0]}; "
+                               "check the address (auto | host:port | ray://host:port) and that the cluster is up") from None
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name.startswith(USER_MODULE_PREFIXES) and mod is not None:
+            _pickle_by_value(mod)
+    res = ray.cluster_resources()
+    log(f"ray: {address or 'local cluster'}, {len(ray.nodes())} node(s), "
+        f"{res.get('CPU', 0):.0f} CPU, {spec.workers} trial(s) in flight")
+
+
+def _pickle_by_value(mod) -> None:
+    """User code loaded from a file (model, metric) travels inside the pickles: workers need not have it."""
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.register_pickle_by_value(mod)
+    except (ValueError, TypeError):
+        pass
+
+
+def _open_backend(spec, prep, run_dir, url, name, log, resume):
+    """Open the study exactly as :func:`autocompress.engine.run` does (seeds once, stale trials on resume)."""
+    from ..engine import _dummy_metrics, _resolved
+    from ..space import seed_params
+    from ..trial import feasibility
+    from .optuna_backend import OptunaBackend
+
+    backend = OptunaBackend.open(url=url, study_name=name, objectives=spec.objectives, sampler=spec.sampler,
+                                 seed=spec.seed, budget=spec.trials,
+                                 constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)))
+    backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
+    backend.study.set_user_attr("baseline", prep.store.read_baseline())
+    n_stale = backend.fail_stale(all_running=resume)
+    if n_stale:
+        log(f"resume: {n_stale} trial(s) interrupted by the last stop will be redone")
+    if not backend.study.user_attrs.get("seeded"):
+        backend.enqueue([seed_params(s, prep.space, prep.groups) for s in prep.space.seeds])
+        backend.study.set_user_attr("seeded", True)
+    done = backend.finished()
+    if done:
+        log(f"resuming: {done} finished trial(s) kept, {max(0, spec.trials - done)} to go")
+    return backend
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every task needs: object refs (put once) and small frozen values."""
+
+    refs: tuple  # (data, teacher, teacher_logits, baseline ONNX bytes): ObjectRefs, resolved on the worker
+    key: str  # names the node-local folder of this run
+    profile: Any
+    space: Any
+    baseline: dict
+    input_shape: tuple
+    constraints: Any
+    seed: int
+    metric: Any
+    metric_direction: str
+    lookup_table: Any
+    trial_resources: dict
+
+
+def _put_shared(ray, prep, spec, url: str, name: str) -> _Shared:
+    ctx = prep.ctx
+    t = time.perf_counter()
+    refs = (ray.put(ctx.data), ray.put(ctx.teacher), ray.put(ctx.teacher_logits),
+            ray.put(Path(ctx.baseline.path).read_bytes()))
+    prep.ctx.log(f"ray: data, teacher, teacher logits and baseline put in the object store once "
+                 f"({time.perf_counter() - t:.1f} s)")
+    res: dict[str, Any] = {"num_cpus": TRIAL_NUM_CPUS}
+    if prep.profile.device == "cuda":
+        res["num_gpus"] = TRIAL_NUM_GPUS_CUDA
+    return _Shared(
+        refs=refs, key=hashlib.sha1(f"{url}|{name}".encode()).hexdigest()[:12], profile=prep.profile,
+        space=prep.space, baseline=ctx.baseline.to_dict(), input_shape=tuple(ctx.input_shape),
+        constraints=ctx.constraints, seed=ctx.seed, metric=ctx.metric, metric_direction=ctx.metric_direction,
+        lookup_table=ctx.lookup_table, trial_resources=res,
+    )
+
+
+@dataclass
+class _InFlight:
+    handle: Any
+    number: int
+    cand: Any
+    submitted: float
+
+
+def _loop(ray, prep, backend, shared: _Shared, spec, run_dir: Path, log, deadline) -> None:
+    from ..engine import MAX_DUPLICATE_RETRIES, _best_so_far, _describe, _summary_line
+    from ..space import sample_candidate
+    from ..store import merge_records
+    from ..trial import feasibility
+
+    store = prep.store
+    records = merge_records(store.records(), backend.records())
+    stopper = prep.ctx.early_stopper
+    if stopper is not None:
+        for r in records:
+            if r.status == TrialStatus.COMPLETE and r.kd_history:
+                stopper.observe(r.kd_history, r.metrics.accuracy)
+    inflight: dict[Any, _InFlight] = {}
+    task = _trial_task.options(max_retries=0, **shared.trial_resources)
+    placement = run_dir / PLACEMENT_FILE
+
+    def finish(rec: TrialRecord) -> None:
+        store.append(rec)  # on disk first, then Optuna
+        backend.tell(handle_of[rec.number], rec, feasibility(rec.metrics, spec.constraints))
+        records.append(rec)
+        log(_summary_line(rec, backend.finished(), backend.budget, _best_so_far(records, spec), time.time() - t_loop))
+
+    handle_of: dict[int, Any] = {}
+    t_loop = time.time()
+    asking, retries = True, 0
+    pending = None
+    try:
+        while True:
+            while asking and len(inflight) < spec.workers:
+                if deadline is not None and time.time() >= deadline:
+                    log(f"time budget reached (--timeout {spec.timeout:.0f} s): no new trials, waiting for {len(inflight)} in flight")
+                    asking = False
+                    break
+                asked = backend.ask()  # None once finished + in flight reach the budget
+                if asked is None:
+                    asking = False
+                    break
+                handle, suggest, number = asked
+                pending = handle  # asked, not yet in flight: discarded if Ctrl-C lands now
+                try:
+                    cand = sample_candidate(suggest, prep.space, prep.profile, prep.groups, prep.layer_names)
+                except ConfigError:
+                    backend.discard(handle)
+                    raise
+                key = cand.key()
+                seen = next((r for r in records if r.candidate.key() == key), None)
+                running = any(f.cand.key() == key for f in inflight.values())
+                if (seen is not None or running) and retries < MAX_DUPLICATE_RETRIES:
+                    retries += 1
+                    backend.discard(handle)
+                    pending = None
+                    continue
+                retries = 0
+                handle_of[number] = handle
+                log(f"trial {number}: {_describe(cand)}")
+                if seen is not None:
+                    finish(replace(seen, number=number, candidate=cand, duration_s=0.0, stage_times=(),
+                                   message=f"duplicate of trial {seen.number}" if seen.message is None else seen.message))
+                    pending = None
+                    continue
+                ref = task.remote(number, cand, shared, stopper, time.time())
+                inflight[ref] = _InFlight(handle, number, cand, time.time())
+                pending = None
+            if not inflight:
+                break
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                f = inflight.pop(ref)
+                t_got = time.time()
+                out = _result(ray, ref, f)
+                rec = _land(out, f, run_dir)
+                if stopper is not None and rec.kd_history and rec.metrics.accuracy is not None:
+                    stopper.observe(rec.kd_history, rec.metrics.accuracy)
+                finish(rec)
+                _append_jsonl(placement, {
+                    "trial": f.number, "node": out.get("latency_node"), "trial_node": out.get("node"),
+                    "worker": rec.worker, "queue_s": _r(out.get("started", f.submitted) - f.submitted),
+                    "task_s": _r(out.get("ended", t_got) - out.get("started", f.submitted)),
+                    "run_trial_s": _r(out.get("run_trial_s", 0.0)), "wall_s": _r(t_got - f.submitted),
+                    "driver_s": _r(time.time() - t_got),
+                })
+    except KeyboardInterrupt:
+        if pending is not None and all(f.handle is not pending for f in inflight.values()):
+            backend.discard(pending)
+        for ref, f in inflight.items():
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+            backend.discard(f.handle)
+        log(f"interrupted: {len(inflight)} trial(s) in flight cancelled (redone on resume)")
+        raise
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def _result(ray, ref, f: _InFlight) -> dict:
+    """The task's output; a task that died (worker crash, lost node) is a FAILED trial, not a dead study."""
+    from ..records import Metrics
+
+    try:
+        return ray.get(ref)
+    except Exception as e:  # RayTaskError, WorkerCrashedError, NodeDiedError, ObjectLostError...
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        rec = TrialRecord(number=f.number, status=TrialStatus.FAILED, candidate=f.cand, metrics=Metrics(),
+                          stage="ray", message=f"{type(e).__name__}: {first}", duration_s=time.time() - f.submitted)
+        return {"record": rec.to_dict(), "onnx": None}
+
+
+def _land(out: dict, f: _InFlight, run_dir: Path) -> TrialRecord:
+    """Write the returned ONNX bytes under the driver's run folder and point the record at them."""
+    rec = TrialRecord.from_dict(out["record"])
+    trial_dir = run_dir / "trials" / f"{f.number:05d}"
+    if trial_dir.exists():
+        shutil.rmtree(trial_dir)
+    if out.get("onnx") is not None:
+        trial_dir.mkdir(parents=True)
+        path = trial_dir / "model.onnx"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(out["onnx"])
+        os.replace(tmp, path)
+        rec = replace(rec, artifact=str(path.relative_to(run_dir)))
+    else:
+        rec = replace(rec, artifact=None)
+    return rec
+
+
+def _append_jsonl(path: Path, obj: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(obj) + "\n")
+
+
+def read_placement(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of ``placement.jsonl``: trial, node (where latency was measured), trial_node, timings."""
+    p = Path(run_dir) / PLACEMENT_FILE
+    if not p.is_file():
+        return []
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+
+
+# ============================================================================ worker side
+_CONTEXTS: dict[tuple, Any] = {}  # per worker process: the resolved context of a run, reused by its next tasks
+_BASELINES: dict[str, Path] = {}  # per process: baseline ONNX written once to a node-local file
+
+
+def _node_root(key: str) -> Path:
+    return Path(tempfile.gettempdir()) / "autocompress-ray" / key
+
+
+def _baseline_file(ray, ref, key: str) -> Path:
+    h = ref.hex()
+    path = _BASELINES.get(h)
+    if path is None or not path.is_file():
+        path = _node_root(key) / f"baseline-{os.getpid()}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(ray.get(ref))
+        _BASELINES[h] = path
+    return path
+
+
+def _worker_context(ray, shared: _Shared):
+    from ..trial import Baseline, TrialContext
+
+    k = (shared.key, *(r.hex() for r in shared.refs))
+    ctx = _CONTEXTS.get(k)
+    if ctx is None:
+        data, teacher, logits = ray.get(list(shared.refs[:3]))
+        run_dir = _node_root(shared.key) / f"worker-{os.getpid()}"  # this process's own folder and stage cache
+        run_dir.mkdir(parents=True, exist_ok=True)
+        base = Baseline(**{**{k2: v for k2, v in shared.baseline.items() if k2 in Baseline.__dataclass_fields__},
+                           "path": _baseline_file(ray, shared.refs[3], shared.key)})
+        ctx = TrialContext(
+            run_dir=run_dir, data=data, teacher=teacher, teacher_logits=logits, profile=shared.profile,
+            space=shared.space, baseline=base, input_shape=shared.input_shape, constraints=shared.constraints,
+            seed=shared.seed, metric=shared.metric, metric_direction=shared.metric_direction,
+            lookup_table=shared.lookup_table,
+        )
+        _CONTEXTS.clear()  # one run at a time per worker process
+        _CONTEXTS[k] = ctx
+    return ctx
+
+
+def _import_ray():
+    import ray
+
+    return ray
+
+
+def _trial_task_fn(number: int, cand, shared: _Shared, stopper, submitted: float) -> dict:
+    ray = _import_ray()
+    started = time.time()
+    ctx = _worker_context(ray, shared)
+    ctx = replace(ctx, early_stopper=stopper)
+    node = ray.get_runtime_context().get_node_id()
+    where: list[str] = []
+    if shared.profile.latency.mode == "measure":
+        ctx.latency_fn = _latency_fn(ray, ctx, shared, number, where, node)
+    from ..trial import run_trial
+
+    t = time.perf_counter()
+    rec = run_trial(number, cand, ctx)
+    run_trial_s = time.perf_counter() - t
+    onnx = None
+    if rec.artifact:
+        p = ctx.run_dir / rec.artifact
+        if p.is_file():
+            onnx = p.read_bytes()
+    shutil.rmtree(ctx.run_dir / "trials" / f"{number:05d}", ignore_errors=True)
+    return {"record": rec.to_dict(), "onnx": onnx, "node": node, "latency_node": where[0] if where else None,
+            "started": started, "ended": time.time(), "run_trial_s": run_trial_s}
+
+
+def _latency_fn(ray, ctx, shared: _Shared, number: int, where: list[str], node: str):
+    res = shared.profile.ray_resource
+    shape = ctx.batch_shape
+    seed = ctx.seed + number
+
+    if res:
+        def remote(path: Path):
+            ref = _measure_task.options(resources={res: 1.0}, num_cpus=0, max_retries=0).remote(
+                Path(path).read_bytes(), [shared.refs[3]], shared.key, shared.profile, shape, seed)
+            out = ray.get(ref)
+            where.append(out["node"])
+            return out["latency_ms"], out["speedup"], out["cv"]
+
+        return remote
+
+    def local(path: Path):
+        from ..measure.latency import measure_latency
+
+        lock = _node_root(shared.key).parent / "latency.lock"  # one measurement at a time on this node
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                lat = measure_latency(path, ctx.profile, shape, baseline_path=ctx.baseline.path, seed=seed)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        where.append(node)
+        return lat.median_ms, lat.speedup, lat.cv
+
+    return local
+
+
+def _measure_task_fn(onnx: bytes, base_ref: list, key: str, profile, shape, seed: int) -> dict:
+    """On the target node: the candidate's latency, interleaved with the baseline's."""
+    from ..measure.latency import measure_latency
+
+    ray = _import_ray()
+    base = _baseline_file(ray, base_ref[0], key)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=base.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(onnx)
+        lat = measure_latency(tmp, profile, shape, baseline_path=base, seed=seed)
+    finally:
+        os.unlink(tmp)
+    return {"latency_ms": lat.median_ms, "speedup": lat.speedup, "cv": lat.cv,
+            "node": ray.get_runtime_context().get_node_id()}
+
+
+class _LazyRemote:
+    """``ray.remote`` applied on first use, so importing this module does not import Ray."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._remote = None
+
+    def _get(self):
+        if self._remote is None:
+            self._remote = _import_ray().remote(self.fn)
+        return self._remote
+
+    def options(self, **kw):
+        return self._get().options(**kw)
+
+    def remote(self, *a, **kw):
+        return self._get().remote(*a, **kw)
+
+
+_trial_task = _LazyRemote(_trial_task_fn)
+_measure_task = _LazyRemote(_measure_task_fn)

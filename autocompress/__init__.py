@@ -19,7 +19,7 @@ from .config import RunSpec, load_profile, load_space  # noqa: E402
 from .errors import AutocompressError, ConfigError, InfeasibleCandidate, StageError  # noqa: E402
 
 
-def compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space: str = "default", profile: str = "cpu",
+def _compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space: str = "default", profile: str = "cpu",
              trials: int = 24, out: str | Path | None = None, log=None, **options):
     """Run a search and return a RunResult (``.front`` DataFrame, ``.model_paths()``, ``.report``).
 
@@ -38,6 +38,13 @@ def compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space: 
                            "out": str(out) if out else None, **options}, "compress()")
     kwargs = {"log": log} if log else {}
     return run(spec, **kwargs)
+
+
+# ``autocompress.compress`` is also the name of the stages subpackage (compress/prune.py, ...). Importing
+# a submodule rebinds the package attribute to the subpackage, so the subpackage itself is made callable
+# (see compress/__init__.py) and both ``autocompress.compress(...)`` and ``autocompress.compress.prune``
+# work in any import order.
+from . import compress  # noqa: E402
 
 
 def pareto_front(run_dir: str | Path):

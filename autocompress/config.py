@@ -326,6 +326,8 @@ class RunSpec(Strict):
     study: str | None = None
     workers: int = Field(default=1, ge=1)
     address: str | None = None
+    ray_cpus_per_trial: float = Field(default=1.0, gt=0)  # Ray resources of one trial task
+    ray_gpus_per_trial: float | None = Field(default=None, ge=0)  # default: 0.5 on cuda profiles, else 0
     teacher: TeacherSpec = TeacherSpec()
     metric: str | None = None  # "file.py:fn" / "module:fn", fn(outputs, targets) -> float
     metric_direction: Literal["maximize", "minimize"] = "maximize"

@@ -302,27 +302,36 @@ def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: boo
         else:
             deadline = time.time() + spec.timeout if spec.timeout else None
             prep = prepare(spec, run_dir, log=log)
-            cons_len = len(feasibility(_dummy_metrics(), spec.constraints))
-            backend = OptunaBackend.open(url=url, study_name=name, objectives=spec.objectives, sampler=spec.sampler,
-                                         seed=spec.seed, budget=spec.trials, constraints_len=cons_len)
-            backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
-            backend.study.set_user_attr("baseline", store.read_baseline())
-            logged = {r.number: (r, feasibility(r.metrics, spec.constraints)) for r in store.records()}
-            n_stale = backend.fail_stale(all_running=resume, logged=logged)
-            if n_stale:
-                log(f"resume: {n_stale} trial(s) interrupted by the last stop will be redone")
-            if not backend.study.user_attrs.get("seeded"):
-                from .space import seed_params
-
-                backend.enqueue([seed_params(s, prep.space, prep.groups) for s in prep.space.seeds])
-                backend.study.set_user_attr("seeded", True)
-            done = backend.finished()
-            if done:
-                log(f"resuming: {done} finished trial(s) kept, {max(0, spec.trials - done)} to go")
+            backend = open_backend(spec, prep, run_dir, url, name, log=log, resume=resume)
             _with_sigint(lambda: search(prep, backend, deadline=deadline, log=log), run_dir)
         return finalize(run_dir, log=log)
     finally:
         store.release_lock()
+
+
+def open_backend(spec: RunSpec, prep: Prepared, run_dir: Path, url: str, name: str, *,
+                 log: Callable[[str], None], resume: bool):
+    """Open (or create) the run's study: run spec and baseline on it, seeds enqueued once, trials left
+    RUNNING by a killed process failed (or completed from the log) on resume. Used by every backend."""
+    from .search.optuna_backend import OptunaBackend
+    from .space import seed_params
+
+    backend = OptunaBackend.open(url=url, study_name=name, objectives=spec.objectives, sampler=spec.sampler,
+                                 seed=spec.seed, budget=spec.trials,
+                                 constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)))
+    backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
+    backend.study.set_user_attr("baseline", prep.store.read_baseline())
+    logged = {r.number: (r, feasibility(r.metrics, spec.constraints)) for r in prep.store.records()}
+    n_stale = backend.fail_stale(all_running=resume, logged=logged)
+    if n_stale:
+        log(f"resume: {n_stale} trial(s) interrupted by the last stop will be redone")
+    if not backend.study.user_attrs.get("seeded"):
+        backend.enqueue([seed_params(s, prep.space, prep.groups) for s in prep.space.seeds])
+        backend.study.set_user_attr("seeded", True)
+    done = backend.finished()
+    if done:
+        log(f"resuming: {done} finished trial(s) kept, {max(0, spec.trials - done)} to go")
+    return backend
 
 
 def _dummy_metrics():

@@ -48,8 +48,6 @@ from ..records import TrialRecord, TrialStatus
 # trial (Ray then sets OMP_NUM_THREADS=1 in the worker, so N trials use N cores), half a GPU per trial
 # when the profile targets CUDA, and no CPU for a latency task (the custom resource is what gates it, so
 # a dedicated measurement node may be started with --num-cpus 0 and never run trials).
-TRIAL_NUM_CPUS = 1.0
-TRIAL_NUM_GPUS_CUDA = 0.5
 PLACEMENT_FILE = "placement.jsonl"
 USER_MODULE_PREFIXES = ("_autocompress_user_", "_autocompress_metric_")
 
@@ -96,7 +94,7 @@ def _init_ray(ray, spec, log) -> None:
         kwargs["address"] = address
     else:
         # a local cluster: as many CPU slots as cores, or as --workers asks for
-        kwargs["num_cpus"] = max(os.cpu_count() or 1, int(spec.workers * TRIAL_NUM_CPUS))
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, int(spec.workers * spec.ray_cpus_per_trial))
     try:
         ray.init(**kwargs)
     except ConnectionError as e:
@@ -121,27 +119,9 @@ def _pickle_by_value(mod) -> None:
 
 
 def _open_backend(spec, prep, run_dir, url, name, log, resume):
-    """Open the study exactly as :func:`autocompress.engine.run` does (seeds once, stale trials on resume)."""
-    from ..engine import _dummy_metrics, _resolved
-    from ..space import seed_params
-    from ..trial import feasibility
-    from .optuna_backend import OptunaBackend
+    from ..engine import open_backend
 
-    backend = OptunaBackend.open(url=url, study_name=name, objectives=spec.objectives, sampler=spec.sampler,
-                                 seed=spec.seed, budget=spec.trials,
-                                 constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)))
-    backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
-    backend.study.set_user_attr("baseline", prep.store.read_baseline())
-    n_stale = backend.fail_stale(all_running=resume)
-    if n_stale:
-        log(f"resume: {n_stale} trial(s) interrupted by the last stop will be redone")
-    if not backend.study.user_attrs.get("seeded"):
-        backend.enqueue([seed_params(s, prep.space, prep.groups) for s in prep.space.seeds])
-        backend.study.set_user_attr("seeded", True)
-    done = backend.finished()
-    if done:
-        log(f"resuming: {done} finished trial(s) kept, {max(0, spec.trials - done)} to go")
-    return backend
+    return open_backend(spec, prep, run_dir, url, name, log=log, resume=resume)
 
 
 @dataclass(frozen=True)
@@ -169,9 +149,10 @@ def _put_shared(ray, prep, spec, url: str, name: str) -> _Shared:
             ray.put(Path(ctx.baseline.path).read_bytes()))
     prep.ctx.log(f"ray: data, teacher, teacher logits and baseline put in the object store once "
                  f"({time.perf_counter() - t:.1f} s)")
-    res: dict[str, Any] = {"num_cpus": TRIAL_NUM_CPUS}
-    if prep.profile.device == "cuda":
-        res["num_gpus"] = TRIAL_NUM_GPUS_CUDA
+    res: dict[str, Any] = {"num_cpus": spec.ray_cpus_per_trial}
+    gpus = spec.ray_gpus_per_trial if spec.ray_gpus_per_trial is not None else (0.5 if prep.profile.device == "cuda" else 0.0)
+    if gpus:
+        res["num_gpus"] = gpus
     return _Shared(
         refs=refs, key=hashlib.sha1(f"{url}|{name}".encode()).hexdigest()[:12], profile=prep.profile,
         space=prep.space, baseline=ctx.baseline.to_dict(), input_shape=tuple(ctx.input_shape),

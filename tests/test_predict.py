@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ PROFILE = HardwareProfile(name="cpu-test", intra_op_threads=1)
 
 @pytest.fixture(scope="module")
 def table():
-    return predict.build_table(PROFILE, quick=True, log=lambda *a: None)  # ~10 s (must stay < 60 s)
+    return predict.build_table(PROFILE, quick=True, log=lambda *a: None)  # ~20 s with calibration (must stay < 60 s)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,39 @@ def test_unavailable_ep_cannot_build_a_table():
 
     with pytest.raises(UnavailableError, match="needs CUDAExecutionProvider"):
         predict.build_table(HardwareProfile(name="g", execution_provider="CUDAExecutionProvider"), quick=True)
+
+
+def test_quick_table_is_calibrated_per_dtype(table):
+    cal = table["calibration"]
+    assert set(cal["fits"]) == {"fp32", "int8"}
+    for f in cal["fits"].values():
+        assert f["n"] >= 1 and 0.5 <= f["beta"] <= 1.5 and math.isfinite(f["alpha"])
+    assert {m["dtype"] for m in cal["models"]} == {"fp32", "int8"}
+    assert all(m["raw_ms"] > 0 and m["measured_ms"] > 0 for m in cal["models"])
+
+
+def test_calibration_is_applied_per_dtype_and_optional(table, models):
+    _, big, big8 = models
+    assert predict.model_dtype(big) == "fp32" and predict.model_dtype(big8) == "int8"
+    raw_table = {k: v for k, v in table.items() if k != "calibration"}  # an old table: still works
+    for path, dt in ((big, "fp32"), (big8, "int8")):
+        raw = predict.predict_latency(path, PROFILE, raw_table, (1, 3, 32, 32))
+        f = table["calibration"]["fits"][dt]
+        cal = predict.predict_latency(path, PROFILE, table, (1, 3, 32, 32))
+        assert cal == pytest.approx(math.exp(f["alpha"]) * raw ** f["beta"])
+
+
+def test_fit_calibration():
+    pts = [(r, 3.0 * r ** 0.9) for r in (0.1, 0.5, 2.0, 8.0)]
+    f = predict.fit_calibration(pts)
+    assert f["beta"] == pytest.approx(0.9) and math.exp(f["alpha"]) == pytest.approx(3.0) and f["n"] == 4
+    one = predict.fit_calibration([(2.0, 5.0)])
+    assert one["beta"] == 1.0 and math.exp(one["alpha"]) == pytest.approx(2.5)
+    wild = predict.fit_calibration([(1.0, 1.0), (2.0, 40.0)])  # slope far from 1: a plain ratio instead
+    assert wild["beta"] == 1.0
+
+
+def test_calibration_models_are_disjoint_from_the_benchmark():
+    # bench_predict.py draws 2-decimal ratios with seeds < 1000
+    for _, ratio, _, seed in predict.CALIBRATION_MODELS + predict.CALIBRATION_MODELS_QUICK:
+        assert seed >= 1000 and round(ratio, 2) != ratio

@@ -17,6 +17,15 @@ Mapping rules (ONNX Runtime's CPU fusions, so the table describes what actually 
   (log channels in, log channels out, log batch*pixels) over the nearest measured configurations;
   an unmeasured group falls back to the nearest configuration of the op scaled by MACs.
 Single-op times are stored net of the per-inference overhead (an Identity graph), added back once.
+
+Whole-model calibration: isolated single-op timings miss what a whole graph pays or saves (layout
+reorders, fusions, memory traffic, thread hand-offs), so their sum is biased. After the grid,
+``build_table`` measures a few calibration models (zoo resnet18 / mobilenet_v2, uniformly pruned, fp32
+and int8, built with the product's own prune / export / quantize stages; ratios chosen so the benchmark's
+held-out candidates never coincide with them) with ``measure_latency`` and fits, per dtype,
+``log(measured) = alpha + beta * log(sum of op predictions + overhead)`` (2 parameters; beta = 1 when
+there is a single model). ``predict_latency`` applies it for the model's dtype (int8 when a Conv is
+QDQ-wrapped or a QLinearConv/ConvInteger is present); tables without ``calibration`` are used as is.
 """
 
 from __future__ import annotations
@@ -243,8 +252,10 @@ def _time_graph(model: bytes, profile: HardwareProfile, n_blocks: int, block_ms:
     return float(np.median(time_blocks(r, n_blocks, block_ms, warmup=2)))
 
 
-def build_table(profile: HardwareProfile, *, quick: bool = False, log: Callable = print) -> dict:
-    """Time the grid of single-op graphs on this machine as the profile says; returns the table."""
+def build_table(profile: HardwareProfile, *, quick: bool = False, log: Callable = print,
+                calibrate: bool = True) -> dict:
+    """Time the grid of single-op graphs on this machine as the profile says, then (``calibrate``) fit the
+    whole-model correction on a few calibration models; returns the table."""
     hardware.check_available(profile)
     n = int(profile.batch_size)
     n_blocks, block_ms = (3, 2.0) if quick else (7, min(profile.latency.block_ms, 5.0))
@@ -267,7 +278,7 @@ def build_table(profile: HardwareProfile, *, quick: bool = False, log: Callable 
                 log(f"  {len(entries)}/{total} ops timed ({time.perf_counter() - t0:.0f} s)")
     fp = hardware.fingerprint()
     log(f"lookup table: {len(entries)} entries, overhead {overhead * 1e3:.1f} us, {time.perf_counter() - t0:.0f} s")
-    return {
+    table = {
         "version": TABLE_VERSION,
         "profile": profile.name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -278,6 +289,114 @@ def build_table(profile: HardwareProfile, *, quick: bool = False, log: Callable 
         "build_seconds": time.perf_counter() - t0,
         "entries": entries,
     }
+    if calibrate:
+        table["calibration"] = calibrate_table(table, profile, quick=quick, log=log, dtypes=dtypes)
+        table["build_seconds"] = time.perf_counter() - t0
+    return table
+
+
+# ---------------------------------------------------------------- whole-model calibration
+# (arch, uniform prune ratio, input side, torch seed). The ratios have 3 decimals and seeds >= 1000 so they
+# never coincide with benchmarks/bench_predict.py's held-out candidates (2-decimal ratios, seeds < 1000).
+CALIBRATION_MODELS = [("resnet18", r, 32, 1000 + i) for i, r in enumerate((0.125, 0.375, 0.625))] + \
+                     [("mobilenet_v2", r, 32, 1010 + i) for i, r in enumerate((0.125, 0.375, 0.625))] + \
+                     [("resnet18", 0.875, 64, 1020), ("mobilenet_v2", 0.875, 64, 1021),
+                      ("resnet18", 0.4375, 64, 1022), ("mobilenet_v2", 0.4375, 64, 1023)]
+# quick (tests): one tiny model per dtype
+CALIBRATION_MODELS_QUICK = [("mobilenet_v2", 0.625, 32, 1030)]
+
+
+def build_candidate(arch: str, ratio: float, size: int, seed: int, out_dir, *, int8: bool = True,
+                    width_mult: float = 1.0) -> tuple[Path, Path | None]:
+    """fp32 (and int8) ONNX of a zoo model pruned uniformly at ``ratio``, through the product's own stages
+    (prune_model, export_onnx, quantize_model with the default QuantSpec: static QDQ U8S8 per-channel)."""
+    import torch
+
+    from ..compress.export import export_onnx
+    from ..compress.prune import prune_model
+    from ..compress.quantize import quantize_model
+    from ..models.zoo import build_model
+    from ..records import QuantSpec
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    model = build_model(arch, 10, (3, size, size), width_mult=width_mult).eval()
+    ex = torch.zeros(1, 3, size, size)
+    if ratio > 0:
+        model = prune_model(model, {"_default": ratio}, ex, inplace=True).model
+    tag = f"{arch}-w{width_mult:g}-r{ratio:g}-{size}px-s{seed}"
+    fp32 = out_dir / f"{tag}.onnx"
+    export_onnx(model, ex, fp32)
+    if not int8:
+        return fp32, None
+    calib = np.random.default_rng(seed).standard_normal((16, 3, size, size)).astype(np.float32)
+    q = out_dir / f"{tag}.int8.onnx"
+    quantize_model(fp32, q, {"_default": "int8"}, QuantSpec(), calib)
+    return fp32, q
+
+
+def model_dtype(model_or_path) -> str:
+    """'int8' when the graph has QLinearConv/ConvInteger or a Conv fed by a DequantizeLinear (QDQ), else 'fp32'."""
+    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path))
+    nodes = list(model.graph.node)
+    producer = {o: nd for nd in nodes for o in nd.output}
+    for nd in nodes:
+        if nd.op_type in ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"):
+            return "int8"
+        if nd.op_type == "Conv" and nd.input and producer.get(nd.input[0]) is not None \
+                and producer[nd.input[0]].op_type == "DequantizeLinear":
+            return "int8"
+    return "fp32"
+
+
+def fit_calibration(points: list[tuple[float, float]]) -> dict:
+    """(raw prediction, measured) pairs -> {alpha, beta}: log(measured) = alpha + beta * log(raw)."""
+    x = np.log([p for p, _ in points])
+    y = np.log([m for _, m in points])
+    if len(points) < 2 or np.ptp(x) < 0.1:  # one model (or no spread): a plain ratio
+        return {"alpha": float(np.median(y - x)), "beta": 1.0, "n": len(points)}
+    beta, alpha = np.polyfit(x, y, 1)
+    if not 0.5 <= beta <= 1.5:  # a wild slope from few noisy points: fall back to a ratio
+        return {"alpha": float(np.median(y - x)), "beta": 1.0, "n": len(points)}
+    return {"alpha": float(alpha), "beta": float(beta), "n": len(points)}
+
+
+def calibrate_table(table: dict, profile: HardwareProfile, *, quick: bool = False, log: Callable = print,
+                    dtypes=("fp32", "int8"), models=None) -> dict:
+    """Measure the calibration models whole and fit the per-dtype correction; returns table['calibration']."""
+    import tempfile
+
+    from .latency import measure_latency
+
+    t0 = time.perf_counter()
+    n = int(table.get("batch_size", profile.batch_size))
+    models = models if models is not None else (CALIBRATION_MODELS_QUICK if quick else CALIBRATION_MODELS)
+    uncal = {k: v for k, v in table.items() if k != "calibration"}
+    meas_profile = profile
+    if quick:
+        from ..config import LatencySpec
+
+        meas_profile = profile.model_copy(update={"latency": LatencySpec(warmup=3, min_rounds=5, max_rounds=15,
+                                                                         time_cap_s=2, block_ms=10.0)})
+    points: dict[str, list] = {d: [] for d in dtypes}
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for arch, ratio, size, seed in models:
+            fp32, q = build_candidate(arch, ratio, size, seed, d, int8="int8" in dtypes,
+                                      width_mult=0.5 if quick else 1.0)
+            shape = (n, 3, size, size)
+            for dt, path in (("fp32", fp32), ("int8", q)):
+                if path is None or dt not in dtypes:
+                    continue
+                raw = predict_latency(path, profile, uncal, shape)
+                meas = measure_latency(path, meas_profile, shape, seed=seed).median_ms
+                points[dt].append((raw, meas))
+                rows.append(dict(arch=arch, ratio=ratio, size=size, dtype=dt, raw_ms=raw, measured_ms=meas))
+                log(f"  calibration {arch} r={ratio} {size}px {dt}: sum of ops {raw:.3f} ms, measured {meas:.3f} ms")
+    fits = {dt: fit_calibration(p) for dt, p in points.items() if p}
+    for dt, f in fits.items():
+        log(f"calibration {dt}: measured = exp({f['alpha']:.3f}) * raw^{f['beta']:.3f} ({f['n']} models)")
+    return {"fits": fits, "models": rows, "load_avg": hardware.load_average(), "seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------- features and lookup
@@ -504,7 +623,12 @@ def predict_latency(onnx_path, profile: HardwareProfile, table: dict, input_shap
     """Predicted latency (ms) of one inference at input_shape: sum over nodes + per-inference overhead."""
     _check_table(table)
     parts = predict_breakdown(onnx_path, profile, table, input_shape)
-    return float(table["overhead_ms"] + sum(ms for _, _, ms in parts))
+    raw = float(table["overhead_ms"] + sum(ms for _, _, ms in parts))
+    fits = (table.get("calibration") or {}).get("fits") or {}
+    if not fits or raw <= 0:
+        return raw
+    f = fits.get(model_dtype(onnx_path)) or fits.get("fp32") or next(iter(fits.values()))
+    return float(math.exp(f["alpha"]) * raw ** f["beta"])
 
 
 def predicted_result(candidate_path, profile: HardwareProfile, table: dict, input_shape, *,

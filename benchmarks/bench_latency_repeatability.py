@@ -38,31 +38,22 @@ print(json.dumps(dict(speedup=r.speedup, ci_lo=r.speedup_ci[0], ci_hi=r.speedup_
 
 
 def build(d: Path, size: int):
+    """resnet18 (adapted to small inputs) in fp32 and int8, made with the product's own stages
+    (export_onnx, quantize_model: QDQ U8S8 per-channel), so the int8 convs fuse as they do in a search."""
     import torch
-    import torch.nn as nn
-    import torchvision
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from autocompress.compress.export import export_onnx
+    from autocompress.compress.quantize import quantize_model
+    from autocompress.models.zoo import build_model
+    from autocompress.records import QuantSpec
 
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    m = torchvision.models.resnet18(num_classes=10)
-    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    m.maxpool = nn.Identity()
-    m.eval()
+    m = build_model("resnet18", 10, (3, size, size)).eval()
     fp32, int8 = d / "resnet18.onnx", d / "resnet18.int8.onnx"
-    torch.onnx.export(m, torch.randn(1, 3, size, size), fp32, dynamo=False, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            self.it = iter([{"input": rng.standard_normal((1, 3, size, size)).astype(np.float32)} for _ in range(8)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, per_channel=True)
+    export_onnx(m, torch.zeros(1, 3, size, size), fp32)
+    calib = np.random.default_rng(0).standard_normal((32, 3, size, size)).astype(np.float32)
+    quantize_model(fp32, int8, {"_default": "int8"}, QuantSpec(), calib)
     return fp32, int8
 
 

@@ -15,13 +15,16 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import REPO_ROOT, HardwareProfile, RunSpec, SearchSpace, load_profile, load_space, parse
 from .errors import ConfigError, UnavailableError
 from .records import TrialRecord, TrialStatus
 from .store import RunStore, merge_records, package_versions
 from .trial import Baseline, EarlyStopper, TrialContext, feasibility, run_trial
+
+if TYPE_CHECKING:
+    from .search.base import Backend
 
 
 MAX_DUPLICATE_RETRIES = 5
@@ -201,7 +204,7 @@ def _best_so_far(records: list[TrialRecord], spec: RunSpec) -> str:
     return f" | best feasible: {fast.metrics.speedup:.1f}x, {small.metrics.size_mb:.2f} MB"
 
 
-def search(prep: Prepared, backend, *, deadline: float | None, log: Callable[[str], None] = _log_default,
+def search(prep: Prepared, backend: "Backend", *, deadline: float | None, log: Callable[[str], None] = _log_default,
            progress: bool = True) -> None:
     from .space import sample_candidate
 

@@ -209,6 +209,11 @@ def _fold_identities(model):
             rename[node.output[0]] = node.input[0]
         else:
             keep.append(node)
+    return _rewire(model, keep, rename)
+
+
+def _rewire(model, keep: list, rename: dict[str, str]):
+    """Keep only ``keep`` nodes, reading each renamed tensor from its replacement (graph passes share this)."""
     if not rename:
         return model
     for node in keep:
@@ -261,16 +266,7 @@ def _drop_cast_roundtrips(model):
             continue
         rename[n.output[0]] = first.input[0]
         drop.update({id(n), id(first)})
-    if not rename:
-        return model
-    keep = [n for n in nodes if id(n) not in drop]
-    for n in keep:
-        for i, name in enumerate(n.input):
-            if name in rename:
-                n.input[i] = rename[name]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    return model
+    return _rewire(model, [n for n in nodes if id(n) not in drop], rename)
 
 
 def quantize_model(

@@ -1,21 +1,28 @@
-"""What the engine needs from a search backend: ask for parameters, tell results, count the budget.
-
-The engine owns the loop (ask -> run_trial -> store -> tell), so any sampler or storage that can do
-ask/tell fits; the Pareto front never comes from the backend but from the stored records.
+"""What the engine's loop needs from a search backend (OptunaBackend implements it; the Ray loop drives
+the same object). The engine owns the loop (ask -> run_trial -> store -> tell); the Pareto front never
+comes from the backend but from the stored records.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from ..records import TrialRecord
 from ..space import Suggest
 
 
 class Backend(Protocol):
-    def ask(self) -> tuple[Any, Suggest, int] | None:
-        """A new trial handle, the object to draw parameters from, and its number; None when the budget is spent."""
+    budget: int
 
-    def tell(self, handle: Any, record: TrialRecord) -> None: ...
+    def ask(self) -> tuple[Any, Suggest, int] | None:
+        """A trial handle, the object to draw parameters from, and its number; None once the budget is claimed."""
+
+    def tell(self, handle: Any, record: TrialRecord, constraints: Sequence[float]) -> None:
+        """Store the record on the trial and report values (COMPLETE), pruned (STOPPED) or failed."""
+
+    def discard(self, handle: Any) -> None:
+        """A trial that will not produce a result (interrupted, duplicate): not counted, redone later."""
+
+    def finished(self) -> int: ...
 
     def records(self) -> list[TrialRecord]: ...

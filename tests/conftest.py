@@ -27,6 +27,34 @@ TINY_CNN_SOURCE = textwrap.dedent(
 )
 
 
+# A hardware profile that measures fast enough for tests (1 thread, a few short rounds).
+FAST_PROFILE = {
+    "kind": "hardware_profile", "name": "tiny-cpu", "intra_op_threads": 1, "precisions": ["fp32", "int8"],
+    "int8_format": "qdq", "int8_types": "u8s8",
+    "latency": {"warmup": 1, "min_rounds": 2, "max_rounds": 3, "time_cap_s": 0.5, "block_ms": 2},
+}
+
+
+def make_workspace(d: Path, space: dict, profile: dict = FAST_PROFILE, *, models_source: str = TINY_CNN_SOURCE,
+                   teacher: str | None = None) -> Path:
+    """Inputs of a tiny real search in ``d``: models.py, space.yaml, profile.yaml, an empty cache/ and,
+    when ``teacher`` names a file, a seeded ``tiny_cnn()`` state_dict there (so no teacher is trained)."""
+    import yaml
+
+    (d / "models.py").write_text(models_source)
+    (d / "space.yaml").write_text(yaml.safe_dump(space))
+    (d / "profile.yaml").write_text(yaml.safe_dump(profile))
+    (d / "cache").mkdir()
+    if teacher:
+        import torch
+
+        ns: dict = {}
+        exec(models_source, ns)
+        torch.manual_seed(0)
+        torch.save(ns["tiny_cnn"]().state_dict(), d / teacher)
+    return d
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The bundled scikit-learn digits at 16x16 (3 channels), loaded once per session."""

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from autocompress.cli import main
-from conftest import TINY_CNN_SOURCE
+from conftest import FAST_PROFILE, TINY_CNN_SOURCE, make_workspace
 
 SPACE = {
     "kind": "search_space", "name": "tiny",
@@ -31,11 +31,7 @@ SPACE = {
     "distill": {"epochs": 1, "lr": 0.05},
     "seeds": [{"sparsity": 0.5, "bits": "fp32"}],
 }
-PROFILE = {
-    "kind": "hardware_profile", "name": "tiny-cpu", "intra_op_threads": 1, "precisions": ["fp32", "int8"],
-    "int8_format": "qdq", "int8_types": "u8s8",
-    "latency": {"warmup": 1, "min_rounds": 2, "max_rounds": 3, "time_cap_s": 0.5, "block_ms": 2},
-}
+PROFILE = FAST_PROFILE
 
 EXTRA_MODELS = textwrap.dedent(
     """
@@ -98,11 +94,7 @@ def ws(tmp_path_factory):
     """Inputs for every case: models, checkpoints (no teacher training anywhere), YAMLs, data files."""
     import torch
 
-    d = tmp_path_factory.mktemp("bad")
-    (d / "models.py").write_text(TINY_CNN_SOURCE + EXTRA_MODELS)
-    (d / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    (d / "profile.yaml").write_text(yaml.safe_dump(PROFILE))
-    (d / "cache").mkdir()
+    d = make_workspace(tmp_path_factory.mktemp("bad"), SPACE, PROFILE, models_source=TINY_CNN_SOURCE + EXTRA_MODELS)
     ns: dict = {}
     exec(compile(TINY_CNN_SOURCE + EXTRA_MODELS, str(d / "models.py"), "exec"), ns)
     torch.manual_seed(0)

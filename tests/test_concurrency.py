@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TINY_CNN_SOURCE
+from conftest import FAST_PROFILE, make_workspace
 
 SPACE = {
     "kind": "search_space", "name": "tiny",
@@ -29,11 +29,7 @@ SPACE = {
     "bits": {"choices": ["fp32", "int8"]},
     "distill": {"epochs": 1, "lr": 0.05},
 }
-PROFILE = {
-    "kind": "hardware_profile", "name": "tiny-cpu", "intra_op_threads": 1, "precisions": ["fp32", "int8"],
-    "int8_format": "qdq", "int8_types": "u8s8",
-    "latency": {"warmup": 1, "min_rounds": 2, "max_rounds": 3, "time_cap_s": 0.5, "block_ms": 2},
-}
+PROFILE = FAST_PROFILE
 STUDY = "concurrency-study"
 # The run's process starts its trials only once every worker has its baseline, so that all of them compete
 # for the budget (otherwise a fast run can finish before a worker has loaded torch).
@@ -59,18 +55,8 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    import torch
-
-    d = tmp_path_factory.mktemp("conc")
-    (d / "models.py").write_text(TINY_CNN_SOURCE)
-    (d / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    (d / "profile.yaml").write_text(yaml.safe_dump(PROFILE))
-    (d / "cache").mkdir()
+    d = make_workspace(tmp_path_factory.mktemp("conc"), SPACE, PROFILE, teacher="teacher.pt")
     (d / "run_child.py").write_text(RUN_CHILD)
-    ns: dict = {}
-    exec(TINY_CNN_SOURCE, ns)
-    torch.manual_seed(0)
-    torch.save(ns["tiny_cnn"]().state_dict(), d / "teacher.pt")
     return d
 
 

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from autocompress.cli import main
-from conftest import TINY_CNN_SOURCE
+from conftest import FAST_PROFILE, make_workspace
 
 SPACE = {
     "kind": "search_space", "name": "tiny",
@@ -32,11 +31,7 @@ SPACE = {
     "bits": {"choices": ["int8"]},
     "distill": {"epochs": 1, "lr": 0.05},
 }
-PROFILE = {
-    "kind": "hardware_profile", "name": "tiny-cpu", "intra_op_threads": 1, "precisions": ["fp32", "int8"],
-    "int8_format": "qdq", "int8_types": "u8s8",
-    "latency": {"warmup": 1, "min_rounds": 2, "max_rounds": 3, "time_cap_s": 0.5, "block_ms": 2},
-}
+PROFILE = FAST_PROFILE
 BUDGET = 2
 
 # Runs the real CLI; KILL_AT="module:function:n" SIGKILLs this process inside the n-th call of that function.
@@ -75,18 +70,8 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    import torch
-
-    d = tmp_path_factory.mktemp("crash")
-    (d / "models.py").write_text(TINY_CNN_SOURCE)
-    (d / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    (d / "profile.yaml").write_text(yaml.safe_dump(PROFILE))
+    d = make_workspace(tmp_path_factory.mktemp("crash"), SPACE, PROFILE, teacher="teacher.pt")
     (d / "child.py").write_text(CHILD)
-    (d / "cache").mkdir()
-    ns: dict = {}
-    exec(TINY_CNN_SOURCE, ns)
-    torch.manual_seed(0)
-    torch.save(ns["tiny_cnn"]().state_dict(), d / "teacher.pt")
     return d
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from autocompress.cli import main
-from conftest import TINY_CNN_SOURCE
+from conftest import make_workspace
 
 SPACE = {
     "kind": "search_space", "name": "tiny",
@@ -28,12 +28,7 @@ PROFILE = {
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Model file, space, profile and a teacher cache shared by the tests of this module."""
-    d = tmp_path_factory.mktemp("e2e")
-    (d / "models.py").write_text(TINY_CNN_SOURCE)
-    (d / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    (d / "profile.yaml").write_text(yaml.safe_dump(PROFILE))
-    (d / "cache").mkdir()
-    return d
+    return make_workspace(tmp_path_factory.mktemp("e2e"), SPACE, PROFILE)
 
 
 def _args(ws, out, trials=4, extra=()):

@@ -10,11 +10,10 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
 
 from autocompress.cli import main
 from autocompress.errors import StageError
-from conftest import TINY_CNN_SOURCE
+from conftest import FAST_PROFILE, make_workspace
 
 SPACE = {
     "kind": "search_space", "name": "tiny-int8",
@@ -22,27 +21,12 @@ SPACE = {
     "bits": {"choices": ["int8"]},
     "distill": {"epochs": 1, "lr": 0.05},
 }
-PROFILE = {
-    "kind": "hardware_profile", "name": "tiny-cpu", "intra_op_threads": 1, "precisions": ["fp32", "int8"],
-    "int8_format": "qdq", "int8_types": "u8s8",
-    "latency": {"warmup": 1, "min_rounds": 2, "max_rounds": 3, "time_cap_s": 0.5, "block_ms": 2},
-}
+PROFILE = FAST_PROFILE
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    import torch
-
-    d = tmp_path_factory.mktemp("failures")
-    (d / "models.py").write_text(TINY_CNN_SOURCE)
-    (d / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    (d / "profile.yaml").write_text(yaml.safe_dump(PROFILE))
-    (d / "cache").mkdir()
-    ns: dict = {}
-    exec(TINY_CNN_SOURCE, ns)
-    torch.manual_seed(0)
-    torch.save(ns["tiny_cnn"]().state_dict(), d / "teacher.pt")
-    return d
+    return make_workspace(tmp_path_factory.mktemp("failures"), SPACE, PROFILE, teacher="teacher.pt")
 
 
 @pytest.fixture

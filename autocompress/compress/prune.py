@@ -9,6 +9,12 @@ Torch-Pruning couples layers whose channels must shrink together (residual adds,
 concatenations, squeeze-excitation); one group takes the ratio of the first of its layers that has one.
 Nominal ratios are not trusted: parameters and MACs are measured before and after, and
 ``PruneResult.layer_ratios`` holds the fraction of channels each layer actually lost.
+
+Some graphs cannot be traced whole by Torch-Pruning 1.6 (ShuffleNetV2's chunk + channel shuffle: its
+reshape index mapping divides by zero). Then the model is pruned part by part: each sub-module that traces
+alone is pruned with its own dependency graph, keeping its input and output widths (the layers whose channels
+reach the part's interface stay whole and are listed in ``PruneResult.fixed_layers``); a part that does not
+trace is split into its children. For ShuffleNetV2 that prunes the channels inside every branch.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class PruneResult:
     layer_ratios: dict[str, float]  # measured: 1 - out_channels_after / out_channels_before, per layer
     seconds: float
     requested_ratios: dict[str, float] = field(default_factory=dict)  # what the mapping asked for
+    # layers kept whole because the whole graph could not be traced and their channels reach a part's interface
+    fixed_layers: tuple[str, ...] = ()
 
     @property
     def params_ratio(self) -> float:
@@ -295,26 +303,33 @@ def prune_model(
     ignored = [mods[cls]] + [m for n, m in mods.items() if n and n != cls and isinstance(m, PRUNABLE) and
                              any(match_pattern(p, n) for p in exclude)]
     ratio_dict = {mods[n]: r for n, r in ratios.items() if r > 0}
+    fixed: list[str] = []
     if ratio_dict:
         try:
-            pruner = tp.pruner.BasePruner(
-                model,
-                example_input,
-                importance=importance,
-                pruning_ratio=0.0,
-                pruning_ratio_dict=ratio_dict,
-                ignored_layers=ignored,
-                round_to=round_to,
-            )
             if criterion in NEEDS_GRADIENTS:
                 x, y = calib
                 model.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(model(x), y)
                 loss.backward()
-            pruner.step()
+            try:  # building the pruner traces the graph; nothing is pruned before step()
+                pruner = tp.pruner.BasePruner(
+                    model,
+                    example_input,
+                    importance=importance,
+                    pruning_ratio=0.0,
+                    pruning_ratio_dict=ratio_dict,
+                    ignored_layers=ignored,
+                    round_to=round_to,
+                )
+            except Exception:  # noqa: BLE001 - Torch-Pruning cannot trace this graph whole: prune it part by part
+                pruner = None
+            if pruner is not None:
+                pruner.step()
+            else:
+                fixed = _prune_by_parts(model, example_input, ratio_dict, ignored, importance, round_to)
         except AutocompressError:
             raise
-        except Exception as e:  # Torch-Pruning cannot trace some graphs (e.g. ShuffleNet's split + shuffle)
+        except Exception as e:
             reason = (str(e).strip().splitlines() or [""])[0]
             raise StageError(
                 "prune",
@@ -340,4 +355,86 @@ def prune_model(
         layer_ratios=measured,
         seconds=time.perf_counter() - t0,
         requested_ratios=dict(ratios),
+        fixed_layers=tuple(fixed),
     )
+
+
+def _record_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    """The input tensor of every module called exactly once with a single tensor in one forward pass."""
+    seen: dict[nn.Module, list] = {}
+
+    def hook(mod, args):
+        seen.setdefault(mod, []).append(args[0].detach() if len(args) == 1 and torch.is_tensor(args[0]) else None)
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return {m: v[0] for m, v in seen.items() if len(v) == 1 and v[0] is not None}
+
+
+def _interface_layers(part: nn.Module, x: torch.Tensor, layers: list[nn.Module]) -> set[nn.Module]:
+    """Layers of ``part`` whose output channels cannot shrink without changing the part's input or output
+    shape: each is tried by pruning one channel of its group on a copy and running the copy on ``x``."""
+    import torch_pruning as tp
+
+    with torch.no_grad():
+        want = tuple(part(x).shape)
+    tied = set()
+    for layer in layers:
+        trial = copy.deepcopy(part)
+        path = next(n for n, m in part.named_modules() if m is layer)
+        target = trial.get_submodule(path)
+        try:
+            dg = tp.DependencyGraph().build_dependency(trial, example_inputs=x)
+            group = dg.get_pruning_group(target, dg.get_pruner_of_module(target).prune_out_channels, idxs=[0])
+            group.prune()
+            with torch.no_grad():
+                ok = tuple(trial(x).shape) == want
+        except Exception:  # noqa: BLE001 - the part rejects its own input once this layer shrinks
+            ok = False
+        if not ok:
+            tied.add(layer)
+    return tied
+
+
+def _prune_by_parts(model: nn.Module, example_input: torch.Tensor, ratio_dict: dict[nn.Module, float],
+                    ignored: list[nn.Module], importance, round_to: int | None) -> list[str]:
+    """Prune each traceable sub-module on its own, keeping its interface widths; returns the layers kept whole."""
+    import torch_pruning as tp
+
+    inputs = _record_inputs(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    fixed: list[str] = []
+
+    def visit(part: nn.Module, is_root: bool) -> None:
+        inside = [m for m in part.modules() if m in ratio_dict]
+        if not inside:
+            return
+        x = inputs.get(part)
+        if not is_root and x is not None and not isinstance(part, PRUNABLE):
+            try:
+                tp.DependencyGraph().build_dependency(part, example_inputs=x)
+                traced = True
+            except Exception:  # noqa: BLE001 - try its children instead
+                traced = False
+            if traced:
+                tied = _interface_layers(part, x, inside)
+                fixed.extend(names[m] for m in inside if m in tied)
+                free = {m: r for m, r in ratio_dict.items() if m in inside and m not in tied}
+                if free:
+                    skip = [m for m in part.modules() if m in tied or m in ignored or (isinstance(m, PRUNABLE) and m not in free)]
+                    tp.pruner.BasePruner(part, x, importance=importance, pruning_ratio=0.0, pruning_ratio_dict=free,
+                                         ignored_layers=skip, round_to=round_to).step()
+                return
+        if isinstance(part, PRUNABLE):
+            fixed.append(names[part])
+            return
+        for child in part.children():
+            visit(child, False)
+
+    visit(model, True)
+    return fixed

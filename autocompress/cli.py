@@ -47,7 +47,8 @@ def run(
     trials: Optional[int] = typer.Option(None, help="trial budget"),
     timeout: Optional[float] = typer.Option(None, help="stop starting new trials after this many seconds"),
     out_dir: Optional[str] = typer.Option(None, "--out", help="run folder (default results/<model>-<data>-<time>)"),
-    seed: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help="seed of the data split, teacher, KD and sampler (default 0)"),
+    sampler_seed: Optional[int] = typer.Option(None, help="seed of the sampler only: repeat a search on the same split and teacher"),
     sampler: Optional[str] = typer.Option(None, help="nsga2 (default), tpe, random, nsga3, gp, or an optuna sampler class"),
     backend: Optional[str] = typer.Option(None, help="optuna (default) or ray"),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: SQLite in the run folder)"),
@@ -65,7 +66,7 @@ def run(
     from .engine import run as run_engine
 
     overrides = dict(model=model, checkpoint=checkpoint, data=data, image_size=image_size, space=space,
-                     profile=profile, trials=trials, timeout=timeout, out=out_dir, seed=seed, sampler=sampler,
+                     profile=profile, trials=trials, timeout=timeout, out=out_dir, seed=seed, sampler_seed=sampler_seed, sampler=sampler,
                      backend=backend, storage=storage, study=study, workers=workers, address=address, metric=metric)
     if trust_checkpoint:
         overrides["trust_checkpoint"] = True

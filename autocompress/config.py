@@ -319,7 +319,8 @@ class RunSpec(Strict):
     trials: int = Field(default=24, ge=1)
     timeout: float | None = Field(default=None, gt=0)
     sampler: str = "nsga2"
-    seed: int = 0
+    seed: int = 0  # data split, teacher training, KD, latency inputs, and the sampler unless sampler_seed is set
+    sampler_seed: int | None = None  # only the sampler's seed: repeat a search on the same data split and teacher
     out: str | None = None
     backend: Literal["optuna", "ray"] = "optuna"
     storage: str | None = None

@@ -320,7 +320,7 @@ def open_backend(spec: RunSpec, prep: Prepared, run_dir: Path, url: str, name: s
     from .space import seed_params
 
     backend = OptunaBackend.open(url=url, study_name=name, objectives=spec.objectives, sampler=spec.sampler,
-                                 seed=spec.seed, budget=spec.trials,
+                                 seed=spec.seed if spec.sampler_seed is None else spec.sampler_seed, budget=spec.trials,
                                  constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)))
     backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
     backend.study.set_user_attr("baseline", prep.store.read_baseline())
@@ -397,7 +397,7 @@ def join(storage: str, study: str, *, out: str | None = None, log: Callable[[str
         b = st.user_attrs["baseline"]
         prep.ctx.baseline = Baseline(**{**prep.ctx.baseline.__dict__, "accuracy": b["accuracy"], "top5": b.get("top5")})
     backend = OptunaBackend.open(url=storage, study_name=study, objectives=spec.objectives, sampler=spec.sampler,
-                                 seed=spec.seed + os.getpid(), budget=spec.trials,
+                                 seed=(spec.seed if spec.sampler_seed is None else spec.sampler_seed) + os.getpid(), budget=spec.trials,
                                  constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)), create=False)
     backend.fail_stale()
     _with_sigint(lambda: search(prep, backend, deadline=None, log=log), run_dir)

@@ -144,3 +144,19 @@ def test_python_api_returns_the_front_and_model_paths(env, tmp_path):
     assert all(p.is_file() and p.suffix == ".onnx" for p in res.model_paths())
     assert res.report is not None and res.report.is_file()
     assert autocompress.pareto_front(tmp_path / "api")["number"].tolist() == res.front["number"].tolist()
+
+
+def test_sampler_seed_changes_the_proposals_not_the_split_or_teacher(env, tmp_path):
+    """--sampler-seed repeats a search with other proposals on the same data split, teacher and baseline."""
+    runs = {}
+    for s in (1, 2):
+        out = tmp_path / f"s{s}"
+        assert main(_args(env, out, trials=4, extra=("--sampler", "random", "--sampler-seed", str(s)))) == 0
+        meta = yaml.safe_load((out / "run.yaml").read_text())
+        assert meta["spec"]["sampler_seed"] == s and meta["spec"]["seed"] == 0
+        runs[s] = (json.loads((out / "baseline.json").read_text()), pd.read_csv(out / "trials.csv").sort_values("number"))
+    (b1, t1), (b2, t2) = runs[1], runs[2]
+    assert b1["accuracy"] == b2["accuracy"] and b1["teacher_fingerprint"] == b2["teacher_fingerprint"]
+    assert t1.iloc[0]["param.sparsity"] == t2.iloc[0]["param.sparsity"] == 0.5  # the seed candidate comes first in both
+    cols = ["param.sparsity", "param.bits"]
+    assert t1.iloc[1:][cols].values.tolist() != t2.iloc[1:][cols].values.tolist()

@@ -1,0 +1,125 @@
+"""Does the search beat random search? Hypervolume of autocompress at K trials vs random search at K and 3K.
+
+For each sampler seed, runs (through bench_search.py, so each run also adds a row to results/search.csv)
+the default search with K trials and a random search with 3K trials on the same task: same data split and
+teacher (`--seed` fixed, `--sampler-seed` varied), the same space without its hand-picked seeds for the
+random arm. Then scores each front with the same fixed reference point (10 pp below the baseline's
+accuracy, speedup 1, the baseline's size). Random at K is the first K trials of the random run.
+
+    python benchmarks/bench_hv.py --task digits-mobilenet --trials 24 --seeds 0 1 2 -- --model mobilenet_v3_small
+    python benchmarks/bench_hv.py --task T --score-only         # re-score the runs already in benchmarks/work/hv-T
+
+Appends to results/hv.csv and prints a markdown table with the median over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from autocompress.config import RunSpec, load_space  # noqa: E402
+from autocompress.report import pareto_front, reference_point  # noqa: E402
+from autocompress.search.pareto import hypervolume  # noqa: E402
+
+
+def noseed_space(space: str, work: Path) -> Path:
+    """The same search space without its hand-picked seed candidates (a pure random search)."""
+    sp = load_space(space)
+    d = sp.model_dump(mode="json", exclude_none=True)
+    d["seeds"] = []
+    d["name"] = f"{sp.name}-noseeds"
+    path = work / f"{sp.name}-noseeds.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def score(run: Path, first: int | None = None) -> tuple[float, int, float]:
+    meta = yaml.safe_load((run / "run.yaml").read_text())
+    spec = RunSpec.model_validate(meta["spec"])
+    base = json.loads((run / "baseline.json").read_text())
+    df = pd.read_csv(run / "trials.csv")
+    if first is not None:
+        df = df[df["number"] < first]
+    objs = list(spec.objectives)
+    front = pareto_front(df, objs, spec.constraints)
+    pts = front[[o.name for o in objs]].astype(float).to_numpy()
+    hv = hypervolume(pts, [o.resolved_direction for o in objs], reference_point(objs, base)) if len(front) else 0.0
+    ok = df[(df["status"] == "COMPLETE") & (df["accuracy_drop"] <= 1.0)]
+    return hv, len(front), float(ok["speedup"].max()) if len(ok) else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--trials", type=int, default=24, help="K: the autocompress budget (random gets 3K)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--random-factor", type=int, default=3, help="random search gets this many times K trials")
+    ap.add_argument("--space", default="default")
+    ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("rest", nargs=argparse.REMAINDER, help="after --: flags for `autocompress run` (model, data...)")
+    a = ap.parse_args()
+    flags = [x for x in a.rest if x != "--"]
+    work = ROOT / "benchmarks" / "work" / f"hv-{a.task}"
+    work.mkdir(parents=True, exist_ok=True)
+    k = a.trials
+    if not a.score_only:
+        rnd_space = noseed_space(a.space, work)
+        for s in a.seeds:
+            for arm, space, n, sampler in (("autocompress", a.space, k, None), ("random", str(rnd_space), a.random_factor * k, "random")):
+                out = work / f"{arm}-s{s}"
+                if (out / "trials.csv").is_file():
+                    print(f"{out} exists: kept", flush=True)
+                    continue
+                cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_search.py"), "--tag", f"hv-{a.task}-{arm}-s{s}",
+                       "--out", str(out), "--", *flags, "--space", space, "--trials", str(n), "--sampler-seed", str(s)]
+                if sampler:
+                    cmd += ["--sampler", sampler]
+                print("$", " ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True)
+
+    rows = []
+    for s in a.seeds:
+        ac, rn = work / f"autocompress-s{s}", work / f"random-s{s}"
+        if not (ac / "trials.csv").is_file() or not (rn / "trials.csv").is_file():
+            continue
+        hv_ac, n_ac, sp_ac = score(ac)
+        hv_rk, n_rk, sp_rk = score(rn, k)
+        hv_r3, n_r3, sp_r3 = score(rn, a.random_factor * k)
+        rows.append({"task": a.task, "seed": s, "K": k, "hv_autocompress_K": round(hv_ac, 4), "hv_random_K": round(hv_rk, 4),
+                     f"hv_random_{a.random_factor}K": round(hv_r3, 4), "front_autocompress": n_ac, f"front_random_{a.random_factor}K": n_r3,
+                     "best_speedup_1pp_autocompress": round(sp_ac, 2), "best_speedup_1pp_random_K": round(sp_rk, 2),
+                     f"best_speedup_1pp_random_{a.random_factor}K": round(sp_r3, 2), "date": datetime.now().isoformat(timespec="seconds")})
+    if not rows:
+        sys.exit("no finished pair of runs to score")
+    out = ROOT / "benchmarks" / "results" / "hv.csv"
+    old = [r for r in (list(csv.DictReader(out.open())) if out.is_file() else []) if r["task"] != a.task]
+    keys = list(dict.fromkeys(k_ for r in old + rows for k_ in r))
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows([{k_: r.get(k_, "") for k_ in keys} for r in old + rows])
+    cols = list(rows[0])[1:-1]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    f = a.random_factor
+    med = {c: statistics.median(r[c] for r in rows) for c in ("hv_autocompress_K", "hv_random_K", f"hv_random_{f}K")}
+    print(f"median over {len(rows)} seeds: autocompress@K {med['hv_autocompress_K']:.4f}, random@K {med['hv_random_K']:.4f}, "
+          f"random@{f}K {med[f'hv_random_{f}K']:.4f} -> goal (autocompress@K >= random@{f}K) "
+          f"{'met' if med['hv_autocompress_K'] >= med[f'hv_random_{f}K'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

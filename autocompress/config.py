@@ -210,7 +210,8 @@ class LatencySpec(Strict):
     time_cap_s: float = Field(default=8.0, gt=0)
     target_ci: float = Field(default=0.03, gt=0, lt=1)  # relative half-width of the speedup's CI
     block_ms: float = Field(default=20.0, gt=0)  # each sample times a block of runs lasting ~this long
-    statistic: Literal["median", "mean", "p90"] = "median"
+    # median: of per-round ratios; mean / p90 / p10 / min: ratio of those statistics (p10/min resist one-sided noise)
+    statistic: Literal["median", "mean", "p90", "p10", "min"] = "median"
 
     @model_validator(mode="after")
     def _rounds(self):

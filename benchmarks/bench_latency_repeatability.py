@@ -5,7 +5,10 @@ U8S8 per-channel) is measured in N fresh Python processes, one after another, wi
 Reports the CV across processes of the speedup (goal <= 5%) and of the absolute medians; writes
 benchmarks/results/latency_repeatability.csv.
 
-    python benchmarks/bench_latency_repeatability.py [--procs 5] [--profile cpu] [--size 32]
+    python benchmarks/bench_latency_repeatability.py [--procs 5] [--profile cpu] [--size 32] [--statistic p10]
+
+Each process also reports the speedup its own samples give under the median-of-ratios, p10 and min
+estimators, so estimators are compared on the same data.
 """
 
 from __future__ import annotations
@@ -26,14 +29,18 @@ CHILD = r"""
 import json, sys, time
 from autocompress.config import load_profile
 from autocompress.measure import hardware
-from autocompress.measure.latency import measure_latency
+from autocompress.measure.latency import measure_latency, speedup_estimate
 prof, _ = load_profile(sys.argv[3])
+if len(sys.argv) > 5:
+    prof = prof.model_copy(update={"latency": prof.latency.model_copy(update={"statistic": sys.argv[5]})})
 shape = hardware.input_shape_for(prof, (3, int(sys.argv[4]), int(sys.argv[4])))
 t = time.perf_counter()
 r = measure_latency(sys.argv[1], prof, shape, baseline_path=sys.argv[2], seed=0)
 print(json.dumps(dict(speedup=r.speedup, ci_lo=r.speedup_ci[0], ci_hi=r.speedup_ci[1], cand_ms=r.median_ms,
                       base_ms=r.baseline_median_ms, cv=r.cv, rounds=r.n_samples, k=r.runs_per_sample,
-                      stop=r.stop_reason, load=r.load_avg, seconds=time.perf_counter() - t)))
+                      stop=r.stop_reason, load=r.load_avg, seconds=time.perf_counter() - t,
+                      **{f"speedup_{st}": float(speedup_estimate(r.base_samples_ms, r.cand_samples_ms, st))
+                         for st in ("median", "p10", "min")})))
 """
 
 
@@ -68,13 +75,15 @@ def main():
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--tag", default="", help="suffix of the CSV name")
+    ap.add_argument("--statistic", default=None, help="override the profile's latency statistic (median, p10, min...)")
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         fp32, int8 = build(Path(d), args.size)
         for i in range(args.procs):
-            out = subprocess.run([sys.executable, "-c", CHILD, str(int8), str(fp32), args.profile, str(args.size)],
+            out = subprocess.run([sys.executable, "-c", CHILD, str(int8), str(fp32), args.profile, str(args.size),
+                                  *([args.statistic] if args.statistic else [])],
                                  capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(dict(process=i, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
@@ -88,6 +97,9 @@ def main():
         w.writerows(rows)
     sp = [r["speedup"] for r in rows]
     print(f"speedup: mean {np.mean(sp):.3f}, CV across processes {cv(sp):.1%} (goal <= 5%)")
+    for st in ("median", "p10", "min"):
+        x = [r[f"speedup_{st}"] for r in rows]
+        print(f"  same samples, estimator {st}: mean {np.mean(x):.3f}, CV across processes {cv(x):.1%}")
     print(f"int8 median ms: CV {cv([r['cand_ms'] for r in rows]):.1%}; fp32 median ms: CV {cv([r['base_ms'] for r in rows]):.1%}")
     print(f"load average at start: {min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}; wrote {name}")
 

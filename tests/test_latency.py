@@ -67,6 +67,17 @@ def test_other_statistics():
     b, c = np.array([2.0, 4.0, 6.0]), np.array([1.0, 2.0, 3.0])
     assert latency.speedup_estimate(b, c, "mean") == pytest.approx(2.0)
     assert latency.speedup_estimate(b, c, "p90") == pytest.approx(2.0)
+    assert latency.speedup_estimate(b, c, "min") == pytest.approx(2.0)
+
+
+def test_low_quantiles_ignore_one_sided_slowdowns():
+    """Another process only ever slows a block down: p10/min keep the undisturbed ratio where the
+    median of ratios follows the disturbed rounds once they are the majority."""
+    b, c = np.full(20, 4.0), np.full(20, 1.0)
+    c[:12] *= 1.5  # 12 of 20 candidate blocks disturbed
+    assert latency.speedup_estimate(b, c, "median") == pytest.approx(4.0 / 1.5)
+    assert latency.speedup_estimate(b, c, "p10") == pytest.approx(4.0)
+    assert latency.speedup_estimate(b, c, "min") == pytest.approx(4.0)
 
 
 def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():

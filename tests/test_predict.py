@@ -68,7 +68,8 @@ def test_quick_table_structure(table):
     assert table["fingerprint"]["onnxruntime"] and table["date"] and table["batch_size"] == 1
     assert 0 <= table["overhead_ms"] < 1.0
     groups = {e["group"] for e in table["entries"]}
-    for g in ("conv/fp32/k3/s1/full", "conv/int8/k3/s2/full", "conv/fp32/k3/s1/dw", "conv/int8/k3/s1/dw",
+    for g in ("conv/fp32/k3/s1/full/a16", "conv/int8/k3/s2/full/a16", "conv/fp32/k3/s1/dw/a16", "conv/int8/k3/s1/dw/a16",
+              "conv/fp32/k1/s1/full/u", "conv/int8/k3/s1/dw/u", "conv/fp32/k3/s1/full/a8", "conv/int8/k3/s2/dw/a8",
               "gemm/fp32", "gemm/int8", "gap/fp32", "maxpool/int8/k3/s2", "relu/fp32", "hardswish/int8",
               "add/int8", "mul/fp32", "quantize/fp32", "dequantize/fp32"):
         assert g in groups, g
@@ -84,7 +85,8 @@ def test_predictions_order_models_and_map_every_node(table, models):
     parts = predict.predict_breakdown(big, PROFILE, table, (1, 3, 32, 32))
     groups = [g for _, g, _ in parts]
     assert not [g for g in groups if g.startswith("unmapped")]
-    assert groups.count("conv/fp32/k3/s1/full") == 5 and "conv/fp32/k3/s1/dw" in groups
+    assert sum(g.startswith("conv/fp32/k3/s1/full/") for g in groups) == 5
+    assert any(g.startswith("conv/fp32/k3/s1/dw/") for g in groups)
     assert "relu/fp32" not in groups  # fused into the Conv
     assert {"maxpool/fp32/k3/s2", "hardswish/fp32", "gap/fp32", "gemm/fp32"} <= set(groups)
     # a bigger batch costs more
@@ -95,7 +97,7 @@ def test_int8_graph_maps_to_int8_entries(table, models):
     _, big, big8 = models
     parts = predict.predict_breakdown(big8, PROFILE, table, (1, 3, 32, 32))
     groups = [g for _, g, _ in parts]
-    assert groups.count("conv/int8/k3/s1/full") == 5
+    assert sum(g.startswith("conv/int8/k3/s1/full/") for g in groups) == 5
     assert "quantize/fp32" in groups  # the model's float input is quantized once
     assert not [g for g in groups if g.startswith("unmapped")]
     assert predict.predict_latency(big8, PROFILE, table, (1, 3, 32, 32)) > 0
@@ -191,3 +193,28 @@ def test_calibration_models_are_disjoint_from_the_benchmark():
     # bench_predict.py draws 2-decimal ratios with seeds < 1000
     for _, ratio, _, seed in predict.CALIBRATION_MODELS + predict.CALIBRATION_MODELS_QUICK:
         assert seed >= 1000 and round(ratio, 2) != ratio
+
+
+def test_alignment_classes():
+    conv = lambda cin, cout, dw=False: {"cin": cin, "cout": cout, "dw": dw}  # noqa: E731
+    assert predict.alignment(conv(64, 128)) == "a16"
+    assert predict.alignment(conv(64, 72)) == "a8" and predict.alignment(conv(72, 64)) == "a8"
+    assert predict.alignment(conv(64, 101)) == "u" and predict.alignment(conv(61, 64)) == "u"
+    assert predict.alignment(conv(3, 32)) == "a16"  # an RGB stem is not an unaligned conv
+    assert predict.alignment(conv(101, 101, dw=True)) == "u" and predict.alignment(conv(96, 96, dw=True)) == "a16"
+
+
+def test_missing_alignment_class_falls_back_to_the_nearest_one(table):
+    """A table without the unaligned class (an older grid, or a pruned one) still interpolates an unaligned
+    conv within the same kernel/stride/kind, from the a8 class first."""
+    trimmed = {**table, "entries": [e for e in table["entries"] if not e["group"].endswith("/u")]}
+    e = {"op": "conv", "k": 3, "s": 1, "dw": False, "cin": 61, "cout": 61, "h": 8, "n": 1, "dtype": "fp32"}
+    f = predict._features(e)
+    assert f["group"] == "conv/fp32/k3/s1/full/u"
+    idx = predict._Index(trimmed)
+    assert f["group"] not in idx.groups
+    got = idx.lookup(f["group"], f["feats"], f["work"])
+    a8 = predict._features({**e, "cin": 72, "cout": 72})
+    assert got > 0 and idx.groups.get("conv/fp32/k3/s1/full/a8") is not None
+    assert got == pytest.approx(idx.lookup(f["group"].replace("/u", "/a8"), f["feats"], f["work"]))
+    assert a8["group"] == "conv/fp32/k3/s1/full/a8"

@@ -45,6 +45,8 @@ class LatencyResult:
     stop_reason: str  # "converged" | "time_cap" | "max_rounds" | "single"
     load_avg: float  # 1-minute load average at the start (a busy machine makes figures suspect)
     mode: str = "measure"
+    cand_samples_ms: tuple[float, ...] = ()  # per-run ms of each candidate block, in round order
+    base_samples_ms: tuple[float, ...] = ()  # the baseline's, same rounds (empty without a baseline)
 
     @property
     def busy(self) -> bool:
@@ -129,6 +131,10 @@ def _stat(x: np.ndarray, statistic: str, axis: int = -1) -> np.ndarray:
         return np.mean(x, axis=axis)
     if statistic == "p90":
         return np.percentile(x, 90, axis=axis)
+    if statistic == "p10":
+        return np.percentile(x, 10, axis=axis)
+    if statistic == "min":
+        return np.min(x, axis=axis)
     return np.median(x, axis=axis)
 
 
@@ -138,8 +144,9 @@ def speedup_estimate(base_ms: np.ndarray, cand_ms: np.ndarray, statistic: str = 
     median (default): median of per-round ratios. A ratio pairs two blocks taken seconds apart, so drift
     of the machine between rounds cancels; the median then ignores the odd round that another process
     disturbed. The ratio of medians does not pair samples and follows drift that differs between the
-    halves of the run (tested in tests/test_latency.py). mean / p90: ratio of those statistics (tail
-    latency has no per-round meaning).
+    halves of the run (tested in tests/test_latency.py). mean / p90 / p10 / min: ratio of those statistics
+    (a quantile has no per-round meaning). p10 and min estimate the undisturbed cost when the noise is
+    one-sided (other processes only ever slow a block down), as with several threads on shared cores.
     """
     base_ms, cand_ms = np.asarray(base_ms, float), np.asarray(cand_ms, float)
     if statistic == "median":
@@ -236,4 +243,6 @@ def measure_latency(candidate_path, profile: HardwareProfile, input_shape: Seque
         speedup_ci=ci_out,
         stop_reason=stop,
         load_avg=load,
+        cand_samples_ms=tuple(float(x) for x in cand_s),
+        base_samples_ms=tuple(float(x) for x in base_s),
     )

@@ -201,7 +201,7 @@ def _best_so_far(records: list[TrialRecord], spec: RunSpec) -> str:
         return ""
     fast = max(ok, key=lambda r: r.metrics.speedup or 0)
     small = min(ok, key=lambda r: r.metrics.size_mb or 1e9)
-    return f" | best feasible: {fast.metrics.speedup:.1f}x, {small.metrics.size_mb:.2f} MB"
+    return f" | best feasible: {fast.metrics.speedup:.2f}x, {small.metrics.size_mb:.2f} MB"
 
 
 def search(prep: Prepared, backend: "Backend", *, deadline: float | None, log: Callable[[str], None] = _log_default,

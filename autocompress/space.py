@@ -7,6 +7,8 @@ stable (``sparsity.layer1``, ``bits``, ``kd.epochs``...) so studies resume and t
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Mapping, Protocol, Sequence
 
 from .config import FloatRange, HardwareProfile, IntRange, SearchSpace, SeedCandidate
@@ -24,10 +26,14 @@ class Suggest(Protocol):
 
 def _suggest(t: Suggest, name: str, p, params: dict) -> Any:
     """A fixed value, a list of choices or a range -> a value (recorded in params when searched)."""
-    if isinstance(p, FloatRange):
-        v = t.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
-    elif isinstance(p, IntRange):
-        v = t.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
+    if isinstance(p, (FloatRange, IntRange)):
+        with warnings.catch_warnings():
+            # a seed candidate may sit outside the range on purpose (sparsity 0.0 = int8 alone): not the user's to fix
+            warnings.filterwarnings("ignore", message="Fixed parameter .* out of range", category=UserWarning)
+            if isinstance(p, FloatRange):
+                v = t.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+            else:
+                v = t.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
     elif isinstance(p, list):
         if len(p) == 1:
             return p[0]

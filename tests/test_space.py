@@ -84,6 +84,22 @@ def test_seeds_translate_to_enqueueable_params():
     assert set(c.sparsity_map().values()) == {0.8} and c.bits_map()["_default"] == "int8"
 
 
+def test_a_seed_outside_the_range_is_sampled_without_a_warning():
+    """The int8-alone seed fixes sparsity 0.0 below the 0.1-0.9 range on purpose; Optuna's out-of-range
+    warning is not the user's to act on and must not reach stderr."""
+    import warnings
+
+    space = load_space("default")
+    zero = next(s for s in space.seeds if s.sparsity == 0.0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(seed_params(zero, space, GROUPS))
+    t = study.ask()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = sample_candidate(t, space, CPU, GROUPS)
+    assert set(c.sparsity_map().values()) <= {0.0}
+
+
 def test_candidate_keys_share_student_across_bits():
     space = load_space("default")
     study = optuna.create_study()

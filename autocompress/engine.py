@@ -367,6 +367,13 @@ def resume(run_dir: str | os.PathLike, *, log: Callable[[str], None] = _log_defa
     spec_d = dict(meta["spec"])
     if trials is not None:
         spec_d["trials"] = trials
+    here, was = str(Path(run_dir).resolve()), spec_d.get("out")
+    if was and was != here:  # the folder was moved or copied: results (and a study stored inside it) follow it
+        for key in ("storage",):
+            if isinstance(spec_d.get(key), str) and was in spec_d[key]:
+                spec_d[key] = spec_d[key].replace(was, here)
+        spec_d["out"] = here
+        log(f"resume: run folder moved from {was}; continuing in {here}")
     spec = parse(RunSpec, spec_d, str(store.run_yaml))
     return run(spec, log=log, resume=True)
 

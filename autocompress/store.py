@@ -112,6 +112,9 @@ class RunStore:
             old = (yaml.safe_load(self.run_yaml.read_text()) or {}).get("spec") or {}
         except yaml.YAMLError:
             return
+        was, now = old.get("out"), resolved.get("out")
+        if was and now and was != now and isinstance(old.get("storage"), str):  # moved folder: its own study moved too
+            old = {**old, "storage": old["storage"].replace(was, now)}
         diff = [k for k in sorted(set(old) | set(resolved)) if k not in MUTABLE_SPEC_KEYS and old.get(k) != resolved.get(k)]
         if diff:
             k = diff[0]

@@ -160,3 +160,20 @@ def test_sampler_seed_changes_the_proposals_not_the_split_or_teacher(env, tmp_pa
     assert t1.iloc[0]["param.sparsity"] == t2.iloc[0]["param.sparsity"] == 0.5  # the seed candidate comes first in both
     cols = ["param.sparsity", "param.bits"]
     assert t1.iloc[1:][cols].values.tolist() != t2.iloc[1:][cols].values.tolist()
+
+
+def test_resume_follows_a_moved_run_folder(env, tmp_path):
+    """A run folder moved (or copied) elsewhere resumes in its new place, with its study, not the old path."""
+    import shutil
+
+    old = tmp_path / "old"
+    assert main(_args(env, old, trials=2)) == 0
+    new = tmp_path / "moved" / "run"
+    new.parent.mkdir()
+    shutil.move(str(old), str(new))
+    assert main(["resume", str(new), "--trials", "3"]) == 0
+    assert not old.exists()
+    df = pd.read_csv(new / "trials.csv")
+    assert len(df) == 3 and {0, 1} <= set(df["number"])  # both finished trials kept, one more run
+    meta = yaml.safe_load((new / "run.yaml").read_text())
+    assert meta["spec"]["out"] == str(new.resolve()) and str(new.resolve()) in meta["spec"]["storage"]

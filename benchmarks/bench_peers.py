@@ -164,7 +164,30 @@ def dominance(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def plot(rows: list[dict], task: str, path: Path) -> None:
+def print_table(rows: list[dict]) -> None:
+    cols = ["method", "detail", "accuracy", "drop_pp", "speedup", "speedup_ci", "size_mb", "size_ratio", "ac_vs_peer", "dominated"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+
+
+def summarize(rows: list[dict], max_drop: float | None) -> None:
+    """The goal line: among peers that meet the run's accuracy constraint (a peer outside it is not a model
+    the user asked for), how many times faster the best front model at equal or better accuracy is."""
+    peers = [r for r in rows if r["method"] not in ("autocompress", "baseline", "random")]
+    ok = [r for r in peers if max_drop is None or r["drop_pp"] <= max_drop]
+    out = [r for r in peers if r not in ok]
+    ratios = [(r["ac_vs_peer"], r["method"] + " " + r["detail"]) for r in ok if r.get("ac_vs_peer") != ""]
+    worst = min(ratios, default=None)
+    print(f"goal (front >= 2x faster than every peer, at equal or better accuracy, among peers within the "
+          f"{max_drop} pp constraint): worst ratio {worst[0] if worst else 'n/a'}"
+          f"{f' (vs {worst[1]})' if worst else ''} -> {'met' if worst and worst[0] >= 2 else 'MISSED'}; "
+          f"no front model as accurate: {[r['method'] + ' ' + r['detail'] for r in ok if r.get('ac_vs_peer') == ''] or 'none'}; "
+          f"dominated {sum(bool(r['dominated']) for r in ok)}/{len(ok)}; outside the constraint: "
+          f"{[r['method'] + ' ' + r['detail'] + ' (' + str(r['drop_pp']) + ' pp)' for r in out] or 'none'}")
+
+
+def plot(rows: list[dict], task: str, path: Path, max_drop: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,11 +201,20 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
         m, c = styles.get(method, (next(marks), None))
         xs = [r["speedup"] for r in pts]
         ys = [100 * r["accuracy"] for r in pts]
-        if method in ("autocompress", "random") and len(pts) > 1:
-            ax.plot(xs, ys, m + "-", color=c, label=f"{method} front", alpha=0.9 if method == "autocompress" else 0.5)
-        else:
-            ax.plot(xs, ys, m, color=c, markersize=9 if method == "baseline" else 7, label=method, linestyle="none")
+        label = f"{method} front" if method in ("autocompress", "random") else method
+        ax.plot(xs, ys, m, color=c, markersize=9 if method in ("baseline", "autocompress") else 7, label=label,
+                linestyle="none", alpha=0.95 if method != "random" else 0.6)
+    base = next((r for r in rows if r["method"] == "baseline"), None)
+    if base is not None and max_drop is not None:
+        ax.axhline(100 * base["accuracy"] - max_drop, color="grey", linestyle="--", linewidth=0.8)
+        ax.text(0.99, 100 * base["accuracy"] - max_drop, f"-{max_drop:g} pp constraint", fontsize=7, ha="right",
+                va="bottom", color="grey", transform=ax.get_yaxis_transform())
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_minor_locator(LogLocator(base=2, subs=()))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_xlabel("speedup vs fp32 baseline (interleaved, cpu profile, log scale)")
     ax.set_ylabel("top-1 accuracy on the validation split (%)")
     ax.set_title(task)
@@ -201,7 +233,18 @@ def main() -> None:
     ap.add_argument("--random-first", type=int, help="use only the random run's first N trials (the same budget as --run)")
     ap.add_argument("--kd-epochs", type=int, default=None, help="KD epochs for the uniform peers (default: the space's largest)")
     ap.add_argument("--skip", default="", help="comma-separated peers to skip")
+    ap.add_argument("--summary-only", action="store_true", help="re-print the table and goal line from results/peers-TASK.json")
     a = ap.parse_args()
+    if a.summary_only:
+        saved = json.loads((RESULTS / f"peers-{a.task}.json").read_text())
+        meta = yaml.safe_load((a.run / "run.yaml").read_text())
+        rows = dominance(saved["rows"])
+        spec = RunSpec.model_validate(meta["spec"])
+        print_table(rows)
+        summarize(rows, spec.constraints.max_accuracy_drop)
+        plot(rows, f"{a.task} ({spec.model}, {spec.profile} profile)", RESULTS / f"peers-{a.task}.png",
+             spec.constraints.max_accuracy_drop)
+        return
     skip = set(filter(None, a.skip.split(",")))
     load0 = os.getloadavg()[0]
     t_start = time.time()
@@ -278,21 +321,13 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows([{k: r.get(k, "") for k in keys} for r in old + new])
-    plot(rows, f"{a.task} ({spec.model}, {spec.profile} profile)", RESULTS / f"peers-{a.task}.png")
+    plot(rows, f"{a.task} ({spec.model}, {spec.profile} profile)", RESULTS / f"peers-{a.task}.png",
+         spec.constraints.max_accuracy_drop)
 
-    cols = ["method", "detail", "accuracy", "drop_pp", "speedup", "speedup_ci", "size_mb", "size_ratio", "ac_vs_peer", "dominated"]
     print(f"\n{a.task}: {spec.model}, {spec.data}, profile {spec.profile}; load {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
           f"{time.time() - t_start:.0f} s; {mach['cpu']} ({mach['cpu_flags']}); {mach['versions']}")
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
-    peers = [r for r in rows if r["method"] not in ("autocompress", "baseline", "random")]
-    ratios = [r["ac_vs_peer"] for r in peers if r.get("ac_vs_peer") != ""]
-    if peers:
-        print(f"goal (>= 2x faster than every peer at equal or better accuracy): min ratio "
-              f"{min(ratios) if ratios else 'n/a'}; peers with no front model at their accuracy: "
-              f"{[r['method'] + ' ' + r['detail'] for r in peers if r.get('ac_vs_peer') == '']}; "
-              f"dominated {sum(bool(r['dominated']) for r in peers)}/{len(peers)}")
+    print_table(rows)
+    summarize(rows, spec.constraints.max_accuracy_drop)
     for k, v in notes.items():
         print(f"note: {k}: {v}")
     (RESULTS / f"peers-{a.task}.json").write_text(json.dumps({"rows": rows, **extra, "notes": notes}, indent=1))

@@ -76,7 +76,7 @@ def test_zero_sparsity_pruned_student_skips_distillation():
 def test_seeds_translate_to_enqueueable_params():
     space = load_space("default")
     p = seed_params(space.seeds[0], space, GROUPS)
-    assert p == {"sparsity.stem": 0.8, "sparsity.layer1": 0.8, "sparsity.layer2": 0.8, "bits": "int8", "kd.epochs": 3, "criterion": "l1"}
+    assert p == {"sparsity.stem": 0.8, "sparsity.layer1": 0.8, "sparsity.layer2": 0.8, "bits": "int8", "kd.epochs": 8, "criterion": "l1"}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial(p)
     t = study.ask()

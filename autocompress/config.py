@@ -335,6 +335,11 @@ class RunSpec(Strict):
     metric_direction: Literal["maximize", "minimize"] = "maximize"
     early_stop: bool = True
 
+    @property
+    def search_seed(self) -> int:
+        """The sampler's seed: ``sampler_seed`` when set, else ``seed``."""
+        return self.seed if self.sampler_seed is None else self.sampler_seed
+
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v):

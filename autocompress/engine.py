@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import REPO_ROOT, HardwareProfile, RunSpec, SearchSpace, load_profile, load_space, parse
-from .errors import ConfigError, UnavailableError
+from .errors import ConfigError
 from .records import TrialRecord, TrialStatus
-from .store import RunStore, merge_records, package_versions
+from .store import RunStore, follow_folder, merge_records, package_versions
 from .trial import Baseline, EarlyStopper, TrialContext, feasibility, run_trial
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ def _resolved(spec: RunSpec, run_dir: Path, url: str, name: str) -> dict:
 def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: bool = False) -> RunResult:
     from .measure.hardware import fingerprint
     from .report import finalize
-    from .search.optuna_backend import OptunaBackend, storage_url
+    from .search.optuna_backend import storage_url
 
     run_dir = Path(spec.out).resolve() if spec.out else default_run_dir(spec)
     store = RunStore(run_dir)
@@ -320,7 +320,7 @@ def open_backend(spec: RunSpec, prep: Prepared, run_dir: Path, url: str, name: s
     from .space import seed_params
 
     backend = OptunaBackend.open(url=url, study_name=name, objectives=spec.objectives, sampler=spec.sampler,
-                                 seed=spec.seed if spec.sampler_seed is None else spec.sampler_seed, budget=spec.trials,
+                                 seed=spec.search_seed, budget=spec.trials,
                                  constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)))
     backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
     backend.study.set_user_attr("baseline", prep.store.read_baseline())
@@ -367,13 +367,10 @@ def resume(run_dir: str | os.PathLike, *, log: Callable[[str], None] = _log_defa
     spec_d = dict(meta["spec"])
     if trials is not None:
         spec_d["trials"] = trials
-    here, was = str(Path(run_dir).resolve()), spec_d.get("out")
-    if was and was != here:  # the folder was moved or copied: results (and a study stored inside it) follow it
-        for key in ("storage",):
-            if isinstance(spec_d.get(key), str) and was in spec_d[key]:
-                spec_d[key] = spec_d[key].replace(was, here)
-        spec_d["out"] = here
-        log(f"resume: run folder moved from {was}; continuing in {here}")
+    moved = follow_folder(spec_d, str(store.dir.resolve()))
+    if moved != spec_d:
+        log(f"resume: run folder moved from {spec_d['out']}; continuing in {moved['out']}")
+        spec_d = moved
     spec = parse(RunSpec, spec_d, str(store.run_yaml))
     return run(spec, log=log, resume=True)
 
@@ -404,7 +401,7 @@ def join(storage: str, study: str, *, out: str | None = None, log: Callable[[str
         b = st.user_attrs["baseline"]
         prep.ctx.baseline = Baseline(**{**prep.ctx.baseline.__dict__, "accuracy": b["accuracy"], "top5": b.get("top5")})
     backend = OptunaBackend.open(url=storage, study_name=study, objectives=spec.objectives, sampler=spec.sampler,
-                                 seed=(spec.seed if spec.sampler_seed is None else spec.sampler_seed) + os.getpid(), budget=spec.trials,
+                                 seed=spec.search_seed + os.getpid(), budget=spec.trials,
                                  constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)), create=False)
     backend.fail_stale()
     _with_sigint(lambda: search(prep, backend, deadline=None, log=log), run_dir)

@@ -25,6 +25,18 @@ FORMAT_VERSION = 1
 MUTABLE_SPEC_KEYS = frozenset({"trials", "timeout", "workers", "address", "early_stop", "out"})
 
 
+def follow_folder(spec: dict[str, Any], here: str) -> dict[str, Any]:
+    """A stored run spec as it reads once its folder has moved to ``here``: ``out`` points there, and a
+    storage inside the old folder (the default SQLite study) moves with it. Unchanged if not moved."""
+    was = spec.get("out")
+    if not was or was == here:
+        return spec
+    storage = spec.get("storage")
+    if isinstance(storage, str):
+        storage = storage.replace(was, here)
+    return {**spec, "out": here, "storage": storage}
+
+
 def package_versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -112,9 +124,8 @@ class RunStore:
             old = (yaml.safe_load(self.run_yaml.read_text()) or {}).get("spec") or {}
         except yaml.YAMLError:
             return
-        was, now = old.get("out"), resolved.get("out")
-        if was and now and was != now and isinstance(old.get("storage"), str):  # moved folder: its own study moved too
-            old = {**old, "storage": old["storage"].replace(was, now)}
+        if resolved.get("out"):
+            old = follow_folder(old, resolved["out"])
         diff = [k for k in sorted(set(old) | set(resolved)) if k not in MUTABLE_SPEC_KEYS and old.get(k) != resolved.get(k)]
         if diff:
             k = diff[0]

@@ -17,7 +17,7 @@ import yaml
 
 from .config import Constraints, Objective, RunSpec
 from .records import TrialRecord, TrialStatus
-from .search.pareto import hypervolume_history, non_dominated_mask
+from .search.pareto import hypervolume, non_dominated_mask
 from .store import RunStore, merge_records
 
 METRIC_COLUMNS = ["accuracy", "accuracy_drop", "latency_ms", "speedup", "size_mb", "params", "macs"]
@@ -100,6 +100,13 @@ def reference_point(objectives: list[Objective], baseline: dict) -> list[float]:
     ref = {"accuracy": baseline["accuracy"] - 0.10, "speedup": 1.0, "latency_ms": baseline["latency_ms"],
            "size_mb": baseline["size_mb"], "params": baseline["params"], "macs": baseline["macs"]}
     return [ref[o.name] for o in objectives]
+
+
+def front_hypervolume(df: pd.DataFrame, objectives: list[Objective], constraints: Constraints, baseline: dict) -> float:
+    """Hypervolume of the feasible trials in ``df`` against :func:`reference_point` (0 when none is feasible);
+    dominated points add no volume, so this is the front's hypervolume."""
+    pts = df[feasible_mask(df, constraints)][[o.name for o in objectives]].astype(float).to_numpy()
+    return hypervolume(pts, [o.resolved_direction for o in objectives], reference_point(objectives, baseline))
 
 
 def _card(r: TrialRecord, baseline: dict, spec: dict) -> dict:
@@ -218,14 +225,7 @@ def write_html(run_dir: Path, df: pd.DataFrame, front: pd.DataFrame, spec: RunSp
     objectives = list(spec.objectives)
     if len(done):
         order = done.sort_values("number")
-        vals = order[[o.name for o in objectives]].astype(float).to_numpy()
-        f_ok = feasible_mask(order, spec.constraints).to_numpy()
-        ref = reference_point(objectives, baseline)
-        dirs = [o.resolved_direction for o in objectives]
-        hv = []
-        for k in range(len(order)):
-            sel = vals[: k + 1][f_ok[: k + 1]]
-            hv.append(hypervolume_history(sel, dirs, ref)[-1] if len(sel) else 0.0)
+        hv = [front_hypervolume(order.iloc[: k + 1], objectives, spec.constraints, baseline) for k in range(len(order))]
         hv_fig.add_trace(go.Scatter(x=order["number"], y=hv, mode="lines+markers", name="hypervolume"))
     hv_fig.update_layout(title="hypervolume of the feasible front over trials", xaxis={"title": "trial"},
                          yaxis={"title": "hypervolume"}, template="plotly_white", height=340)

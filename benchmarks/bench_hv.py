@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autocompress.config import RunSpec, load_space  # noqa: E402
-from autocompress.report import pareto_front, reference_point  # noqa: E402
-from autocompress.search.pareto import hypervolume  # noqa: E402
+from autocompress.report import front_hypervolume, pareto_front  # noqa: E402
 
 
 def noseed_space(space: str, work: Path) -> Path:
@@ -52,10 +51,8 @@ def score(run: Path, first: int | None = None) -> tuple[float, int, float]:
     df = pd.read_csv(run / "trials.csv")
     if first is not None:
         df = df[df["number"] < first]
-    objs = list(spec.objectives)
-    front = pareto_front(df, objs, spec.constraints)
-    pts = front[[o.name for o in objs]].astype(float).to_numpy()
-    hv = hypervolume(pts, [o.resolved_direction for o in objs], reference_point(objs, base)) if len(front) else 0.0
+    front = pareto_front(df, list(spec.objectives), spec.constraints)
+    hv = front_hypervolume(df, list(spec.objectives), spec.constraints, base)
     ok = df[(df["status"] == "COMPLETE") & (df["accuracy_drop"] <= 1.0)]
     return hv, len(front), float(ok["speedup"].max()) if len(ok) else float("nan")
 

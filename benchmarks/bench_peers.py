@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime
@@ -43,6 +42,7 @@ from autocompress.config import RunSpec  # noqa: E402
 from autocompress.engine import prepare  # noqa: E402
 from autocompress.measure.accuracy import evaluate_onnx  # noqa: E402
 from autocompress.measure.cost import file_size_mb  # noqa: E402
+from autocompress.measure import hardware  # noqa: E402
 from autocompress.measure.hardware import input_shape_for  # noqa: E402
 from autocompress.measure.latency import measure_latency  # noqa: E402
 from autocompress.records import Candidate, DistillSpec, QuantSpec  # noqa: E402
@@ -53,31 +53,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def machine() -> dict:
-    flags = ""
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                f = set(line.split(":", 1)[1].split())
-                flags = ",".join(x for x in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if x in f)
-                break
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The machine and stack every row is recorded with: the product's fingerprint plus the peers' versions."""
     from importlib.metadata import PackageNotFoundError, version
 
+    fp = hardware.fingerprint()
     vers = {}
     for dist in ("onnxruntime", "torch", "torchvision", "onnx", "optuna", "torch-pruning", "nncf"):
         try:
             vers[dist] = version(dist)
         except PackageNotFoundError:
             vers[dist] = "-"
-    return {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count(),
+    return {"cpu": fp["cpu"], "cpu_flags": ",".join(fp["cpu_flags"]), "cores": fp["cores"],
             "versions": " ".join(f"{k}={v}" for k, v in vers.items())}
 
 

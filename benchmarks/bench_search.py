@@ -28,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autocompress.config import RunSpec  # noqa: E402
-from autocompress.report import pareto_front, reference_point  # noqa: E402
-from autocompress.search.pareto import hypervolume  # noqa: E402
+from autocompress.report import front_hypervolume  # noqa: E402
 
 
 def main() -> None:
@@ -61,10 +60,7 @@ def main() -> None:
             stages.setdefault(k, []).append(v)
     done = df[df["status"] == "COMPLETE"]
     ok = done[done["accuracy_drop"] <= 1.0]
-    front = pareto_front(df, list(spec.objectives), spec.constraints)
-    objs = list(spec.objectives)
-    hv = hypervolume(front[[o.name for o in objs]].astype(float).to_numpy(), [o.resolved_direction for o in objs],
-                     reference_point(objs, base)) if len(front) else 0.0
+    hv = front_hypervolume(df, list(spec.objectives), spec.constraints, base)
     row = {
         "tag": a.tag, "date": datetime.now().isoformat(timespec="seconds"), "model": spec.model, "space": spec.space,
         "profile": spec.profile, "trials": len(df), "teacher": base.get("teacher_source"),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from autocompress.search.pareto import hypervolume, hypervolume_history, non_dominated_mask
+from autocompress.search.pareto import hypervolume, non_dominated_mask
 
 
 def test_front_two_objectives_mixed_directions():
@@ -39,10 +39,3 @@ def test_hypervolume_maximize_and_outside_reference():
     pts = [(0.9, 3.0), (0.4, 10.0)]  # second point is worse than the reference in accuracy
     hv = hypervolume(pts, ["maximize", "maximize"], (0.5, 1.0))
     assert hv == pytest.approx(0.4 * 2.0)
-
-
-def test_history_is_monotone():
-    pts = [(3, 3), (1, 4), (2, 2), (5, 5)]
-    h = hypervolume_history(pts, ["minimize", "minimize"], (6, 6))
-    assert all(b >= a for a, b in zip(h, h[1:]))
-    assert h[0] == pytest.approx(9.0)

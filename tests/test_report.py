@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 
@@ -11,7 +10,8 @@ import pytest
 
 from autocompress.config import Constraints, Objective, RunSpec
 from autocompress.records import Candidate, Metrics, TrialRecord, TrialStatus
-from autocompress.report import finalize, pareto_front, trials_frame
+from autocompress.report import finalize, front_hypervolume, pareto_front, trials_frame
+from autocompress.search.pareto import hypervolume
 from autocompress.store import RunStore
 
 OBJ = [Objective(name="accuracy"), Objective(name="speedup"), Objective(name="size_mb")]
@@ -47,6 +47,21 @@ def test_front_respects_constraints_and_dominance():
     # 2 (drop 2pp) and 4 (drop 49pp) violate the constraint; 3 is dominated by 1
     assert sorted(front["number"]) == [0, 1]
     assert sorted(pareto_front(df, OBJ, Constraints())["number"]) == [0, 1, 2, 4]
+
+
+def test_front_hypervolume_counts_feasible_trials_only_and_never_shrinks():
+    base = {"accuracy": 0.99, "latency_ms": 5.0, "size_mb": 40.0, "params": 1, "macs": 1}
+    recs = [_rec(0, 0.99, 3.0, 10.0), _rec(1, 0.985, 8.0, 2.0), _rec(2, 0.97, 20.0, 0.5),
+            _rec(3, 0.985, 7.0, 3.0), _rec(4, 0.5, 50.0, 0.1, bits="fp32"), _rec(5, 0, 0, 0, TrialStatus.FAILED)]
+    df = trials_frame(recs)
+    c = Constraints(max_accuracy_drop=1.0)
+    dirs = ["maximize", "maximize", "minimize"]
+    # only trials 0 and 1 count: 3 is dominated by 1, 2 and 4 break the constraint, 5 failed
+    want = hypervolume([(0.99, 3.0, 10.0), (0.985, 8.0, 2.0)], dirs, (0.89, 1.0, 40.0))
+    assert want > 0 and front_hypervolume(df, OBJ, c, base) == pytest.approx(want)
+    prefix = [front_hypervolume(df.iloc[: k + 1], OBJ, c, base) for k in range(len(df))]
+    assert all(b >= a for a, b in zip(prefix, prefix[1:]))
+    assert front_hypervolume(df[df["number"].isin([2, 4, 5])], OBJ, c, base) == 0.0
 
 
 def test_last_record_wins_and_torn_line_is_skipped(tmp_path):

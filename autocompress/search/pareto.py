@@ -65,8 +65,3 @@ def _hv(pts: np.ndarray, ref: np.ndarray) -> float:
             continue
         total += depth * _hv(pts[: i + 1, :-1], ref[:-1])
     return total
-
-
-def hypervolume_history(values: Sequence[Sequence[float]], directions: Sequence[str], reference: Sequence[float]) -> list[float]:
-    """Hypervolume of the first k points, for k = 1..n (points in trial order)."""
-    return [hypervolume(values[: k + 1], directions, reference) for k in range(len(values))]

@@ -142,6 +142,15 @@ class RunStore:
         tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
         os.replace(tmp, self.run_yaml)
 
+    def update_run_yaml(self, extra: dict[str, Any]) -> None:
+        """Add or replace top-level entries of an existing run.yaml (e.g. ``data``: how the data was read)."""
+        if not self.run_yaml.is_file():
+            return
+        doc = {**(yaml.safe_load(self.run_yaml.read_text()) or {}), **extra}
+        tmp = self.run_yaml.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, self.run_yaml)
+
     def read_run_yaml(self) -> dict[str, Any]:
         if not self.run_yaml.is_file():
             raise ConfigError(f"'{self.dir}' is not an autocompress run folder (no run.yaml); give the folder a run wrote")

@@ -192,3 +192,113 @@ def test_folder_memo_sees_new_images(tmp_path):
     _png(root / "cat" / "extra.png", (1, 2, 3))
     b = load_data(str(root), image_size=8)
     assert b is not a and len(b.y_train) + len(b.y_val) == 16
+
+
+# ---------------------------------------------------------------- folder layouts as people keep them
+def _split_folder(root, splits: dict[str, dict[str, int]], ext="png"):
+    """``splits``: split folder -> class -> number of images (JPEG or PNG, distinct colours)."""
+    rng = np.random.default_rng(1)
+    for split, classes in splits.items():
+        for c, n in classes.items():
+            for i in range(n):
+                p = root / split / c / f"{i}.{ext}"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (9, 11), tuple(int(v) for v in rng.integers(0, 255, 3))).save(p)
+    return root
+
+
+ABC = {"airplane": 3, "bird": 3, "cat": 3}
+
+
+@pytest.mark.parametrize("val_name", ["val", "valid", "validation", "test", "Test", "VALIDATION"])
+def test_train_plus_validation_split_folder(tmp_path, val_name):
+    root = _split_folder(tmp_path / "cifar", {"train": ABC, val_name: {"airplane": 1, "cat": 2}}, ext="jpg")
+    d = load_data(str(root), image_size=8)
+    assert d.num_classes == 3 and d.class_names == ("airplane", "bird", "cat")  # never "train" vs "test"
+    assert len(d.y_train) == 9 and len(d.y_val) == 3
+    assert d.y_val.tolist() == [0, 2, 2]  # labels follow train's class order
+    assert d.info["layout"] == f"train+{val_name.lower()}" and d.info["val_dir"] == val_name
+    assert d.info["split"] == f"train/ (9) + {val_name}/ (3) as validation"
+    assert d.info["classes_without_val"] == ["bird"] and "no validation images for 1 class(es): bird" in d.info["notes"]
+
+
+def test_validation_folder_preference_order(tmp_path):
+    root = _split_folder(tmp_path / "three", {"train": ABC, "test": ABC, "valid": {"bird": 1}})
+    d = load_data(str(root), image_size=8)
+    assert d.info["val_dir"] == "valid" and len(d.y_val) == 1  # valid/ before test/
+    assert d.info["unused_dirs"] == ["test"] and "not used: test/" in d.info["notes"]
+
+
+def test_train_alone_is_split_seeded_and_stratified(tmp_path):
+    root = _split_folder(tmp_path / "only_train", {"train": {"a": 5, "b": 10}})
+    d = load_data(str(root), image_size=8)
+    assert d.class_names == ("a", "b") and d.info["layout"] == "train" and d.info["val_dir"] is None
+    assert len(d.y_train) == 12 and sorted(d.y_val.tolist()) == [0, 1, 1]  # 20% of each class
+    assert d.info["split"] == "train/ (15) split seeded 80%/20% into 12 train / 3 val"
+    from autocompress.data.folders import folder_splits
+
+    a, b, c = folder_splits(root, 0), folder_splits(root, 0), folder_splits(root, 1)
+    assert a.val_files == b.val_files and a.train_files == b.train_files  # deterministic for a seed
+    assert a.val_files != c.val_files and sorted(a.val_files + a.train_files) == sorted(c.val_files + c.train_files)
+
+
+@pytest.mark.parametrize(
+    "splits, needle",
+    [
+        ({"test": ABC}, "has test/ but no train/; add a train/ folder"),
+        ({"val": ABC, "Test": ABC}, "has Test/, val/ but no train/"),
+        ({"train": ABC, "cat": {"x": 1}}, "mixes split folders (train/) with other folders (cat)"),
+        ({"train": ABC, "val": {"dog": 1, "cat": 1}}, "val/ has classes missing from train/: dog"),
+        ({"train": {"a": 2}}, "only 1 class with images"),
+        ({"cifar10/train": ABC, "cifar10/test": ABC}, "holds one folder, cifar10/, with test/, train/ inside; pass --data"),
+    ],
+    ids=["test-alone", "val-and-test-alone", "split-and-class-mixed", "val-class-not-in-train", "one-class", "wrapped"],
+)
+def test_split_folder_errors(tmp_path, splits, needle):
+    root = _split_folder(tmp_path / "bad", splits)
+    with pytest.raises(ConfigError) as e:
+        load_data(str(root))
+    msg = str(e.value)
+    assert needle in msg and "bad" in msg and "\n" not in msg
+
+
+def test_flat_class_folders_info(tmp_path):
+    root = _make_folder(tmp_path / "imgs")
+    d = load_data(str(root), image_size=8)
+    assert d.class_names == ("cat", "dog", "eel") and d.info["layout"] == "classes"
+    assert d.info["split"] == "class folders (15) split seeded 80%/20% into 12 train / 3 val" and d.info["notes"] == []
+
+
+def test_digits_and_npz_describe_their_split(digits, tmp_path):
+    assert digits.info["source"] == "digits" and "1797" in digits.info["split"]
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    d = load_data(_npz(tmp_path / "s.npz", x_train=x, y_train=np.array([0, 1, 0, 1]), x_val=x[:2], y_val=np.array([0, 1])))
+    assert d.info["split"] == "s.npz: x_train (4) + x_val (2) as validation"
+
+
+def test_split_and_class_names_recorded_in_run_yaml(tmp_path, monkeypatch):
+    """engine.prepare logs which folder is the validation split and writes it, with the class names, to run.yaml."""
+    import yaml
+    from conftest import make_workspace
+
+    from autocompress.config import RunSpec, parse
+    from autocompress.engine import prepare
+    from autocompress.store import RunStore
+
+    ws = make_workspace(tmp_path, {"kind": "search_space", "name": "q", "sparsity": None}, teacher="teacher.pt")
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
+    root = _split_folder(tmp_path / "pets", {"train": {f"c{i}": 2 for i in range(10)}, "test": {f"c{i}": 1 for i in range(10)}})
+    spec = parse(RunSpec, {"model": f"{ws / 'models.py'}:tiny_cnn", "checkpoint": str(ws / "teacher.pt"), "data": str(root),
+                           "image_size": 16, "space": str(ws / "space.yaml"), "profile": str(ws / "profile.yaml"),
+                           "out": str(tmp_path / "run")}, "test")
+    store = RunStore(tmp_path / "run")
+    store.create()
+    store.write_run_yaml(spec.model_dump(mode="json"), {"versions": {}})
+    lines: list[str] = []
+    prepare(spec, tmp_path / "run", log=lines.append)
+    assert f"data: {root}: train/ (20) + test/ (10) as validation, 10 classes, input (3, 16, 16)" in lines
+    meta = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())
+    assert meta["spec"]["data"] == str(root) and meta["versions"] == {}
+    assert meta["data"]["class_names"] == [f"c{i}" for i in range(10)]
+    assert meta["data"]["layout"] == "train+test" and meta["data"]["val_dir"] == "test"
+    assert meta["data"]["train_size"] == 20 and meta["data"]["val_size"] == 10

@@ -3,12 +3,15 @@
 ``"pruned"``: an independent copy of the teacher (the prune stage cuts it later).
 ``"family"``: a freshly initialised, smaller member of the teacher's zoo family
 (``width_mult``/``depth_mult`` from the candidate's ``student_args``).
-User builders: ``"file.py:fn"`` / ``"module:fn"`` with ``fn(num_classes, input_shape, **student_args)``.
+User students: ``"file.py:fn"`` / ``"module:fn"``, either a function with no required parameter that returns
+the model (as ``--model``: ``resnet.py:resnet20``) or a builder ``fn(num_classes, input_shape, **student_args)``.
+The built student must output ``(batch, num_classes)`` on the data's input shape.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -51,23 +54,42 @@ def _family(candidate: Candidate, teacher, num_classes: int, input_shape) -> nn.
     )
 
 
+def _takes_no_args(fn: Callable) -> bool:
+    """True for an entrypoint like ``--model``'s (no required parameter), False for a builder."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C function): treat as a builder
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return not any(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
+
+
 def register_student_builder(spec: str) -> str:
-    """Register ``file.py:fn`` / ``module:fn`` as a student builder; returns the name it is registered under."""
+    """Register ``file.py:fn`` / ``module:fn`` as a student; returns the name it is registered under.
+
+    A function with no required parameter is called with none (as ``--model`` is: e.g. ``resnet.py:resnet20``);
+    any other is a builder called as ``fn(num_classes, input_shape, **student_args)``."""
     if spec in STUDENTS:
         return spec
-    fn, _source = import_callable(spec, "student builder")
+    fn, _source = import_callable(spec, "student")
+    no_args = _takes_no_args(fn)
 
     def build(candidate: Candidate, teacher, num_classes: int, input_shape) -> nn.Module:
         args = candidate.student_args_map()
+        if no_args and args:
+            raise ConfigError(
+                f"student '{spec}': takes no arguments (it is called as fn(), like --model) but got student_args "
+                f"{args}; drop student_args, or make it a builder fn(num_classes, input_shape, **student_args)"
+            )
+        call = "fn()" if no_args else f"fn(num_classes, input_shape, **{args})"
         try:
-            model = fn(num_classes, tuple(input_shape), **args)
+            model = fn() if no_args else fn(num_classes, tuple(input_shape), **args)
         except TypeError as e:
             raise ConfigError(
-                f"student builder '{spec}': called as fn(num_classes, input_shape, **{args}) -> {e}; "
-                "accept those arguments"
+                f"student builder '{spec}': called as {call} -> {e}; accept those arguments"
             ) from None
         except Exception as e:  # noqa: BLE001 - user code fails one trial, not the study
-            raise StageError("build_student", f"student builder '{spec}' raised {type(e).__name__}: {e}") from None
+            raise StageError("build_student", f"student '{spec}' raised {type(e).__name__}: {e}") from None
         if not isinstance(model, nn.Module):
             raise ConfigError(
                 f"student builder '{spec}': returned {type(model).__name__}, expected a torch.nn.Module"
@@ -86,3 +108,16 @@ def build_student(candidate: Candidate, teacher, num_classes: int, input_shape) 
         register_student_builder(name)
     student = STUDENTS.get(name)(candidate, teacher, num_classes, tuple(input_shape))
     return student.train()
+
+
+def check_students(kinds, num_classes: int, input_shape) -> None:
+    """Before any trial: every user student named in the space imports, and one that takes no arguments
+    builds and gives (batch, num_classes) logits, so a wrong file or output stops the run with one line
+    instead of failing every trial that draws it."""
+    for name in kinds:
+        if name in STUDENTS or ":" not in name:
+            continue
+        register_student_builder(name)
+        fn, _ = import_callable(name, "student")
+        if _takes_no_args(fn):
+            STUDENTS.get(name)(Candidate(student=name), None, num_classes, tuple(input_shape))

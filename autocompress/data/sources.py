@@ -13,10 +13,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from . import images
 from .bundle import DataBundle, make_bundle, resize, stratified_split
+from .folders import folder_splits
 
 NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val")
-FORMS = "use 'digits', an image folder (one subfolder per class, optional train/ and val/) or a .npz file"
+FORMS = "use 'digits', an image folder (one subfolder per class, optional train/ and val/ or test/) or a .npz file"
 MIN_NPZ_SIZE = 8
 
 
@@ -31,104 +33,24 @@ def load_digits_bundle(image_size: int, seed: int) -> DataBundle:
     x = resize(images, image_size).clamp(0, 1).expand(-1, 3, -1, -1)
     y = torch.from_numpy(labels)
     return make_bundle(
-        "digits", x[tr], y[tr], x[va], y[va], 10, tuple(str(i) for i in range(10)), seed, "digits"
+        "digits", x[tr], y[tr], x[va], y[va], 10, tuple(str(i) for i in range(10)), seed, "digits",
+        info={"source": "digits", "layout": "seeded split",
+              "split": f"scikit-learn digits ({len(labels)}) split seeded 70%/30% into {len(tr)} train / {len(va)} val"},
     )
 
 
 # ---------------------------------------------------------------- image folder
-def _image_extensions() -> tuple[str, ...]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return tuple(e.lower() for e in IMG_EXTENSIONS)
-
-
-def _scan(root: Path) -> dict[str, list[Path]]:
-    """ImageFolder layout: class name -> image files (recursively under the class folder)."""
-    exts = _image_extensions()
-    classes: dict[str, list[Path]] = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in exts)
-        classes[d.name] = files
-    return classes
-
-
-def _check_classes(root: Path, classes: dict[str, list[Path]], need: int = 2) -> None:
-    if not classes:
-        raise ConfigError(
-            f"data folder '{root}': no class subfolders found; put images in one subfolder per class "
-            "(e.g. cats/1.png, dogs/2.png)"
-        )
-    n_images = sum(len(v) for v in classes.values())
-    if n_images == 0:
-        raise ConfigError(
-            f"data folder '{root}': no images found in {len(classes)} class folder(s); "
-            f"supported extensions: {', '.join(_image_extensions())}"
-        )
-    non_empty = [c for c, v in classes.items() if v]
-    if len(non_empty) < need:
-        raise ConfigError(
-            f"data folder '{root}': only {len(non_empty)} class with images ({', '.join(non_empty)}); "
-            f"classification needs at least {need} class subfolders with images"
-        )
-
-
-def _read_images(files: list[Path], image_size: int) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    out = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
-    for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ConfigError(f"image '{f}': cannot be read ({e}); remove or replace the file") from None
-        out[i] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-    return out
-
-
-def _flatten(classes: dict[str, list[Path]], class_to_idx: dict[str, int]) -> tuple[list[Path], np.ndarray]:
-    files, labels = [], []
-    for c, fs in classes.items():
-        files += fs
-        labels += [class_to_idx[c]] * len(fs)
-    return files, np.asarray(labels, dtype=np.int64)
-
-
-def load_folder_bundle(root: Path, image_size: int, seed: int) -> DataBundle:
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train_c, val_c = _scan(root / "train"), _scan(root / "val")
-        _check_classes(root / "train", train_c)
-        extra = sorted(set(val_c) - set(train_c))
-        if extra:
-            raise ConfigError(
-                f"data folder '{root}': val/ has classes missing from train/: {', '.join(extra[:5])}; "
-                "use the same class subfolders in train/ and val/"
-            )
-        if not any(val_c.values()):
-            raise ConfigError(f"data folder '{root / 'val'}': no images found; add validation images per class")
-        names = tuple(train_c)
-        idx = {c: i for i, c in enumerate(names)}
-        f_tr, y_tr = _flatten(train_c, idx)
-        f_va, y_va = _flatten(val_c, idx)
-    else:
-        classes = _scan(root)
-        _check_classes(root, classes)
-        names = tuple(classes)
-        files, labels = _flatten(classes, {c: i for i, c in enumerate(names)})
-        tr, va = stratified_split(labels, 0.2, seed)
-        if len(va) == 0:
-            raise ConfigError(
-                f"data folder '{root}': too few images to split into train and val (every class has one); "
-                "add images or provide train/ and val/ subfolders"
-            )
-        f_tr, y_tr = [files[i] for i in tr], labels[tr]
-        f_va, y_va = [files[i] for i in va], labels[va]
-    x_tr = _read_images(f_tr, image_size).float() / 255.0
-    x_va = _read_images(f_va, image_size).float() / 255.0
+def load_folder_bundle(root: Path, image_size: int, seed: int, memory_budget: int | None = None) -> DataBundle:
+    splits = folder_splits(root, seed)  # the layout: which files are train / validation, class names
+    f_tr, y_tr, f_va, y_va = splits.train_files, splits.y_train, splits.val_files, splits.y_val
+    names = splits.class_names
+    # uint8 pixels, each split in memory while it fits the budget, else read from disk in batches
+    budget = images.memory_budget(memory_budget)
+    x_tr, used = images.split_pixels(f_tr, image_size, budget, "train")
+    x_va, _ = images.split_pixels(f_va, image_size, budget - used, "val")
     return make_bundle(
         root.name, x_tr, torch.from_numpy(y_tr), x_va, torch.from_numpy(y_va), len(names), names, seed,
-        f"folder:{root.name}",
+        f"folder:{root.name}", info={"source": "folder", **splits.info},
     )
 
 
@@ -209,12 +131,18 @@ def load_npz_bundle(path: Path, image_size: int, seed: int) -> DataBundle:
             )
     if len(np.unique(y_tr)) < 2:
         raise ConfigError(f"data file '{path}': y_train holds a single class; classification needs at least 2")
-    t_tr, t_va = _to_unit(path, "x_train", x_tr), _to_unit(path, "x_val", x_va)
-    if min(t_tr.shape[-2:]) < MIN_NPZ_SIZE:
-        t_tr, t_va = resize(t_tr, image_size), resize(t_va, image_size)
+    if x_tr.dtype == np.uint8 and x_va.dtype == np.uint8 and min(x_tr.shape[-2:]) >= MIN_NPZ_SIZE:
+        # held as uint8 (a quarter of float32), normalised per batch
+        t_tr, t_va = torch.from_numpy(np.ascontiguousarray(x_tr)), torch.from_numpy(np.ascontiguousarray(x_va))
+    else:
+        t_tr, t_va = _to_unit(path, "x_train", x_tr), _to_unit(path, "x_val", x_va)
+        if min(t_tr.shape[-2:]) < MIN_NPZ_SIZE:
+            t_tr, t_va = resize(t_tr, image_size), resize(t_va, image_size)
     return make_bundle(
         path.stem, t_tr, torch.from_numpy(y_tr), t_va, torch.from_numpy(y_va), num_classes,
         names or tuple(str(i) for i in range(num_classes)), seed, f"npz:{path.name}",
+        info={"source": "npz", "layout": "x_train+x_val",
+              "split": f"{path.name}: x_train ({len(y_tr)}) + x_val ({len(y_va)}) as validation"},
     )
 
 
@@ -235,12 +163,12 @@ def source_key(source: str) -> tuple[str, object]:
     return str(p.resolve()), p.stat().st_mtime
 
 
-def load_source(source: str, resolved: str, image_size: int, seed: int) -> DataBundle:
+def load_source(source: str, resolved: str, image_size: int, seed: int, memory_budget: int | None = None) -> DataBundle:
     if resolved == "digits":
         return load_digits_bundle(image_size, seed)
     p = Path(resolved)
     if p.is_dir():
-        return load_folder_bundle(p, image_size, seed)
+        return load_folder_bundle(p, image_size, seed, memory_budget)
     if p.suffix.lower() == ".npz":
         return load_npz_bundle(p, image_size, seed)
     raise ConfigError(f"data '{source}': unsupported file type '{p.suffix or p.name}'; {FORMS}")

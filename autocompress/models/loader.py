@@ -12,16 +12,16 @@ import importlib
 import importlib.util
 import inspect
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
 from ..registry import did_you_mean
+from .checkpoints import load_checkpoint
 from .zoo import MODELS, build_model, family_of
 
 
@@ -174,68 +174,6 @@ def architecture_signature(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- checkpoints
-def _extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in obj and isinstance(obj[key], (dict, nn.Module)):
-                return _extract_state_dict(obj[key], path)
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            sd = dict(obj)
-            if all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
-                sd = {k[len("module."):]: v for k, v in sd.items()}
-            return sd
-    raise ConfigError(
-        f"checkpoint '{path}': holds {type(obj).__name__}, not a state_dict; save it with "
-        "torch.save(model.state_dict(), path) (or a dict with a 'state_dict' or 'model' key)"
-    )
-
-
-def _first(keys, n: int = 3) -> str:
-    keys = list(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def load_checkpoint(model: nn.Module, path: str | Path, trust: bool = False) -> nn.Module:
-    """Load weights into ``model`` (weights_only unless ``trust``); mismatches raise ConfigError."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"checkpoint '{path}': no such file; check the path")
-    if trust:
-        msg = (f"checkpoint '{path}' is loaded with weights_only=False (trust_checkpoint): this runs any code "
-               "pickled in the file; use it only for files you trust")
-        warnings.warn(msg, UserWarning, stacklevel=2)
-        print(f"WARNING: {msg}", file=sys.stderr)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=not trust)
-    except Exception as e:  # noqa: BLE001
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not trust and "weights_only" in str(e):
-            raise ConfigError(
-                f"checkpoint '{path}': holds more than weights and was refused by weights_only loading ({first}); "
-                "re-save it with torch.save(model.state_dict(), path), or set trust_checkpoint: true for a file you trust"
-            ) from None
-        raise ConfigError(f"checkpoint '{path}': cannot be read ({type(e).__name__}: {first})") from None
-    sd = _extract_state_dict(obj, str(path))
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_first(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_first(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatch {_first(shapes, 2)}")
-        raise ConfigError(
-            f"checkpoint '{path}' does not match model {type(model).__name__}: {'; '.join(parts)}; "
-            "use the checkpoint of this exact architecture and number of classes"
-        )
-    model.load_state_dict(sd, strict=True)
-    return model
+# ---------------------------------------------------------------- checkpoints: see checkpoints.py
+__all__ = ["ModelInfo", "architecture_signature", "check_model", "import_callable", "load_checkpoint",
+           "register_instance", "resolve_model"]

@@ -130,6 +130,8 @@ def sample_candidate(
             alpha=float(_suggest(t, "kd.alpha", d.alpha, params)),
             batch_size=int(_suggest(t, "kd.batch_size", d.batch_size, params)),
             optimizer=_suggest(t, "kd.optimizer", list(d.optimizer), params),
+            samples_per_epoch=(None if d.samples_per_epoch is None
+                               else int(_suggest(t, "kd.samples_per_epoch", d.samples_per_epoch, params))),
         )
     elif student != "pruned":
         raise ConfigError(f"search space '{space.name}': student '{student}' needs distill.enabled: true (a fresh student must be trained)")

@@ -60,7 +60,7 @@ def main() -> None:
 
     spec = DistillSpec(epochs=args.epochs, lr=args.lr, temperature=args.temperature, alpha=args.alpha,
                        batch_size=args.batch_size)
-    res = distill(pr.model, data.x_train, data.y_train, logits, data.x_val, data.y_val, spec, seed=args.seed,
+    res = distill(pr.model, data.train, logits, data.val, spec, seed=args.seed,
                   on_epoch=on_epoch)
     gap = (t_acc - res.history[-1]) * 100
     print(f"KD {res.epochs_run} epochs in {res.seconds:.1f}s; gap to teacher {gap:+.2f} pp "

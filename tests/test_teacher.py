@@ -28,6 +28,7 @@ def test_train_then_cache(digits, tiny_model_file, tmp_path):
     assert not first.model.training
     assert sum("epoch" in ln and "val_acc" in ln for ln in lines) == 2
     assert abs(first.val_accuracy - evaluate(first.model, digits.x_val, digits.y_val)) < 1e-9
+    assert evaluate(first.model, digits.val) == evaluate(first.model, digits.x_val, digits.y_val)
     cached = list((tmp_path / "teachers").glob("*.pt"))
     assert len(cached) == 1 and not list((tmp_path / "teachers").glob("*.tmp"))
 
@@ -91,3 +92,31 @@ def test_in_memory_instance_is_used_as_given(digits, tiny_model_file, tmp_path):
     assert t.val_accuracy == pytest.approx(trained.val_accuracy)
     with pytest.raises(ConfigError, match="no such in-memory model"):
         resolve_model("instance:Gone@0", 10, digits.input_shape)
+
+
+def test_train_device_choice_here():
+    from autocompress.devices import cuda_available, resolve_train_device
+    from autocompress.errors import ConfigError
+
+    assert resolve_train_device("cpu") == "cpu"
+    if cuda_available():
+        assert resolve_train_device("auto") == resolve_train_device("cuda") == "cuda"
+    else:  # CI: no GPU
+        assert resolve_train_device("auto") == resolve_train_device(None) == "cpu"
+        with pytest.raises(ConfigError) as e:
+            resolve_train_device("cuda")
+        assert str(e.value).startswith("--train-device cuda: no CUDA GPU") and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="use one of auto, cpu, cuda"):
+        resolve_train_device("tpu")
+
+
+def test_run_refuses_cuda_without_a_gpu_before_making_a_folder(tmp_path):
+    from autocompress.config import RunSpec
+    from autocompress.devices import cuda_available
+    from autocompress.engine import run
+
+    if cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="--train-device cuda: no CUDA GPU"):
+        run(RunSpec(train_device="cuda", out=str(tmp_path / "run")), log=lambda s: None)
+    assert not (tmp_path / "run").exists()

@@ -68,10 +68,27 @@ def _cpu_profile(profile: HardwareProfile | None) -> HardwareProfile:
         return profile.model_copy(update={"execution_provider": hardware.CPU_EP, "provider_options": {}})
 
 
-def evaluate_onnx(path, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256, metric: Metric | None = None,
+def _numpy_batches(x, bs: int):
+    """numpy float batches of ``x``: an array, or a data split (``.batches``: read and normalised per batch,
+    so a large validation split is never held whole)."""
+    if hasattr(x, "batches"):
+        for xb, _ in x.batches(bs):
+            yield xb.numpy()
+    else:
+        for i in range(0, len(x), bs):
+            yield x[i:i + bs]
+
+
+def evaluate_onnx(path, x, y=None, *, batch_size: int = 256, metric: Metric | None = None,
                   profile: HardwareProfile | None = None) -> AccuracyResult:
-    """Top-1/top-5 (and the user's metric) of the ONNX model on (x, y), run in batches."""
+    """Top-1/top-5 (and the user's metric) of the ONNX model on (x, y), run in batches.
+
+    ``x``: a float array with ``y`` its labels, or a data split (``data.val``; its labels are used)."""
     t0 = time.perf_counter()
+    if y is None:
+        if not hasattr(x, "labels"):
+            raise StageError("evaluate", "labels are missing: pass y, or a data split that carries them")
+        y = x.labels.numpy()
     if len(x) != len(y):
         raise StageError("evaluate", f"{len(x)} inputs but {len(y)} labels")
     if len(x) == 0:
@@ -83,21 +100,27 @@ def evaluate_onnx(path, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256, 
     bs = max(1, min(batch_size, len(x)))
     if fixed is not None:
         bs = fixed  # exported with a fixed batch (usually 1): run it as it is
-    hardware.check_input_shape(sess, (bs, *x.shape[1:]), "evaluate", f"model {Path(str(path)).name}")
+    sample_shape = tuple(x.pixels.shape) if hasattr(x, "pixels") else tuple(x.shape[1:])
+    hardware.check_input_shape(sess, (bs, *sample_shape), "evaluate", f"model {Path(str(path)).name}")
 
     outs = []
     n = len(x)
-    for i in range(0, n, bs):
-        xb = np.ascontiguousarray(x[i:i + bs], dtype=dtype)
-        pad = 0
-        if fixed is not None and len(xb) < fixed:  # last partial batch of a fixed-batch model
-            pad = fixed - len(xb)
-            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-        try:
-            o = sess.run(None, {inp.name: xb})[0]
-        except Exception as e:
-            raise StageError("evaluate", f"ONNX Runtime failed on batch {i // bs}: {hardware._one_line(e)}") from None
-        outs.append(o[: len(o) - pad] if pad else o)
+    # a fixed-batch model (usually 1) reads the split in larger chunks, run batch by batch
+    read_bs = bs if fixed is None else max(bs, (256 // bs) * bs)
+    i = 0
+    for chunk in _numpy_batches(x, read_bs):
+        for j in range(0, len(chunk), bs):
+            xb = np.ascontiguousarray(chunk[j:j + bs], dtype=dtype)
+            pad = 0
+            if fixed is not None and len(xb) < fixed:  # last partial batch of a fixed-batch model
+                pad = fixed - len(xb)
+                xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+            try:
+                o = sess.run(None, {inp.name: xb})[0]
+            except Exception as e:
+                raise StageError("evaluate", f"ONNX Runtime failed on batch {i}: {hardware._one_line(e)}") from None
+            outs.append(o[: len(o) - pad] if pad else o)
+            i += 1
     out = np.concatenate(outs).astype(np.float32).reshape(n, -1)
     if not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).any(axis=1).sum())

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from ..config import TeacherSpec
 from ..data import DataBundle
+from ..data.bundle import Split
+from ..devices import autocast, grad_scaler
 from ..records import content_hash
 from .loader import ModelInfo, architecture_signature, load_checkpoint, resolve_model
 
@@ -24,7 +26,7 @@ from .loader import ModelInfo, architecture_signature, load_checkpoint, resolve_
 class Teacher:
     model: nn.Module  # eval mode, CPU
     info: ModelInfo
-    val_accuracy: float  # 0..1, measured in torch on data.x_val
+    val_accuracy: float  # 0..1, measured in torch on data.val
     source: str  # "checkpoint:<path>" | "trained" | "cache:<path>" | "instance" (an nn.Module given as is)
     epochs: int
     train_seconds: float
@@ -43,20 +45,27 @@ def cpu_count() -> int:
 
 
 @torch.no_grad()
-def _val_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
-    """(top-1 accuracy 0..1, mean cross-entropy) in eval mode."""
-    model.eval()
+def _val_metrics(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int = 256, *,
+                 device: str = "cpu") -> tuple[float, float]:
+    """(top-1 accuracy 0..1, mean cross-entropy) in eval mode, over a :class:`Split` or ``x, y`` tensors."""
+    split = x if isinstance(x, Split) else Split.from_tensors(x, y)
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval().to(device)
     correct, loss = 0, 0.0
-    for i in range(0, len(x), batch_size):
-        out, yb = model(x[i : i + batch_size]), y[i : i + batch_size]
-        correct += int((out.argmax(1) == yb).sum())
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-    return correct / max(1, len(x)), loss / max(1, len(x))
+    try:
+        with autocast(device):
+            for xb, yb in split.batches(batch_size, device=device):
+                out = model(xb).float()
+                correct += int((out.argmax(1) == yb).sum())
+                loss += float(F.cross_entropy(out, yb, reduction="sum"))
+    finally:
+        model.to(home)
+    return correct / max(1, len(split)), loss / max(1, len(split))
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Top-1 accuracy (0..1) in eval mode."""
-    return _val_metrics(model, x, y, batch_size)[0]
+def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int = 256, *, device: str = "cpu") -> float:
+    """Top-1 accuracy (0..1) in eval mode, over a :class:`Split` (e.g. ``data.val``) or ``x, y`` tensors."""
+    return _val_metrics(model, x, y, batch_size, device=device)[0]
 
 
 def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
@@ -65,12 +74,13 @@ def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.T
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, mode="replicate")
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
-    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]  # n,1,h,1
-    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :]  # n,1,1,w
-    batch = torch.arange(n)[:, None, None, None]
-    chans = torch.arange(x.shape[1])[None, :, None, None]
+    dev = x.device
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=g).to(dev)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=g).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev)[None])[:, None, :, None]  # n,1,h,1
+    cols = (dx[:, None] + torch.arange(w, device=dev)[None])[:, None, None, :]  # n,1,1,w
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=dev)[None, :, None, None]
     return padded[batch, chans, rows, cols]
 
 
@@ -92,18 +102,21 @@ def teacher_key(spec: str, model: nn.Module, data: DataBundle, train: TeacherSpe
 
 
 def train_teacher(model: nn.Module, data: DataBundle, train: TeacherSpec, seed: int, name: str,
-                  log: Callable[[str], None] = print) -> tuple[float, int, int]:
+                  log: Callable[[str], None] = print, *, device: str = "cpu") -> tuple[float, int, int]:
     """Train in place (SGD + nesterov, warm-up then cosine, label smoothing 0.05, random shifts of
     up to H/16 px); stops at ``target_accuracy`` or after ``patience`` epochs without improvement, and
-    keeps the best epoch.
+    keeps the best epoch. On ``device="cuda"`` in mixed precision; the model ends on the CPU.
 
     Returns (best val accuracy, epochs run, best epoch).
     """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    n = len(data.x_train)
+    n = data.size("train")
     bs = min(train.batch_size, n)
     steps = n // bs + (1 if n % bs >= 2 else 0)  # drop a lone trailing sample: it breaks BatchNorm
+    used = n if n % bs >= 2 else (n // bs) * bs  # the samples one epoch visits
+    model.to(device)
+    scaler = grad_scaler(device)
     total = steps * train.max_epochs
     warm = min(steps, total // 10 + 1)
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -118,19 +131,21 @@ def train_teacher(model: nn.Module, data: DataBundle, train: TeacherSpec, seed: 
     for epoch in range(1, train.max_epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).numpy()[:used]
         loss_sum, seen = 0.0, 0
-        for i in range(steps):
-            idx = perm[i * bs : (i + 1) * bs]
-            xb = random_shift(data.x_train[idx], shift, g)
-            loss = F.cross_entropy(model(xb), data.y_train[idx], label_smoothing=0.05)
+        for xb, yb in data.batches("train", bs, perm, device=device):
+            xb = random_shift(xb, shift, g)
+            with autocast(device):
+                out = model(xb)
+            loss = F.cross_entropy(out.float(), yb, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        acc, val_loss = _val_metrics(model, data.x_val, data.y_val)
+            loss_sum += float(loss.detach()) * len(yb)
+            seen += len(yb)
+        acc, val_loss = _val_metrics(model, data.val, device=device)
         log(f"teacher {name}: epoch {epoch}/{train.max_epochs} loss {loss_sum / max(1, seen):.4f} "
             f"val_loss {val_loss:.4f} val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s)")
         # improvement: higher accuracy, or the same accuracy with a lower loss (small val sets plateau)
@@ -139,6 +154,7 @@ def train_teacher(model: nn.Module, data: DataBundle, train: TeacherSpec, seed: 
             best_state = copy.deepcopy(model.state_dict())
         if acc >= train.target_accuracy or epoch - best_epoch >= train.patience:
             break
+    model.to("cpu")
     if best_state is not None:
         model.load_state_dict(best_state)
     return best_acc, epoch, best_epoch
@@ -164,19 +180,21 @@ def get_teacher(
     seed: int = 0,
     cache_dir: Path | None = None,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> Teacher:
-    """Load the teacher from ``checkpoint``, else from the cache, else train it once and cache it."""
+    """Load the teacher from ``checkpoint``, else from the cache, else train it once (on ``device``: 'cpu' or
+    'cuda', see :func:`autocompress.devices.resolve_train_device`) and cache it. The model is returned on the CPU."""
     torch.manual_seed(seed)  # zoo/user models are initialised from this seed
     model, info = resolve_model(spec, data.num_classes, data.input_shape)
     if checkpoint:
         load_checkpoint(model, checkpoint, trust=trust_checkpoint)
         model.eval()
-        acc = evaluate(model, data.x_val, data.y_val)
+        acc = evaluate(model, data.val, device=device)
         log(f"teacher {info.name}: loaded checkpoint {checkpoint}; val accuracy {acc:.4f}")
         return Teacher(model, info, acc, f"checkpoint:{checkpoint}", 0, 0.0)
     if info.source == "instance":  # an in-memory module from the Python API: its weights, as given
         model.eval()
-        acc = evaluate(model, data.x_val, data.y_val)
+        acc = evaluate(model, data.val, device=device)
         log(f"teacher {info.name}: in-memory model used as given; val accuracy {acc:.4f}")
         return Teacher(model, info, acc, "instance", 0, 0.0)
 
@@ -189,7 +207,7 @@ def get_teacher(
             log(f"teacher {info.name}: cache entry {path} unreadable ({type(e).__name__}); retraining")
         else:
             model.eval()
-            acc = evaluate(model, data.x_val, data.y_val)
+            acc = evaluate(model, data.val, device=device)
             log(f"teacher {info.name}: from cache {path}; val accuracy {acc:.4f}")
             return Teacher(model, info, acc, f"cache:{path}", int(blob.get("epochs", 0)),
                            float(blob.get("train_seconds", 0.0)))
@@ -198,7 +216,7 @@ def get_teacher(
     torch.set_num_threads(cpu_count())
     t0 = time.perf_counter()
     try:
-        acc, epochs, best = train_teacher(model, data, train, seed, info.name, log)
+        acc, epochs, best = train_teacher(model, data, train, seed, info.name, log, device=device)
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0

@@ -140,6 +140,7 @@ class _Shared:
     metric_direction: str
     lookup_table: Any
     trial_resources: dict
+    train_device: str = "auto"  # the run spec's choice; each task resolves it against the GPUs Ray gave it
 
 
 def _put_shared(ray, prep, spec, url: str, name: str) -> _Shared:
@@ -150,14 +151,18 @@ def _put_shared(ray, prep, spec, url: str, name: str) -> _Shared:
     prep.ctx.log(f"ray: data, teacher, teacher logits and baseline put in the object store once "
                  f"({time.perf_counter() - t:.1f} s)")
     res: dict[str, Any] = {"num_cpus": spec.ray_cpus_per_trial}
-    gpus = spec.ray_gpus_per_trial if spec.ray_gpus_per_trial is not None else (0.5 if prep.profile.device == "cuda" else 0.0)
+    # a trial trains on a GPU when Ray gives it one: by default half a GPU per trial on a cuda profile, or
+    # when --train-device allows a GPU and the cluster has one
+    wants_gpu = prep.profile.device == "cuda" or (
+        spec.train_device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0)
+    gpus = spec.ray_gpus_per_trial if spec.ray_gpus_per_trial is not None else (0.5 if wants_gpu else 0.0)
     if gpus:
         res["num_gpus"] = gpus
     return _Shared(
         refs=refs, key=hashlib.sha1(f"{url}|{name}".encode()).hexdigest()[:12], profile=prep.profile,
         space=prep.space, baseline=ctx.baseline.to_dict(), input_shape=tuple(ctx.input_shape),
         constraints=ctx.constraints, seed=ctx.seed, metric=ctx.metric, metric_direction=ctx.metric_direction,
-        lookup_table=ctx.lookup_table, trial_resources=res,
+        lookup_table=ctx.lookup_table, trial_resources=res, train_device=spec.train_device,
     )
 
 
@@ -187,6 +192,8 @@ def _loop(ray, prep, backend, shared: _Shared, spec, run_dir: Path, log, deadlin
     placement = run_dir / PLACEMENT_FILE
 
     def finish(rec: TrialRecord) -> None:
+        # a trial the space's seeds enqueued carries its label (see references.SEED_ATTR)
+        rec = replace(rec, seed=(getattr(handle_of[rec.number], "user_attrs", None) or {}).get("seed"))
         store.append(rec)  # on disk first, then Optuna
         backend.tell(handle_of[rec.number], rec, feasibility(rec.metrics, spec.constraints))
         records.append(rec)
@@ -364,7 +371,7 @@ def _trial_task_fn(number: int, cand, shared: _Shared, stopper, submitted: float
     ray = _import_ray()
     started = time.time()
     ctx = _worker_context(ray, shared)
-    ctx = replace(ctx, early_stopper=stopper)
+    ctx = replace(ctx, early_stopper=stopper, train_device=_task_device(ray, shared.train_device))
     node = ray.get_runtime_context().get_node_id()
     where: list[str] = []
     if shared.profile.latency.mode == "measure":
@@ -382,6 +389,18 @@ def _trial_task_fn(number: int, cand, shared: _Shared, stopper, submitted: float
     shutil.rmtree(ctx.run_dir / "trials" / f"{number:05d}", ignore_errors=True)
     return {"record": rec.to_dict(), "onnx": onnx, "node": node, "latency_node": where[0] if where else None,
             "started": started, "ended": time.time(), "run_trial_s": run_trial_s}
+
+
+def _task_device(ray, choice: str) -> str:
+    """Where this task trains: the GPU Ray assigned it (Ray sets CUDA_VISIBLE_DEVICES, so it is 'cuda'),
+    else the CPU, unless the run asked for cuda explicitly and this node has one."""
+    from ..devices import cuda_available
+
+    if choice == "cpu":
+        return "cpu"
+    if ray.get_gpu_ids() and cuda_available():
+        return "cuda"
+    return "cuda" if choice == "cuda" and cuda_available() else "cpu"
 
 
 def _latency_fn(ray, ctx, shared: _Shared, number: int, where: list[str], node: str):

@@ -14,7 +14,16 @@ Some graphs cannot be traced whole by Torch-Pruning 1.6 (ShuffleNetV2's chunk + 
 reshape index mapping divides by zero). Then the model is pruned part by part: each sub-module that traces
 alone is pruned with its own dependency graph, keeping its input and output widths (the layers whose channels
 reach the part's interface stay whole and are listed in ``PruneResult.fixed_layers``); a part that does not
-trace is split into its children. For ShuffleNetV2 that prunes the channels inside every branch.
+trace is split into its children (and so is one holding more than ``MAX_PART_LAYERS`` layers: each layer's
+interface test costs a graph build). For ShuffleNetV2 that prunes the channels inside every branch.
+
+Pruning never hands on an inconsistent network. Torch-Pruning can prune a graph it misreads without raising
+(``F.pad`` on the channel dimension in a parameter-free "option A" ResNet shortcut, timm's MixedConv2d
+``split_with_sizes``): after its ``step()`` the pruned model runs on the example batch and must give the
+unpruned output shape. If it does not (or Torch-Pruning raised), the unpruned model is restored and pruned
+part by part, where each layer's interface test keeps the widths a shortcut, split or hard-coded shape
+depends on; that result is checked the same way, and if it still breaks the candidate is
+:class:`InfeasibleCandidate` naming the module whose call fails (found with forward hooks) and the line.
 """
 
 from __future__ import annotations
@@ -28,12 +37,15 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..bounds import deadline
 from ..errors import AutocompressError, ConfigError, InfeasibleCandidate, StageError
 from ..registry import did_you_mean
 from .criteria import NEEDS_GRADIENTS, make_importance
+from .export import _first_line
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 MAX_STAGES = 5
+MAX_PART_LAYERS = 16  # part-by-part pruning: larger sub-modules are split into their children
 
 
 @dataclass(frozen=True)
@@ -269,12 +281,15 @@ def prune_model(
     exclude: Sequence[str] = (),
     calib: tuple[torch.Tensor, torch.Tensor] | None = None,
     inplace: bool = False,
+    graph_timeout_s: float | None = None,
 ) -> PruneResult:
     """Remove output channels per ``sparsity`` (pattern -> ratio); returns the pruned model and its cost.
 
     ``calib`` = (inputs, labels) is needed by gradient criteria ("taylor"). A layer that would keep no
     channel (ratio >= 1, or ``round_to`` rounding its remainder down to 0) raises InfeasibleCandidate:
-    Torch-Pruning would otherwise silently leave it unpruned.
+    Torch-Pruning would otherwise silently leave it unpruned. ``graph_timeout_s`` bounds Torch-Pruning's
+    whole-graph attempt (its dependency-graph build can run for many minutes, e.g. on timm's ReXNet); past
+    it the model is pruned part by part (where an alarm can be set, see :mod:`autocompress.bounds`).
     """
     import torch_pruning as tp
 
@@ -299,42 +314,46 @@ def prune_model(
                 "lower its ratio" + (" or round_to" if round_to else "")
             )
     macs_before, params_before = _count_ops(model, example_input)
-    cls = find_classifier(model)
-    ignored = [mods[cls]] + [m for n, m in mods.items() if n and n != cls and isinstance(m, PRUNABLE) and
-                             any(match_pattern(p, n) for p in exclude)]
-    ratio_dict = {mods[n]: r for n, r in ratios.items() if r > 0}
+    with torch.no_grad():
+        want = tuple(model(example_input).shape)
     fixed: list[str] = []
-    if ratio_dict:
+    problem = None  # why Torch-Pruning's whole-graph result was not used
+    if any(r > 0 for r in ratios.values()):
         try:
             if criterion in NEEDS_GRADIENTS:
-                x, y = calib
-                model.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
+                _gradients(model, calib)
+            original = copy.deepcopy(model)  # Torch-Pruning prunes in place: kept to restore for the fallback
+            numel_before = sum(p.numel() for p in model.parameters())
             try:  # building the pruner traces the graph; nothing is pruned before step()
-                pruner = tp.pruner.BasePruner(
-                    model,
-                    example_input,
-                    importance=importance,
-                    pruning_ratio=0.0,
-                    pruning_ratio_dict=ratio_dict,
-                    ignored_layers=ignored,
-                    round_to=round_to,
-                )
-            except Exception:  # noqa: BLE001 - Torch-Pruning cannot trace this graph whole: prune it part by part
-                pruner = None
-            if pruner is not None:
-                pruner.step()
-            else:
-                fixed = _prune_by_parts(model, example_input, ratio_dict, ignored, importance, round_to)
+                with deadline(graph_timeout_s):
+                    pruner = tp.pruner.BasePruner(model, example_input, importance=importance, pruning_ratio=0.0,
+                                                  **_pruner_sets(model, ratios, exclude), round_to=round_to)
+                    pruner.step()
+                    del pruner
+                problem = _inconsistency(model, example_input, want)
+                if problem is None and sum(p.numel() for p in model.parameters()) >= numel_before:
+                    problem = "Torch-Pruning left every requested layer whole"
+            except Exception as e:  # noqa: BLE001 - Torch-Pruning cannot trace or prune this graph whole
+                problem = _first_line(e)
+            if problem is not None:  # restore the unpruned model and prune it part by part
+                model = original
+                if criterion in NEEDS_GRADIENTS:
+                    _gradients(model, calib)
+                sets = _pruner_sets(model, ratios, exclude)
+                fixed = _prune_by_parts(model, example_input, sets["pruning_ratio_dict"], sets["ignored_layers"],
+                                        importance, round_to)
+                if _inconsistency(model, example_input, want) is not None:
+                    raise InfeasibleCandidate(
+                        f"pruning cannot keep {type(model).__name__} consistent: {_blocker(model, example_input, want)}"
+                        "; exclude it (sparsity.exclude) or the layers feeding it"
+                    )
         except AutocompressError:
             raise
         except Exception as e:
-            reason = (str(e).strip().splitlines() or [""])[0]
             raise StageError(
                 "prune",
                 f"{type(model).__name__} cannot be pruned: Torch-Pruning failed on its channel dependencies "
-                f"({type(e).__name__}: {reason}); exclude the blocks involved or use a family student",
+                f"({_first_line(e)}); exclude the blocks involved or use a family student",
             ) from e
         finally:
             model.zero_grad(set_to_none=True)
@@ -342,6 +361,13 @@ def prune_model(
         if isinstance(m, PRUNABLE) and _width(m) <= 0:
             raise InfeasibleCandidate(f"layer '{n}' was left with 0 channels")
     macs_after, params_after = _count_ops(model, example_input)
+    if problem is not None and params_after >= params_before:
+        tied = f" (e.g. '{fixed[0]}')" if fixed else ""
+        raise InfeasibleCandidate(
+            f"no channel of {type(model).__name__} can be pruned consistently: Torch-Pruning could not ({problem}) and "
+            f"part by part every requested layer's width is tied to a shortcut, split or fixed shape{tied}; "
+            "prune other layers or use a family student"
+        )
     mods = dict(model.named_modules())
     measured = {n: 1.0 - _width(mods[n]) / widths_before[n] for n in ratios}
     if was_training:
@@ -378,27 +404,52 @@ def _record_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Mod
 
 def _interface_layers(part: nn.Module, x: torch.Tensor, layers: list[nn.Module]) -> set[nn.Module]:
     """Layers of ``part`` whose output channels cannot shrink without changing the part's input or output
-    shape: each is tried by pruning one channel of its group on a copy and running the copy on ``x``."""
+    shape: each is tried by pruning one channel of its group on a copy and running the copy on ``x``.
+    Layers of one group (e.g. the convs feeding one residual sum) share one try."""
     import torch_pruning as tp
 
     with torch.no_grad():
         want = tuple(part(x).shape)
+    try:
+        dg = tp.DependencyGraph().build_dependency(part, example_inputs=x)
+    except Exception:  # noqa: BLE001 - then every layer is tried on its own
+        dg = None
+    verdicts: dict[frozenset, bool] = {}
     tied = set()
     for layer in layers:
-        trial = copy.deepcopy(part)
-        path = next(n for n, m in part.named_modules() if m is layer)
-        target = trial.get_submodule(path)
-        try:
-            dg = tp.DependencyGraph().build_dependency(trial, example_inputs=x)
-            group = dg.get_pruning_group(target, dg.get_pruner_of_module(target).prune_out_channels, idxs=[0])
-            group.prune()
-            with torch.no_grad():
-                ok = tuple(trial(x).shape) == want
-        except Exception:  # noqa: BLE001 - the part rejects its own input once this layer shrinks
-            ok = False
+        key = None
+        if dg is not None:
+            try:
+                group = dg.get_pruning_group(layer, dg.get_pruner_of_module(layer).prune_out_channels, idxs=[0])
+                key = frozenset((id(dep.target.module), getattr(dep.handler, "__name__", "")) for dep, _ in group)
+            except Exception:  # noqa: BLE001
+                key = None
+        if key is not None and key in verdicts:
+            ok = verdicts[key]
+        else:
+            ok = _shrinks_alone(part, layer, x, want)
+            if key is not None:
+                verdicts[key] = ok
         if not ok:
             tied.add(layer)
     return tied
+
+
+def _shrinks_alone(part: nn.Module, layer: nn.Module, x: torch.Tensor, want: tuple[int, ...]) -> bool:
+    """Whether pruning one output channel of ``layer``'s group (on a copy of ``part``) keeps the part's shape."""
+    import torch_pruning as tp
+
+    trial = copy.deepcopy(part)
+    path = next(n for n, m in part.named_modules() if m is layer)
+    target = trial.get_submodule(path)
+    try:
+        dg = tp.DependencyGraph().build_dependency(trial, example_inputs=x)
+        group = dg.get_pruning_group(target, dg.get_pruner_of_module(target).prune_out_channels, idxs=[0])
+        group.prune()
+        with torch.no_grad():
+            return tuple(trial(x).shape) == want
+    except Exception:  # noqa: BLE001 - the part rejects its own input once this layer shrinks
+        return False
 
 
 def _prune_by_parts(model: nn.Module, example_input: torch.Tensor, ratio_dict: dict[nn.Module, float],
@@ -415,7 +466,10 @@ def _prune_by_parts(model: nn.Module, example_input: torch.Tensor, ratio_dict: d
         if not inside:
             return
         x = inputs.get(part)
-        if not is_root and x is not None and not isinstance(part, PRUNABLE):
+        # a part is traced and pruned whole when it is small enough: testing its interface costs one graph
+        # build per layer; a bigger one (a whole backbone) is opened up into its children
+        small = len(inside) <= MAX_PART_LAYERS or not any(True for c in part.children() if any(m in ratio_dict for m in c.modules()))
+        if not is_root and small and x is not None and not isinstance(part, PRUNABLE):
             try:
                 tp.DependencyGraph().build_dependency(part, example_inputs=x)
                 traced = True
@@ -438,3 +492,68 @@ def _prune_by_parts(model: nn.Module, example_input: torch.Tensor, ratio_dict: d
 
     visit(model, True)
     return fixed
+
+
+# ---------------------------------------------------------------- consistency
+def _pruner_sets(model: nn.Module, ratios: Mapping[str, float], exclude: Sequence[str]) -> dict:
+    """Torch-Pruning's ``pruning_ratio_dict`` and ``ignored_layers`` for ``model`` (by module object)."""
+    mods = dict(model.named_modules())
+    cls = find_classifier(model)
+    ignored = [mods[cls]] + [m for n, m in mods.items() if n and n != cls and isinstance(m, PRUNABLE) and
+                             any(match_pattern(p, n) for p in exclude)]
+    return {"pruning_ratio_dict": {mods[n]: r for n, r in ratios.items() if r > 0}, "ignored_layers": ignored}
+
+
+def _gradients(model: nn.Module, calib: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = calib
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _inconsistency(model: nn.Module, x: torch.Tensor, want: tuple[int, ...]) -> str | None:
+    """None when the pruned ``model`` runs on ``x`` and gives the unpruned output shape, else what is wrong."""
+    try:
+        with torch.no_grad():
+            got = tuple(model(x).shape)
+    except Exception as e:  # noqa: BLE001 - an inconsistent network is reported, not raised
+        return _first_line(e)
+    return None if got == want else f"output shape {got} instead of {want}"
+
+
+def _source_line(e: BaseException) -> str:
+    """``file.py:line: code`` of the innermost frame outside torch (the model's own code), or ''."""
+    import traceback
+
+    for fr in reversed(traceback.extract_tb(e.__traceback__)):
+        parts = fr.filename.replace("\\", "/").split("/")
+        if "torch" in parts or "torch_pruning" in parts or fr.filename == __file__:
+            continue
+        return f" at {parts[-1]}:{fr.lineno} `{(fr.line or '').strip()}`"
+    return ""
+
+
+def _blocker(model: nn.Module, x: torch.Tensor, want: tuple[int, ...]) -> str:
+    """The module (and operation) where the pruned ``model`` breaks: the innermost module whose call raises,
+    found with forward hooks; or the output shape when it runs but gives another."""
+    names = {m: n for n, m in model.named_modules()}
+    stack: list[nn.Module] = []
+    handles = []
+    def enter(mod, args) -> None:
+        stack.append(mod)
+
+    def leave(mod, args, out) -> None:  # returns None: the output is left as it is
+        stack.pop()
+
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+    try:
+        with torch.no_grad():
+            got = tuple(model(x).shape)
+    except Exception as e:  # noqa: BLE001 - this is what is reported
+        mod = stack[-1] if stack else model
+        return f"{names.get(mod) or '<model>'} ({type(mod).__name__}) fails{_source_line(e)}: {_first_line(e)}"
+    finally:
+        for h in handles:
+            h.remove()
+    return f"its output has shape {got} instead of {want}"

@@ -12,7 +12,7 @@ import yaml
 from .config import RunSpec
 from .errors import ConfigError
 from .records import TrialStatus
-from .report import _card, _recipe, load_records
+from .report import _card, _recipe, load_records, stamp_model
 from .store import RunStore
 
 
@@ -51,7 +51,8 @@ def export_trial(run_dir: Path, number: int, to: Path, *, log: Callable[[str], N
         src = run_dir / again.artifact
         log(f"re-created: accuracy {again.metrics.accuracy:.2%} (recorded {rec.metrics.accuracy:.2%})")
     shutil.copyfile(src, dst)
+    stamp_model(dst, meta, number)
     baseline = store.read_baseline() or {}
-    (to / f"trial_{number}.json").write_text(json.dumps(_card(rec, baseline, meta["spec"]), indent=2, default=str))
+    (to / f"trial_{number}.json").write_text(json.dumps(_card(rec, baseline, meta["spec"], run_dir, meta, model=dst), indent=2, default=str))
     (to / f"trial_{number}.recipe.yaml").write_text(yaml.safe_dump(_recipe(rec, meta["spec"]), sort_keys=False))
     return dst

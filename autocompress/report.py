@@ -1,17 +1,19 @@
 """Results contract: trials.csv/.parquet, pareto.csv, models/ (front + cards + recipes), report.html.
 
 Everything here is rebuilt from the stored records (``trials.jsonl`` and, where reachable, the Optuna
-database), so ``autocompress report DIR`` works on finished, interrupted and multi-worker runs alike.
+database) and ``baseline.json`` (the baseline and the int8-alone reference), so ``autocompress report DIR``
+works on finished, interrupted and multi-worker runs alike. The HTML page is drawn by :mod:`.report_html`, the
+tables people read (units, rounding, reference points, ``show``) by :mod:`.tables`.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -61,6 +63,11 @@ def trials_frame(records: list[TrialRecord]) -> pd.DataFrame:
         row["student"] = r.candidate.student
         row["bits"] = "/".join(sorted(set(r.candidate.bits_map().values())))
         row["kd_epochs"] = r.candidate.distill.epochs if r.candidate.distill else 0
+        sp = list(r.candidate.sparsity_map().values())
+        row["sparsity"] = round(sum(sp) / len(sp), 4) if sp else 0.0
+        row["seed"] = r.seed or ""
+        for k, v in r.stage_times:  # seconds per stage ("student_cached" marks a stage-cache hit)
+            row["student_cached" if k == "student_cached" else f"time.{k}"] = bool(v) if k == "student_cached" else v
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -95,6 +102,20 @@ def pareto_front(df: pd.DataFrame, objectives: list[Objective], constraints: Con
     return feas[mask].sort_values(objectives[0].name, ascending=objectives[0].resolved_direction == "minimize")
 
 
+def front_2d(df: pd.DataFrame, x: str, x_direction: str, constraints: Constraints, y: str = "accuracy",
+             y_direction: str = "maximize") -> pd.DataFrame:
+    """The feasible trials no other feasible trial beats on both ``y`` and ``x`` (a 2-D staircase), by ``x``."""
+    if df.empty:
+        return df.copy()
+    feas = df[feasible_mask(df, constraints)]
+    if "candidate_key" in feas:
+        feas = feas.sort_values("number", kind="stable").drop_duplicates("candidate_key", keep="first")
+    if feas.empty:
+        return feas.copy()
+    mask = non_dominated_mask(feas[[y, x]].astype(float).to_numpy(), [y_direction, x_direction])
+    return feas[mask].sort_values([x, y], ascending=[True, y_direction == "minimize"])
+
+
 def reference_point(objectives: list[Objective], baseline: dict) -> list[float]:
     """A fixed reference for hypervolume: 10 pp below the baseline's accuracy, the baseline's speed/size."""
     ref = {"accuracy": baseline["accuracy"] - 0.10, "speedup": 1.0, "latency_ms": baseline["latency_ms"],
@@ -109,8 +130,44 @@ def front_hypervolume(df: pd.DataFrame, objectives: list[Objective], constraints
     return hypervolume(pts, [o.resolved_direction for o in objectives], reference_point(objectives, baseline))
 
 
-def _card(r: TrialRecord, baseline: dict, spec: dict) -> dict:
+def hypervolume_history(df: pd.DataFrame, objectives: list[Objective], constraints: Constraints, baseline: dict) -> pd.DataFrame:
+    """``number, hypervolume`` after each trial, in trial order; recomputed only when a trial enlarges the front."""
+    rows, hv = [], 0.0
+    if df.empty:
+        return pd.DataFrame(columns=["number", "hypervolume"])
+    order = df.sort_values("number")
+    feas = feasible_mask(order, constraints).to_numpy()
+    names, dirs = [o.name for o in objectives], [o.resolved_direction for o in objectives]
+    ref = reference_point(objectives, baseline)
+    front = np.zeros((0, len(names)))
+    for ok, (_, row) in zip(feas, order.iterrows()):
+        if ok:
+            p = row[names].astype(float).to_numpy()[None, :]
+            cand = np.vstack([front, p])
+            mask = non_dominated_mask(cand, dirs)
+            if mask[-1]:  # not dominated: the front (and maybe its volume) changed
+                front = cand[mask]
+                hv = hypervolume(front, dirs, ref)
+        rows.append((int(row["number"]), hv))
+    return pd.DataFrame(rows, columns=["number", "hypervolume"])
+
+
+def _card(r: TrialRecord, baseline: dict, spec: dict, run_dir: Path | None = None, meta: dict | None = None,
+          model: Path | None = None) -> dict:
+    """A front model's card; with ``run_dir`` also its per-layer table, read from ``model`` (default: the
+    trial's artifact) against the run's baseline.onnx."""
     m = r.metrics
+    layers = None
+    if model is None and run_dir is not None and r.artifact:
+        model = run_dir / r.artifact
+    if run_dir is not None and model is not None and Path(model).is_file():
+        from .layers import layer_table
+
+        try:
+            layers = layer_table(model, run_dir / "models" / "baseline.onnx")
+        except Exception as e:  # an unreadable file must not cost the run its results
+            layers = {"error": f"{type(e).__name__}: {e}"}
+    pre = (meta or {}).get("preprocessing")
     return {
         "trial": r.number,
         "metrics": {k: getattr(m, k) for k in METRIC_COLUMNS} | {"top5": m.top5, "latency_cv": m.latency_cv,
@@ -119,7 +176,19 @@ def _card(r: TrialRecord, baseline: dict, spec: dict) -> dict:
         "candidate": r.candidate.to_dict(),
         "kd_history": list(r.kd_history),
         "profile": spec.get("profile"),
+        "seed": r.seed,
+        **({"preprocessing": pre} if pre else {}),
+        **({"layers": layers} if layers is not None else {}),
     }
+
+
+def stamp_model(path: Path, meta: dict, number: int) -> None:
+    """Write the run's preprocessing (input shape, mean/std, class names) into a shipped ONNX file."""
+    from .preprocessing import Preprocessing, stamp_onnx
+
+    pre = (meta or {}).get("preprocessing")
+    if pre:
+        stamp_onnx(path, Preprocessing.from_dict(pre), {"autocompress.trial": str(number)})
 
 
 def _recipe(r: TrialRecord, spec: dict) -> dict:
@@ -128,7 +197,9 @@ def _recipe(r: TrialRecord, spec: dict) -> dict:
             "candidate": r.candidate.to_dict()}
 
 
-def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None):
+def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None, retime: int | None = None):
+    """Rebuild the results from the stored trials. ``retime`` >= 1 re-times the front and the references in that
+    many fresh processes (retiming.py); None/0 reuses a saved re-timing while the same models are on the front."""
     from .engine import RunResult
     from .trial import Baseline
 
@@ -149,27 +220,44 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None)
     for f in models.glob("trial_*"):
         f.unlink()
     by_number = {r.number: r for r in records}
-    paths = []
+    paths, cards = [], {}
     for n in front["number"].tolist():
         r = by_number[int(n)]
         src = run_dir / r.artifact if r.artifact else None
         dst = models / f"trial_{int(n)}.onnx"
         if src is not None and src.is_file():
             shutil.copyfile(src, dst)
+            stamp_model(dst, meta, r.number)
         paths.append(str(dst.relative_to(run_dir)))
-        (models / f"trial_{int(n)}.json").write_text(json.dumps(_card(r, baseline or {}, meta["spec"]), indent=2, default=str))
+        cards[int(n)] = _card(r, baseline or {}, meta["spec"], run_dir, meta)
+        (models / f"trial_{int(n)}.json").write_text(json.dumps(cards[int(n)], indent=2, default=str))
         (models / f"trial_{int(n)}.recipe.yaml").write_text(yaml.safe_dump(_recipe(r, meta["spec"]), sort_keys=False))
     front = front.assign(model=paths) if len(front) else front
+    from .retiming import retime_run, summary_lines, with_retimed
+
+    try:
+        timed = retime_run(run_dir, front, df, meta, windows=retime, log=log)
+    except Exception as e:  # noqa: BLE001 - the search's own figures stand; say why they were not re-timed
+        log(f"note: the final re-timing was skipped ({type(e).__name__}: {e})")
+        timed = None
+    if retime and timed:
+        for line in summary_lines(timed):
+            log(line)
+    front = with_retimed(front, timed)
     front.to_csv(run_dir / "pareto.csv", index=False)
     report = None
     if baseline is not None:
-        report = write_html(run_dir, df, front, spec, baseline, meta)
-    _print_summary(df, front, report, baseline, log)
+        from .report_html import write_html
+
+        report = write_html(run_dir, df, front, spec, baseline, meta, cards)
+    _print_summary(df, front, report, baseline, spec, log)
     return RunResult(run_dir=run_dir, records=records, front=front, report=report,
                      baseline=Baseline(**{k: v for k, v in (baseline or {}).items() if k in Baseline.__dataclass_fields__}) if baseline else None)
 
 
-def _print_summary(df, front, report, baseline, log) -> None:
+def _print_summary(df, front, report, baseline, spec: RunSpec, log) -> None:
+    from .tables import reference_lines
+
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     log("trials: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
     if len(df) and not counts.get("COMPLETE"):
@@ -184,71 +272,7 @@ def _print_summary(df, front, report, baseline, log) -> None:
                 f"{r['speedup']:.2f}x faster, {r['size_mb']:.2f} MB ({baseline['size_mb'] / r['size_mb']:.1f}x smaller) -> {r['model']}")
     elif len(df):
         log("no trial met the constraints; see trials.csv (loosen --max-accuracy-drop or search longer)")
+    for line in reference_lines(df, baseline, spec):
+        log(line)
     if report:
         log(f"report: {report}")
-
-
-def write_html(run_dir: Path, df: pd.DataFrame, front: pd.DataFrame, spec: RunSpec, baseline: dict, meta: dict) -> Path:
-    import plotly.graph_objects as go
-    import plotly.io as pio
-
-    done = df[df["status"] == "COMPLETE"].copy()
-    feas = feasible_mask(done, spec.constraints) if len(done) else pd.Series(dtype=bool)
-    fig = go.Figure()
-    hover = "trial %{customdata[0]}<br>accuracy %{y:.2%}<br>speedup %{x:.2f}x<br>size %{customdata[1]:.2f} MB<br>%{customdata[2]}<extra></extra>"
-
-    def pts(d: pd.DataFrame, name: str, **marker):
-        fig.add_trace(go.Scatter(
-            x=d["speedup"].astype(float), y=d["accuracy"].astype(float), mode="markers", name=name,
-            customdata=d[["number", "size_mb", "bits"]].to_numpy(), hovertemplate=hover, marker=marker))
-
-    if len(done):
-        size_max = max(float(done["size_mb"].max()), 1e-6)
-        pts(done[feas], "feasible", color=done[feas]["size_mb"].astype(float), colorscale="Viridis",
-            size=9 + 14 * done[feas]["size_mb"].astype(float) / size_max, colorbar={"title": "size MB"}, showscale=True)
-        pts(done[~feas], "violates constraints", color="lightgray", symbol="x", size=8)
-    if len(front):
-        f = front.sort_values("speedup")
-        fig.add_trace(go.Scatter(x=f["speedup"].astype(float), y=f["accuracy"].astype(float), mode="lines+markers",
-                                 name="Pareto front", line={"color": "crimson"},
-                                 marker={"color": "crimson", "size": 11, "symbol": "diamond-open"},
-                                 customdata=f[["number", "size_mb", "bits"]].to_numpy(), hovertemplate=hover))
-    fig.add_trace(go.Scatter(x=[1.0], y=[baseline["accuracy"]], mode="markers+text", name="baseline (fp32)",
-                             text=["baseline"], textposition="top center",
-                             marker={"symbol": "star", "size": 16, "color": "black"}))
-    fig.update_layout(title="accuracy vs measured speedup (size as colour and marker size)",
-                      xaxis={"title": "speedup vs fp32 baseline (x, log)", "type": "log"},
-                      yaxis={"title": "accuracy", "tickformat": ".1%"}, template="plotly_white", height=560,
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
-
-    hv_fig = go.Figure()
-    objectives = list(spec.objectives)
-    if len(done):
-        order = done.sort_values("number")
-        hv = [front_hypervolume(order.iloc[: k + 1], objectives, spec.constraints, baseline) for k in range(len(order))]
-        hv_fig.add_trace(go.Scatter(x=order["number"], y=hv, mode="lines+markers", name="hypervolume"))
-    hv_fig.update_layout(title="hypervolume of the feasible front over trials", xaxis={"title": "trial"},
-                         yaxis={"title": "hypervolume"}, template="plotly_white", height=340)
-
-    cols = ["number", "accuracy", "accuracy_drop", "speedup", "latency_ms", "size_mb", "params", "macs", "bits", "kd_epochs", "model"]
-    table = front[[c for c in cols if c in front]].to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t") if len(front) else "<p>No feasible trial yet.</p>"
-    counts = df["status"].value_counts().to_dict() if len(df) else {}
-    problems = df[df["status"].isin(["FAILED", "INFEASIBLE"])][["number", "status", "stage", "message"]] if len(df) else df
-    spec_d = meta.get("spec", {})
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>autocompress report: {html.escape(run_dir.name)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:24px;max-width:1200px}} table.t{{border-collapse:collapse}}
-table.t td,table.t th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}} code{{background:#f4f4f4;padding:1px 4px}}</style></head><body>
-<h1>autocompress report</h1>
-<p>run <code>{html.escape(str(run_dir))}</code>: model <b>{html.escape(str(spec_d.get('model')))}</b> on <b>{html.escape(str(spec_d.get('data')))}</b>,
-profile <b>{html.escape(str(spec_d.get('profile')))}</b>, space <b>{html.escape(str(spec_d.get('space')))}</b>, sampler {html.escape(str(spec_d.get('sampler')))}, seed {spec_d.get('seed')}.</p>
-<p>baseline (fp32 ONNX): accuracy {baseline['accuracy']:.2%}, latency {baseline['latency_ms']:.3f} ms on this machine, {baseline['size_mb']:.2f} MB, {baseline['params'] / 1e6:.2f} M params.
-Trials: {html.escape(', '.join(f'{v} {k}' for k, v in sorted(counts.items())) or 'none')}. Constraints: {html.escape(str(spec.constraints.model_dump(exclude_none=True)))}.</p>
-<p>Speedups are ratios to the baseline measured in the same process, interleaved; absolute times hold only on the machine they were taken on.</p>
-{pio.to_html(fig, include_plotlyjs=True, full_html=False, div_id="pareto-plot")}
-<h2>Pareto front</h2>{table}
-{pio.to_html(hv_fig, include_plotlyjs=False, full_html=False, div_id="hv-plot")}
-<h2>Failed and infeasible trials</h2>{problems.to_html(index=False, border=0, classes="t") if len(problems) else "<p>None.</p>"}
-</body></html>"""
-    out = run_dir / "report.html"
-    out.write_text(body)
-    return out

@@ -125,8 +125,10 @@ def _resume_and_check(out: Path, before: list[dict], capsys) -> pd.DataFrame:
 KILL_POINTS = [
     # (id, KILL_AT, extra env, the killed trial's stage)
     ("distillation", "autocompress.compress.distill:kd_loss:30", {}, "distill"),
-    ("quantization", "autocompress.compress.quantize:quantize_model:2", {}, "quantize"),
-    ("latency", "autocompress.measure.latency:measure_latency:3", {}, "latency"),  # call 1 is the baseline
+    # quantize_model call 1 and measure_latency call 2 are the int8-alone reference (measure_latency call 1:
+    # the baseline), both measured before the first trial
+    ("quantization", "autocompress.compress.quantize:quantize_model:3", {}, "quantize"),
+    ("latency", "autocompress.measure.latency:measure_latency:4", {}, "latency"),
     ("writing-results", "autocompress.search.optuna_backend:OptunaBackend.tell:1", {"KILL_HALFWAY": "1"}, "tell"),
 ]
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
 from autocompress.config import Constraints, Objective, RunSpec
 from autocompress.records import Candidate, Metrics, TrialRecord, TrialStatus
-from autocompress.report import finalize, front_hypervolume, pareto_front, trials_frame
+from autocompress.cli import main
+from autocompress.report import finalize, front_2d, front_hypervolume, hypervolume_history, pareto_front, trials_frame
+from autocompress.report_html import _tradeoff_fig
 from autocompress.search.pareto import hypervolume
+from autocompress.tables import display_table
 from autocompress.store import RunStore
 
 OBJ = [Objective(name="accuracy"), Objective(name="speedup"), Objective(name="size_mb")]
@@ -27,13 +32,19 @@ def _rec(n, acc, sp, size, status=TrialStatus.COMPLETE, bits="int8", sparsity=No
                        message=None if status == TrialStatus.COMPLETE else "boom")
 
 
-def _store(tmp_path, records):
+INT8_REF = {"accuracy": 0.9871, "accuracy_drop": 0.29, "speedup": 2.345, "size_mb": 10.12, "latency_ms": 2.1,
+            "quant": {"format": "qdq", "types": "u8s8"}, "seconds": 3.0}
+STOP_REASON = "accuracy 80.1% after distillation is below the target 98.0%"
+
+
+def _store(tmp_path, records, int8_reference=None):
     store = RunStore(tmp_path / "run")
     store.create()
     spec = RunSpec(out=str(store.dir))
     store.write_run_yaml(spec.model_dump(mode="json"), {"versions": {}})
     store.write_baseline({"path": "models/baseline.onnx", "accuracy": 0.99, "top5": 1.0, "latency_ms": 5.0,
-                          "latency_cv": 0.1, "size_mb": 40.0, "params": 11_000_000, "macs": 500_000_000})
+                          "latency_cv": 0.1, "size_mb": 40.0, "params": 11_000_000, "macs": 500_000_000,
+                          **({"int8_reference": int8_reference} if int8_reference else {})})
     for r in records:
         store.append(r)
     return store
@@ -87,10 +98,108 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def _mixed_run(tmp_path):
+    """8 completed trials (trial 0 a seed), a STOPPED seed, a far-off trial, and the int8-alone reference."""
+    recs = [_rec(i, 0.99 - 0.003 * i, 1.5 + i, 40.0 / (i + 1)) for i in range(8)]
+    recs[0] = replace(recs[0], seed="uniform 50% + int8, KD 8 ep")
+    recs.append(replace(_rec(8, 0, 0, 0, TrialStatus.STOPPED), seed="uniform 80% + int8, KD 8 ep", message=STOP_REASON))
+    recs.append(_rec(9, 0.4, 30.0, 0.5))
+    return _store(tmp_path, recs, int8_reference=INT8_REF)
+
+
+def test_front_table_has_units_and_rounding(tmp_path):
+    store = _mixed_run(tmp_path)
+    finalize(store.dir, log=lambda s: None)
+    df = trials_frame(store.records())
+    table = display_table(df[df["number"] == 1], {"size_mb": 40.0})
+    row = table.iloc[0].to_dict()
+    assert {"accuracy (%)", "drop (pp)", "speedup (x)", "size (MB)", "params (M)", "MACs (M)"} <= set(table.columns)
+    assert row["accuracy (%)"] == "98.70" and row["drop (pp)"] == "+0.30" and row["speedup (x)"] == "2.50"
+    assert row["size (MB)"] == "20.00" and row["smaller (x)"] == "2.0" and row["params (M)"] == "0.00" and row["MACs (M)"] == "0.0"
+    page = (store.dir / "report.html").read_text()
+    front = page.split("<h2>Pareto front")[1].split("</table>")[0]
+    assert "98.70" in front and "speedup (x)" in front and "size (MB)" in front
+    # no raw floats: nothing with more than 4 decimals, no exponent notation
+    assert not re.search(r">\s*-?\d+\.\d{5,}\s*<", front) and not re.search(r"\de[+-]\d", front)
+
+
+def test_stopped_and_failed_trials_are_listed_with_stage_and_reason(tmp_path):
+    store = _mixed_run(tmp_path)
+    store.append(replace(_rec(10, 0, 0, 0, TrialStatus.FAILED), message="RuntimeError: boom in quantize", stage="quantize"))
+    finalize(store.dir, log=lambda s: None)
+    page = (store.dir / "report.html").read_text()
+    section = page.split("Trials that did not complete (2 of 11)")[1].split("</table>")[0]
+    assert "STOPPED" in section and "distill" in section and STOP_REASON in section
+    assert "FAILED" in section and "quantize" in section and "boom in quantize" in section
+    assert "uniform 80% + int8" in section  # the stopped trial was a seed setting
+
+
+def test_reference_points_in_the_report_and_in_show(tmp_path, capsys):
+    store = _mixed_run(tmp_path)
+    lines = []
+    finalize(store.dir, log=lines.append)
+    page = (store.dir / "report.html").read_text()
+    assert "int8 alone" in page and "2.35x" in page and "uniform 50% + int8, KD 8 ep" in page
+    # the verdict compares the fastest feasible model (trial 3, 4.5x) with int8 alone (2.345x)
+    assert f"{4.5 / 2.345:.2f}x</b> the speed of int8 alone" in page
+    assert any("int8 alone" in line and "1.92x its speed" in line for line in lines)
+    assert main(["show", str(store.dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "Reference points" in out and "fp32 baseline" in out
+    assert "int8 alone" in out and "2.35" in out and "10.12" in out
+    assert "seed: uniform 50% + int8, KD 8 ep" in out and "seed: uniform 80% + int8, KD 8 ep" in out and "STOPPED" in out
+    assert "4.50" in out and "98.10" in out  # trial 3 on the front, with units in the header
+    assert main(["show", str(tmp_path / "nowhere")]) == 2
+
+
+def test_staircases_are_the_2d_non_dominated_feasible_trials():
+    # trial 2 is on the 3-objective front only by its size: beaten on accuracy and speedup by trial 1
+    recs = [_rec(0, 0.99, 2.0, 10.0), _rec(1, 0.988, 6.0, 5.0), _rec(2, 0.985, 5.0, 1.0), _rec(3, 0.982, 9.0, 8.0),
+            _rec(4, 0.97, 30.0, 0.2), _rec(5, 0.986, 3.0, 20.0)]
+    df = trials_frame(recs)
+    c = Constraints(max_accuracy_drop=1.0)
+    feas = df[df["accuracy_drop"] <= 1.0]
+
+    def brute(x, better):
+        keep = []
+        for _, p in feas.iterrows():
+            beaten = any((q["accuracy"] >= p["accuracy"]) and better(q[x], p[x]) is not False and
+                         (q["accuracy"] > p["accuracy"] or better(q[x], p[x])) and (better(q[x], p[x]) or q[x] == p[x])
+                         for _, q in feas.iterrows() if q["number"] != p["number"])
+            if not beaten:
+                keep.append(int(p["number"]))
+        return sorted(keep)
+
+    speed = front_2d(df, "speedup", "maximize", c)
+    size = front_2d(df, "size_mb", "minimize", c)
+    assert sorted(speed["number"]) == brute("speedup", lambda a, b: a > b) == [0, 1, 3]
+    assert sorted(size["number"]) == brute("size_mb", lambda a, b: a < b) == [0, 1, 2]
+    assert 2 in set(pareto_front(df, OBJ, c)["number"])  # on the 3-D front, yet off the speed staircase
+    # the plots draw exactly those points, as staircases
+    base = {"accuracy": 0.99, "size_mb": 40.0, "latency_ms": 5.0, "params": 1, "macs": 1}
+    spec = RunSpec(constraints={"max_accuracy_drop": 1.0})
+    for x, want, shape in (("speedup", speed, "vh"), ("size_mb", size, "hv")):
+        fig = _tradeoff_fig(df, pareto_front(df, OBJ, c), spec, base, x)
+        stairs = [t for t in fig.data if t.name.startswith("front:")]
+        assert len(stairs) == 1 and stairs[0].line.shape == shape
+        assert list(stairs[0].x) == want[x].tolist() and list(stairs[0].y) == want["accuracy"].tolist()
+
+
+def test_hypervolume_history_matches_the_prefix_fronts():
+    base = {"accuracy": 0.99, "latency_ms": 5.0, "size_mb": 40.0, "params": 1, "macs": 1}
+    recs = [_rec(0, 0.99, 3.0, 10.0), _rec(1, 0.985, 8.0, 2.0), _rec(2, 0.97, 20.0, 0.5), _rec(3, 0.985, 7.0, 3.0),
+            _rec(4, 0, 0, 0, TrialStatus.STOPPED), _rec(5, 0.989, 12.0, 1.0)]
+    df = trials_frame(recs)
+    c = Constraints(max_accuracy_drop=1.0)
+    hist = hypervolume_history(df, OBJ, c, base)
+    assert hist["number"].tolist() == [0, 1, 2, 3, 4, 5]
+    want = [front_hypervolume(df.iloc[: k + 1], OBJ, c, base) for k in range(len(df))]
+    assert hist["hypervolume"].tolist() == pytest.approx(want) and want[-1] > want[0] > 0
+
+
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does it)")
 def test_report_renders_in_headless_chromium(tmp_path):
-    recs = [_rec(i, 0.99 - 0.003 * i, 1.5 + i, 40.0 / (i + 1)) for i in range(8)]
-    store = _store(tmp_path, recs)
+    store = _mixed_run(tmp_path)
     res = finalize(store.dir, log=lambda s: None)
     assert len(res.front) >= 2
     page = store.dir / "report.html"
@@ -100,9 +209,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000", "--enable-logging=stderr", "--v=0"]
     dom = subprocess.run([_chromium(), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    # plotly drew its SVG plots (one per figure) and the front table is in the page
-    assert dom.stdout.count('class="main-svg"') >= 2, "plotly did not render"
+    # plotly drew its SVG plots (two trade-offs, time, time per trial, hypervolume) and the tables are in the page
+    assert dom.stdout.count('class="main-svg"') >= 5, "plotly did not render"
     assert "Pareto front" in dom.stdout and "scatterlayer" in dom.stdout
+    assert "int8 alone" in dom.stdout and "STOPPED" in dom.stdout and "ort.InferenceSession" in dom.stdout
     console = [l for l in dom.stderr.splitlines() if "CONSOLE" in l or "Uncaught" in l]
     assert not console, console
     subprocess.run([_chromium(), *flags, "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()],

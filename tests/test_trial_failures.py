@@ -57,7 +57,8 @@ def _once(real, exc, when=lambda *a, **k: True):
 
 
 def _not_baseline(path_arg_index):
-    return lambda *a, **k: "baseline" not in str(a[path_arg_index])
+    """Not the baseline nor the int8-alone reference measured beside it (both before the first trial)."""
+    return lambda *a, **k: not any(s in str(a[path_arg_index]) for s in ("baseline", "int8_reference"))
 
 
 def _patch_export(mp):
@@ -79,7 +80,7 @@ def _patch_export_crash(mp):
 def _patch_quantize(mp):
     import autocompress.compress.quantize as m
 
-    f = _once(m.quantize_model, RuntimeError("injected quantizer failure"))
+    f = _once(m.quantize_model, RuntimeError("injected quantizer failure"), _not_baseline(0))
     mp.setattr(m, "quantize_model", f)
     return f
 

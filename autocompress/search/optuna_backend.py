@@ -225,6 +225,7 @@ class OptunaBackend:
                 out.append(r)
         return out
 
-    def enqueue(self, params_list: Sequence[dict]) -> None:
-        for p in params_list:
-            self.study.enqueue_trial(p, skip_if_exists=True)
+    def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None) -> None:
+        """Enqueue fixed parameter sets (the space's seeds); ``user_attrs[i]`` is set on the trial that runs the i-th."""
+        for i, p in enumerate(params_list):
+            self.study.enqueue_trial(p, user_attrs=user_attrs[i] if user_attrs else None, skip_if_exists=True)

@@ -1,0 +1,108 @@
+"""Reference points measured in a real tiny run: int8 alone beside the baseline, seed trials marked; the
+terminal output (plain lines without a terminal, epochs only with --verbose) and `show`."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from autocompress.cli import main
+from autocompress.store import RunStore
+from conftest import FAST_PROFILE, make_workspace
+
+SPACE = {
+    "kind": "search_space", "name": "tiny-seeds",
+    "sparsity": {"granularity": "uniform", "range": {"low": 0.25, "high": 0.75, "step": 0.25}, "criterion": ["l1"]},
+    "bits": {"choices": ["fp32", "int8"]},
+    "distill": {"epochs": 1, "lr": 0.05},
+    "seeds": [{"sparsity": 0.0, "bits": "int8"}, {"sparsity": 0.5, "bits": "int8"}],
+}
+
+
+def _snippet_reproduces_the_accuracy(page: str, out, recs) -> None:
+    """The report's copy-paste snippet, fed the raw validation pixels, scores what the run recorded."""
+    import html as html_lib
+    import re
+
+    import numpy as np
+
+    from autocompress.data import load_data
+
+    code = html_lib.unescape(re.search(r"Run the chosen model: trial (\d+).*?<pre>(.*?)</pre>", page, re.S).group(2))
+    n = int(re.search(r"Run the chosen model: trial (\d+)", page).group(1))
+    assert f'"{out / "models" / f"trial_{n}.onnx"}"' in code and "MEAN = np.array([" in code
+    data = load_data("digits", image_size=16, seed=0)
+    raw = data.val.pixels.read(np.arange(len(data.val))).numpy()  # float pixels in [0, 1], as read
+    ns: dict = {"RAW": raw}
+    exec(code.replace("pixels = np.random.rand", "pixels = RAW  # np.random.rand"), ns)
+    acc = float((ns["logits"].argmax(1) == data.val.labels.numpy()).mean())
+    assert acc == pytest.approx(recs[n].metrics.accuracy, abs=1.5 / len(raw))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("refs"), SPACE, FAST_PROFILE, teacher="teacher.pt")
+    out = ws / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
+    args = ["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
+            "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
+            "--out", str(out), "--seed", "0", "--max-accuracy-drop", "100"]
+    yield ws, out, args, mp
+    mp.undo()
+
+
+def test_int8_alone_is_measured_beside_the_baseline_and_seeds_are_marked(finished_run, capsys):
+    ws, out, args, _ = finished_run
+    assert main([*args, "--trials", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 alone (reference, ORT static qdq u8s8)" in printed
+    assert "epoch 1/1" not in printed  # KD epochs only with --verbose
+    assert printed.count("] trial ") == 3  # one summary line per trial, with what it ran
+    base = RunStore(out).read_baseline()
+    ref = base["int8_reference"]
+    assert (out / "models" / "int8_reference.onnx").is_file() and ref["speedup"] > 0 and ref["size_mb"] < base["size_mb"]
+    recs = {r.number: r for r in RunStore(out).records()}
+    # the enqueued seeds ran first, and carry their labels; the sampler's trial does not
+    assert recs[0].seed == "int8 alone" and recs[1].seed == "uniform 50% + int8" and recs[2].seed is None
+    # int8 alone as a seed trial is the same model through the same quantizer: the same accuracy as the reference
+    assert recs[0].metrics.accuracy == pytest.approx(ref["accuracy"], abs=1e-9)
+    df = pd.read_csv(out / "trials.csv")
+    assert df.set_index("number").loc[1, "seed"] == "uniform 50% + int8" and "time.quantize" in df
+    page = (out / "report.html").read_text()
+    assert "int8 alone" in page and "uniform 50% + int8" in page and "ort.InferenceSession" in page
+    _snippet_reproduces_the_accuracy(page, out, recs)
+    # a front model's card says what was done to each layer, read from its ONNX file
+    front = pd.read_csv(out / "pareto.csv")
+    n = int(front["number"].iloc[0])
+    card = json.loads((out / "models" / f"trial_{n}.json").read_text())
+    layers = card["layers"]
+    assert [r["op"] for r in layers] == ["Conv", "Conv", "Gemm"]
+    bits = set(recs[n].candidate.bits_map().values())
+    assert {r["precision"] for r in layers} == bits
+    sp = recs[n].candidate.sparsity_map().get("_default", 0.0)
+    assert layers[0]["baseline_channels"] == 16 and layers[0]["kept"] == pytest.approx(1 - sp, abs=0.07)
+    assert layers[-1]["out_channels"] == 10 and layers[-1]["kept"] == 1.0
+
+
+def test_resume_reuses_the_reference_and_verbose_prints_epochs(finished_run, capsys):
+    ws, out, args, _ = finished_run
+    if not (out / "baseline.json").is_file():
+        pytest.skip("needs the run of the previous test")
+    mtime = (out / "models" / "int8_reference.onnx").stat().st_mtime_ns
+    before = RunStore(out).read_baseline()["int8_reference"]
+    capsys.readouterr()
+    assert main(["resume", str(out), "--trials", "5", "--verbose"]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 alone (reference): reused" in printed
+    assert RunStore(out).read_baseline()["int8_reference"] == before
+    assert (out / "models" / "int8_reference.onnx").stat().st_mtime_ns == mtime
+    kd = [r for r in RunStore(out).records() if r.number >= 3 and r.candidate.distill]
+    assert all(f"trial {r.number}: " in printed for r in RunStore(out).records() if r.number >= 3)
+    if kd:
+        assert "epoch 1/1" in printed
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "int8 alone" in shown and "seed: int8 alone" in shown and "seed: uniform 50% + int8" in shown

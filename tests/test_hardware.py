@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import onnxruntime as ort
 import pytest
 import torch
@@ -112,3 +116,27 @@ def test_fingerprint():
               "load_avg_1m"):
         assert k in fp
     assert fp["onnxruntime"] == ort.__version__ and fp["cores"] >= 1
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc/stat")
+def test_machine_window_sees_another_process_using_the_cpu():
+    """A window during which another process burns a core reports its share and is flagged disturbed;
+    this process's own work does not count as a disturbance."""
+    import subprocess
+    import sys
+
+    from autocompress.measure.hardware import MachineWindow
+
+    w = MachineWindow()
+    subprocess.run([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.0: pass"], check=True)
+    busy = w.stop()
+    assert busy["others_pct"] >= 100 * 0.5 / (os.cpu_count() or 1) * 0.6  # one core of N, generous margin
+    assert busy["disturbed"] is True
+    assert busy["window_s"] >= 1.0 and "steal_pct" in busy and busy["load_avg"] >= 0
+
+    w = MachineWindow()
+    t = time.time()
+    while time.time() - t < 0.5:  # our own work
+        pass
+    own = w.stop()
+    assert own["others_pct"] < busy["others_pct"]

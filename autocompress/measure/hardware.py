@@ -192,6 +192,84 @@ def load_average() -> float:
         return float("nan")
 
 
+def _proc_stat_cpu() -> tuple[float, float, float] | None:
+    """(busy, idle, steal) seconds summed over all CPUs since boot, from /proc/stat; None where unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+    except OSError:
+        return None
+    if not parts or parts[0] != "cpu":
+        return None
+    v = [float(x) for x in parts[1:]] + [0.0] * 8
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq) / hz, (idle + iowait) / hz, steal / hz
+
+
+def cpu_mhz() -> float | None:
+    """Mean current clock of the CPUs (cpufreq where exposed, else /proc/cpuinfo); None where unreadable."""
+    freqs = []
+    for path in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq"):
+        try:
+            freqs.append(float(path.read_text()) / 1000.0)
+        except (OSError, ValueError):
+            pass
+    if not freqs:
+        try:
+            with open("/proc/cpuinfo") as f:
+                freqs = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+        except (OSError, ValueError, IndexError):
+            return None
+    return round(sum(freqs) / len(freqs), 1) if freqs else None
+
+
+# A window is "disturbed" when, while it was timed, the hypervisor took more than this share of the CPUs
+# (steal) or other processes used more than this share of them: its figures are then not precise.
+STEAL_LIMIT = 0.02
+OTHERS_LIMIT = 0.10
+
+
+class MachineWindow:
+    """What the machine did between ``start()`` and ``stop()``: load, CPU steal, the share of the CPUs used
+    by other processes (all CPU time minus this process's), and the clock.
+
+    ``stop()`` returns a dict written beside each latency figure; ``disturbed`` is True when steal or other
+    processes exceeded :data:`STEAL_LIMIT` / :data:`OTHERS_LIMIT`, so a figure from that window is flagged
+    instead of being presented as precise.
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self._t0 = self._clock()
+        self._cpu0 = time.process_time()
+        self._stat0 = _proc_stat_cpu()
+        self._load0 = load_average()
+        self._mhz0 = cpu_mhz()
+
+    def stop(self) -> dict:
+        import time
+
+        wall = max(self._clock() - self._t0, 1e-9)
+        own = time.process_time() - self._cpu0
+        stat1 = _proc_stat_cpu()
+        out: dict = {"load_avg": round(self._load0, 2), "mhz": self._mhz0, "window_s": round(wall, 3)}
+        if self._stat0 is not None and stat1 is not None:
+            busy, idle, steal = (b - a for a, b in zip(self._stat0, stat1))
+            total = max(busy + idle + steal, 1e-9)
+            out["steal_pct"] = round(100 * steal / total, 2)
+            # /proc/stat ticks are coarse (10 ms): the others' share is clipped at 0 for short windows
+            out["others_pct"] = round(100 * max(0.0, busy - own) / total, 2)
+        mhz1 = cpu_mhz()
+        if mhz1 is not None:
+            out["mhz"] = round(min(mhz1, self._mhz0 or mhz1), 1)
+        out["disturbed"] = bool(out.get("steal_pct", 0.0) > 100 * STEAL_LIMIT
+                                or out.get("others_pct", 0.0) > 100 * OTHERS_LIMIT)
+        return out
+
+
 def fingerprint() -> dict:
     """What this machine and software stack are: written beside every result and lookup table."""
     model, flags = _cpuinfo()

@@ -47,6 +47,13 @@ class LatencyResult:
     mode: str = "measure"
     cand_samples_ms: tuple[float, ...] = ()  # per-run ms of each candidate block, in round order
     base_samples_ms: tuple[float, ...] = ()  # the baseline's, same rounds (empty without a baseline)
+    # what the machine did while the rounds ran (hardware.MachineWindow): steal_pct, others_pct, mhz, disturbed
+    machine: dict | None = None
+
+    @property
+    def disturbed(self) -> bool:
+        """True when other processes or the hypervisor took a visible share of the CPUs during the rounds."""
+        return bool(self.machine and self.machine.get("disturbed"))
 
     @property
     def busy(self) -> bool:
@@ -185,6 +192,7 @@ def measure_latency(candidate_path, profile: HardwareProfile, input_shape: Seque
     if baseline_path is not None:
         base = prepare(hardware.make_session(baseline_path, profile), input_shape, seed, "baseline")
     t_start = time.perf_counter()
+    window = hardware.MachineWindow()
 
     runners = [r for r in (base, cand) if r is not None]
     per_run: dict[int, float] = {}
@@ -222,6 +230,7 @@ def measure_latency(candidate_path, profile: HardwareProfile, input_shape: Seque
             break
     if spec.max_rounds == 1:
         stop = "single"
+    machine = window.stop()
 
     c = np.array(cand_s)
     speedup = ci_out = base_med = None
@@ -245,4 +254,5 @@ def measure_latency(candidate_path, profile: HardwareProfile, input_shape: Seque
         load_avg=load,
         cand_samples_ms=tuple(float(x) for x in cand_s),
         base_samples_ms=tuple(float(x) for x in base_s),
+        machine=machine,
     )

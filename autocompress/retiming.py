@@ -1,0 +1,98 @@
+"""The run's final re-timing pass: the front models and the reference points, timed again against the
+baseline in several fresh processes (:mod:`autocompress.measure.retime`), so the speedups a user reads carry
+the spread across independent windows, not just the precision of one call.
+
+Results go to ``retime.json`` in the run folder and into ``pareto.csv`` (``speedup_retimed``,
+``speedup_cv``, ``speedup_lo``, ``speedup_hi``, ``speedup_agree``). A later ``autocompress report`` reuses
+them while the same files are on the front; ``autocompress report RUN --retime N`` times them again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+FILE = "retime.json"
+
+
+def _targets(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for _, r in front.iterrows():
+        if isinstance(r.get("model"), str) and (run_dir / r["model"]).is_file():
+            out[f"trial {int(r['number'])}"] = run_dir / r["model"]
+    ref = run_dir / "models" / "int8_reference.onnx"
+    if ref.is_file():
+        out["int8 alone"] = ref
+    if "seed" in df.columns:
+        for _, r in df[df["seed"].notna() & (df["status"] == "COMPLETE")].iterrows():
+            label = f"trial {int(r['number'])}"
+            if label not in out and isinstance(r.get("model"), str) and (run_dir / r["model"]).is_file():
+                out[label] = run_dir / r["model"]
+    return out
+
+
+def _stamp(paths: dict[str, Path]) -> dict[str, list]:
+    return {k: [str(p), p.stat().st_size] for k, p in paths.items()}
+
+
+def retime_run(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame, meta: dict, *, windows: int | None,
+               log: Callable[[str], None] = print) -> dict | None:
+    """Re-time (``windows`` >= 1) or reuse ``retime.json``; returns {label: Retimed dict} or None."""
+    from .config import RunSpec, load_profile
+
+    spec = RunSpec.model_validate(meta["spec"])
+    path = run_dir / FILE
+    targets = _targets(run_dir, front, df)
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if not windows:
+        if saved and all(saved.get("files", {}).get(k) == v for k, v in _stamp(targets).items()):
+            return saved["models"]
+        return None
+    profile, _ = load_profile(spec.profile)
+    if profile.latency.mode != "measure" or not targets:
+        return None
+    from .measure.hardware import check_available, fingerprint, input_shape_for
+    from .measure.retime import retime
+
+    check_available(profile)
+    shape = input_shape_for(profile, tuple(meta["data"]["input_shape"]))
+    log(f"re-timing {len(targets)} models against the baseline in {windows} fresh processes (the spread across "
+        "them is the uncertainty reported)")
+    res = retime(targets, run_dir / "models" / "baseline.onnx", profile, shape, windows=windows, seed=spec.seed,
+                 log=log)
+    models = {k: v.to_dict() for k, v in res.items()}
+    path.write_text(json.dumps({"windows": windows, "files": _stamp(targets), "models": models,
+                                "machine": fingerprint()}, indent=2, default=str))
+    return models
+
+
+def with_retimed(front: pd.DataFrame, models: dict | None) -> pd.DataFrame:
+    """``front`` with the re-timed speedup, its CV and range across windows, and whether the windows agree."""
+    if not models or not len(front):
+        return front
+    cols = {"speedup_retimed": [], "speedup_cv": [], "speedup_lo": [], "speedup_hi": [], "speedup_agree": []}
+    for n in front["number"]:
+        m = models.get(f"trial {int(n)}")
+        cols["speedup_retimed"].append(m["speedup"] if m else None)
+        cols["speedup_cv"].append(m["cv"] if m else None)
+        cols["speedup_lo"].append(m["spread"][0] if m else None)
+        cols["speedup_hi"].append(m["spread"][1] if m else None)
+        cols["speedup_agree"].append(m["agree"] if m else None)
+    return front.assign(**cols)
+
+
+def summary_lines(models: dict | None) -> list[str]:
+    if not models:
+        return []
+    out = []
+    for label, m in models.items():
+        sp = ", ".join(f"{v:.2f}" for v in m["speedups"])
+        flag = "" if m["agree"] else "  <- windows disagree: treat this speedup as uncertain"
+        dist = sum(m["disturbed"])
+        out.append(f"  {label}: {m['speedup']:.2f}x (windows {sp}; CV {100 * m['cv']:.1f}%"
+                   + (f"; {dist} disturbed window(s) left out" if dist and m["used"] < len(m["speedups"]) else "")
+                   + f"){flag}")
+    return out

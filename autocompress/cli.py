@@ -1,4 +1,4 @@
-"""Command line: run | resume | report | export | validate | list | profile-device | worker.
+"""Command line: run | resume | report | show | export | validate | list | profile-device | worker.
 
 Errors the user can act on print as one red line on stderr with a non-zero exit code; ``--debug``
 shows the traceback. Ctrl-C saves what finished, prints how to resume and exits 130.
@@ -34,6 +34,15 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks")):
     _DEBUG["on"] = debug
 
 
+def _floats(flag: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{flag} '{text}': expected numbers separated by commas, e.g. {flag} 0.485,0.456,0.406") from None
+
+
 @app.command()
 def run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="run spec YAML (flags override it)"),
@@ -42,6 +51,9 @@ def run(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a full pickle: only for files you trust"),
     data: Optional[str] = typer.Option(None, help="digits (built in), an image folder, or a .npz"),
     image_size: Optional[int] = typer.Option(None, help="resize images to this size (digits: 8 -> this)"),
+    normalize: Optional[str] = typer.Option(None, help="dataset (default: the train split's mean/std), imagenet or none"),
+    mean: Optional[str] = typer.Option(None, help="explicit per-channel mean in the 0..1 scale, e.g. 0.4914,0.4822,0.4465 (with --std)"),
+    std: Optional[str] = typer.Option(None, help="explicit per-channel std, e.g. 0.247,0.243,0.261 (with --mean)"),
     space: Optional[str] = typer.Option(None, help="search space name (see `list spaces`) or YAML path"),
     profile: Optional[str] = typer.Option(None, help="hardware profile name (see `list profiles`) or YAML path"),
     trials: Optional[int] = typer.Option(None, help="trial budget"),
@@ -60,6 +72,8 @@ def run(
     max_size_mb: Optional[float] = typer.Option(None, help="constraint on the model file"),
     metric: Optional[str] = typer.Option(None, help="user metric file.py:fn or module:fn, fn(outputs, targets) -> float"),
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="never stop a distillation early"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print each trial's start and every distillation epoch (else a progress bar shows them)"),
+    train_device: Optional[str] = typer.Option(None, "--train-device", help="auto (default: a CUDA GPU when present), cpu or cuda: teacher training, logits, KD"),
 ):
     """Search compressed models and write the Pareto front, its models and a report."""
     from .config import load_run_spec, read_yaml
@@ -67,7 +81,9 @@ def run(
 
     overrides = dict(model=model, checkpoint=checkpoint, data=data, image_size=image_size, space=space,
                      profile=profile, trials=trials, timeout=timeout, out=out_dir, seed=seed, sampler_seed=sampler_seed, sampler=sampler,
-                     backend=backend, storage=storage, study=study, workers=workers, address=address, metric=metric)
+                     backend=backend, storage=storage, study=study, workers=workers, address=address, metric=metric,
+                     train_device=train_device, normalize=normalize, mean=_floats("--mean", mean),
+                     std=_floats("--std", std))
     if trust_checkpoint:
         overrides["trust_checkpoint"] = True
     if no_early_stop:
@@ -79,25 +95,37 @@ def run(
     spec = load_run_spec(config, **overrides)
     if spec.trust_checkpoint:
         err.print("[yellow]warning: --trust-checkpoint loads a full pickle, which can run arbitrary code; use it only for files you made[/]")
-    run_engine(spec, log=_log)
+    run_engine(spec, log=_log, progress=True, verbose=verbose)
 
 
 @app.command()
-def resume(run_dir: Path = typer.Argument(..., help="a run folder"), trials: Optional[int] = typer.Option(None, help="new total budget")):
+def resume(run_dir: Path = typer.Argument(..., help="a run folder"), trials: Optional[int] = typer.Option(None, help="new total budget"),
+           verbose: bool = typer.Option(False, "--verbose", "-v", help="print each trial's start and every distillation epoch")):
     """Continue an interrupted run: finished trials are kept, the budget completes."""
     from .engine import resume as resume_engine
 
-    resume_engine(run_dir, log=_log, trials=trials)
+    resume_engine(run_dir, log=_log, trials=trials, progress=True, verbose=verbose)
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run folder")):
+def report(run_dir: Path = typer.Argument(..., help="a run folder"),
+           retime: int = typer.Option(0, help="re-time the front and the references in this many fresh processes (0: reuse the run's)")):
     """Rebuild trials.csv, pareto.csv, the front's models and report.html from the stored trials."""
     from .report import finalize
     from .store import RunStore
 
     RunStore(run_dir).read_run_yaml()
-    finalize(run_dir, log=_log)
+    finalize(run_dir, log=_log, retime=retime)
+
+
+@app.command()
+def show(run_dir: Path = typer.Argument(..., help="a run folder")):
+    """Print the Pareto front and the reference points (baseline, int8 alone, the seeds) as tables."""
+    from .tables import show_tables
+
+    console = out if out.is_terminal else Console(highlight=False, width=160)  # a pipe: don't wrap at 80
+    for renderable in show_tables(run_dir):
+        console.print(renderable)
 
 
 @app.command()

@@ -136,6 +136,9 @@ class QuantSearch(Strict):
     _c = field_validator("mode", "format", "types", "per_channel", "calibration")(_check_nonempty)
 
 
+SAMPLES_PER_EPOCH = 5_000  # default KD samples per epoch: measured, see benchmarks/README.md (Data at scale)
+
+
 class DistillSearch(Strict):
     enabled: bool = True
     epochs: IntParam = [2, 3]
@@ -144,10 +147,15 @@ class DistillSearch(Strict):
     alpha: FloatParam = 0.9
     batch_size: IntParam = 64
     optimizer: list[Literal["sgd", "adam"]] = ["sgd"]
+    # fidelity for large data: training samples per KD epoch (a fresh seeded subset each epoch; a split
+    # smaller than this is used whole); null = the whole split every epoch
+    samples_per_epoch: IntParam | None = SAMPLES_PER_EPOCH
 
-    @field_validator("epochs", "batch_size")
+    @field_validator("epochs", "batch_size", "samples_per_epoch")
     @classmethod
     def _pos_int(cls, v):
+        if v is None:
+            return v
         _check_nonempty(v)
         for x in _values_of(v):
             if x < 1:
@@ -220,6 +228,14 @@ class LatencySpec(Strict):
         return self
 
 
+class StageBounds(Strict):
+    """Seconds a trial stage may run before that trial stops as FAILED (null: unbounded); see bounds.py."""
+
+    prune: float | None = Field(default=120.0, gt=0)  # Torch-Pruning's graph build can run for many minutes
+    export: float | None = Field(default=120.0, gt=0)
+    quantize: float | None = Field(default=None, gt=0)
+
+
 class HardwareProfile(Strict):
     kind: Literal["hardware_profile"] = "hardware_profile"
     name: str = "custom"
@@ -241,6 +257,7 @@ class HardwareProfile(Strict):
     latency: LatencySpec = LatencySpec()
     lookup_table: str | None = None  # path (relative to the profile file) of a predict-mode table
     ray_resource: str | None = None
+    stage_timeout_s: StageBounds = StageBounds()
     fingerprint: dict[str, Any] = {}
 
     @field_validator("execution_provider")
@@ -309,6 +326,11 @@ class RunSpec(Strict):
     trust_checkpoint: bool = False  # allow a full pickle (weights_only=False): only for files you trust
     data: str = "digits"
     image_size: int = Field(default=32, ge=8)
+    # preprocessing, part of every shipped model's contract (preprocessing.py): the train split's own per-channel
+    # statistics, ImageNet's, none (x / 255 only), or an explicit mean/std (one value per channel, 0..1 scale)
+    normalize: Literal["dataset", "imagenet", "none"] = "dataset"
+    mean: list[float] | None = None
+    std: list[float] | None = None
     space: str = "default"
     profile: str = "cpu"
     objectives: list[Objective] = [
@@ -329,11 +351,16 @@ class RunSpec(Strict):
     workers: int = Field(default=1, ge=1)
     address: str | None = None
     ray_cpus_per_trial: float = Field(default=1.0, gt=0)  # Ray resources of one trial task
-    ray_gpus_per_trial: float | None = Field(default=None, ge=0)  # default: 0.5 on cuda profiles, else 0
+    ray_gpus_per_trial: float | None = Field(default=None, ge=0)  # default: 0.5 on cuda profiles or when training may use a GPU, else 0
+    train_device: Literal["auto", "cpu", "cuda"] = "auto"  # teacher training, teacher logits, distillation
+    data_memory_gb: float | None = Field(default=None, ge=0)  # pixels held in memory; default: half the free RAM
     teacher: TeacherSpec = TeacherSpec()
     metric: str | None = None  # "file.py:fn" / "module:fn", fn(outputs, targets) -> float
     metric_direction: Literal["maximize", "minimize"] = "maximize"
     early_stop: bool = True
+    # the final pass: front models and reference points re-timed against the baseline in this many fresh processes;
+    # the spread across them is the uncertainty reported (0 = off). AUTOCOMPRESS_RETIME_WINDOWS changes the default.
+    retime_windows: int = Field(default_factory=lambda: int(os.environ.get("AUTOCOMPRESS_RETIME_WINDOWS", "3")), ge=0)
 
     @property
     def search_seed(self) -> int:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import REPO_ROOT, HardwareProfile, RunSpec, SearchSpace, load_profile, load_space, parse
 from .errors import ConfigError
-from .records import TrialRecord, TrialStatus
+from .records import TrialRecord, TrialStatus, content_hash
 from .store import RunStore, follow_folder, merge_records, package_versions
 from .trial import Baseline, EarlyStopper, TrialContext, feasibility, run_trial
 
@@ -87,10 +87,12 @@ def _log_default(msg: str) -> None:
 def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_default, shared_baseline: dict | None = None) -> Prepared:
     import torch
 
-    from .compress.distill import compute_logits
+    from .compress.distill import logits_on_disk
+    from .devices import resolve_train_device
     from .compress.export import export_onnx
     from .compress.prune import resolve_ratios, stage_groups
     from .data import load_data
+    from .preprocessing import Preprocessing, stamp_onnx
     from .measure.accuracy import evaluate_onnx, load_metric
     from .measure.cost import count_params_macs, file_size_mb
     from .measure.hardware import check_available, input_shape_for
@@ -114,10 +116,29 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     store.create()
     torch.manual_seed(spec.seed)
 
-    data = load_data(spec.data, image_size=spec.image_size, seed=spec.seed)
-    log(f"data: {spec.data}: {len(data.y_train)} train / {len(data.y_val)} val, {data.num_classes} classes, input {tuple(data.input_shape)}")
+    train_device = resolve_train_device(spec.train_device)
+    budget = int(spec.data_memory_gb * (1 << 30)) if spec.data_memory_gb is not None else None
+    data = load_data(spec.data, image_size=spec.image_size, seed=spec.seed, memory_budget=budget,
+                     normalize=spec.normalize, mean=spec.mean, std=spec.std)
+    prep_contract = Preprocessing(normalize=data.normalize, mean=data.mean, std=data.std,
+                                  input_shape=tuple(data.input_shape), class_names=tuple(data.class_names))
+    split = data.info.get("split") or f"{len(data.y_train)} train / {len(data.y_val)} val"
+    notes = "".join(f"; {n}" for n in data.info.get("notes", ()))
+    log(f"data: {spec.data}: {split}, {data.num_classes} classes, input {tuple(data.input_shape)}{notes}")
+    store.update_run_yaml({"data": {**data.info, "train_size": len(data.y_train), "val_size": len(data.y_val),
+                                    "input_shape": list(data.input_shape), "class_names": list(data.class_names),
+                                    "mean": list(data.mean), "std": list(data.std)},
+                           "preprocessing": prep_contract.to_dict()})
+    log(f"preprocessing: {prep_contract.normalize} mean {[round(v, 4) for v in data.mean]} std "
+        f"{[round(v, 4) for v in data.std]} on 0..1 pixels, input {list(data.input_shape)} (written into every model)")
+    from .compress.students import check_students
+
+    check_students(space.student.kind, data.num_classes, data.input_shape)  # before a teacher is trained
+    setup_s: dict[str, float] = {}
+    t = time.perf_counter()
     teacher = get_teacher(spec.model, data, checkpoint=spec.checkpoint, trust_checkpoint=spec.trust_checkpoint,
-                          train=spec.teacher, seed=spec.seed, log=log)
+                          train=spec.teacher, seed=spec.seed, log=log, device=train_device)
+    setup_s["teacher"] = round(time.perf_counter() - t, 2)
     log(f"teacher: {teacher.info.name} ({teacher.source}), val accuracy {teacher.val_accuracy:.2%} (PyTorch)")
     shape4 = input_shape_for(profile, tuple(data.input_shape))
     input_shape = tuple(shape4[1:])
@@ -133,8 +154,10 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
         baseline = Baseline(**{**baseline.__dict__, "path": base_path})
         log(f"baseline: reused ({baseline.accuracy:.2%}, {baseline.latency_ms:.3f} ms, {baseline.size_mb:.2f} MB)")
     else:
+        t = time.perf_counter()
         export_onnx(teacher.model, example, base_path)
-        acc = evaluate_onnx(base_path, data.x_val.numpy(), data.y_val.numpy(), metric=metric)
+        stamp_onnx(base_path, prep_contract, {"autocompress.model": "baseline (fp32)"})
+        acc = evaluate_onnx(base_path, data.val, metric=metric)
         lat = measure_latency(base_path, profile, shape4, seed=spec.seed)
         predicted = None
         if table is not None:
@@ -148,13 +171,27 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
             predicted_ms=predicted,
         )
         store.write_baseline({**baseline.to_dict(), "teacher_fingerprint": _teacher_fp(teacher),
-                              "teacher_source": teacher.source, "load_avg": lat.load_avg})
+                              "teacher_source": teacher.source, "load_avg": lat.load_avg,
+                              "seconds": round(time.perf_counter() - t, 2)})
         log(f"baseline (fp32 ONNX, {profile.name}): accuracy {baseline.accuracy:.2%}, latency {baseline.latency_ms:.3f} ms "
             f"(CV {lat.cv:.0%}), {baseline.size_mb:.2f} MB, {params / 1e6:.2f} M params, {macs / 1e6:.1f} M MACs")
+    from .references import int8_reference
 
     t = time.perf_counter()
-    logits = compute_logits(teacher.model, data.x_train)
-    log(f"teacher logits: {len(logits)} samples in {time.perf_counter() - t:.1f} s (computed once, shared by every candidate)")
+    int8_reference(store, baseline, data, profile, shape4, seed=spec.seed, metric=metric,
+                   metric_direction=spec.metric_direction, table=table, log=log)
+    setup_s["int8_reference"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    logits_key = content_hash({"teacher": _teacher_fp(teacher), "data": data.fingerprint})
+    logits, reused = logits_on_disk(teacher.model, data.train, run_dir / "cache" / "logits", logits_key,
+                                    device=train_device)
+    log(f"teacher logits: {len(logits)} samples {'reused from' if reused else 'computed in'} "
+        f"{time.perf_counter() - t:.1f} s on {'disk' if reused else train_device} ({logits.dtype}, "
+        "memory-mapped, shared by every candidate)")
+    setup_s["teacher_logits"] = round(time.perf_counter() - t, 2)
+    store.update_run_yaml({"setup_s": {**setup_s, "teacher_train": round(float(getattr(teacher, "train_seconds", 0.0) or 0.0), 2),
+                                       "teacher_source": teacher.source}})
 
     groups = stage_groups(teacher.model)
     exclude = tuple(space.sparsity.exclude) if space.sparsity is not None else ()
@@ -168,6 +205,7 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
         run_dir=run_dir, data=data, teacher=teacher, teacher_logits=logits, profile=profile, space=space,
         baseline=baseline, input_shape=input_shape, constraints=spec.constraints, seed=spec.seed, metric=metric,
         metric_direction=spec.metric_direction, lookup_table=table, early_stopper=stopper, log=log,
+        train_device=train_device,
     )
     return Prepared(spec, space, profile, ctx, groups, layer_names, store)
 
@@ -183,9 +221,10 @@ def _teacher_fp(teacher) -> str:
 
 
 # ---------------------------------------------------------------------------- the loop
-def _summary_line(rec: TrialRecord, done: int, budget: int, best: str, elapsed: float) -> str:
+def _summary_line(rec: TrialRecord, done: int, budget: int, best: str, elapsed: float, what: str = "") -> str:
     m = rec.metrics
     head = f"[{done}/{budget} {int(elapsed // 60):d}:{int(elapsed % 60):02d}] trial {rec.number}"
+    head += f" ({what}{'; seed' if rec.seed else ''})" if what else ""
     if rec.status == TrialStatus.COMPLETE:
         body = (f"[green]COMPLETE[/] acc {m.accuracy:.2%} (drop {m.accuracy_drop:+.2f}) speedup {m.speedup:.2f}x "
                 f"{m.size_mb:.2f} MB")
@@ -205,11 +244,29 @@ def _best_so_far(records: list[TrialRecord], spec: RunSpec) -> str:
 
 
 def search(prep: Prepared, backend: "Backend", *, deadline: float | None, log: Callable[[str], None] = _log_default,
-           progress: bool = True) -> None:
+           progress: bool = False, verbose: bool = True) -> None:
+    """The ask-run-store-tell loop. ``progress``: a live bar on a terminal (see :mod:`.progress`);
+    ``verbose``: print each trial's start and its distillation epochs too (else only the bar shows them)."""
+    from .progress import LoopDisplay
+
+    disp = LoopDisplay(log, total=backend.budget, done=backend.finished(), live=progress, verbose=verbose)
+    trial_log, prep.ctx.log = prep.ctx.log, disp.detail
+    try:
+        _loop(prep, backend, deadline=deadline, disp=disp)
+    finally:
+        prep.ctx.log = trial_log
+        disp.stop()
+
+
+def _loop(prep: Prepared, backend: "Backend", *, deadline: float | None, disp) -> None:
+    from .progress import best_tradeoffs
+    from .references import SEED_ATTR
     from .space import sample_candidate
 
+    log = disp.print
     spec, store = prep.spec, prep.store
     records = merge_records(store.records(), backend.records())
+    disp.best(best_tradeoffs(records, spec.constraints))
     if prep.ctx.early_stopper is not None:
         for r in records:
             if r.status == TrialStatus.COMPLETE and r.kd_history:
@@ -239,12 +296,13 @@ def search(prep: Prepared, backend: "Backend", *, deadline: float | None, log: C
                 backend.discard(handle)
                 continue
             retries = 0
-            log(f"trial {number}: {_describe(cand)}")
+            disp.started(number, _describe(cand))
             if seen is not None:
                 rec = replace(seen, number=number, candidate=cand, duration_s=0.0, stage_times=(),
                               message=f"duplicate of trial {seen.number}" if seen.message is None else seen.message)
             else:
                 rec = run_trial(number, cand, prep.ctx)
+            rec = replace(rec, seed=(getattr(suggest, "user_attrs", None) or {}).get(SEED_ATTR))
         except KeyboardInterrupt:
             backend.discard(handle)
             raise
@@ -255,7 +313,9 @@ def search(prep: Prepared, backend: "Backend", *, deadline: float | None, log: C
         timing["trial_s"] += rec.duration_s
         timing["wall_s"] = time.time() - started
         store.write_timing(timing)
-        log(_summary_line(rec, backend.finished(), backend.budget, _best_so_far(records, spec), time.time() - started))
+        disp.finished(_summary_line(rec, backend.finished(), backend.budget, "" if disp.live else _best_so_far(records, spec),
+                                    time.time() - started, what="" if disp.verbose else _describe(rec.candidate)),
+                      backend.finished(), best_tradeoffs(records, spec.constraints))
 
 
 def _describe(c) -> str:
@@ -280,11 +340,15 @@ def _resolved(spec: RunSpec, run_dir: Path, url: str, name: str) -> dict:
     return d
 
 
-def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: bool = False) -> RunResult:
+def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: bool = False, progress: bool = False,
+        verbose: bool = True) -> RunResult:
     from .measure.hardware import fingerprint
     from .report import finalize
     from .search.optuna_backend import storage_url
 
+    from .devices import resolve_train_device
+
+    resolve_train_device(spec.train_device)  # --train-device cuda without a GPU: refused before a folder is made
     run_dir = Path(spec.out).resolve() if spec.out else default_run_dir(spec)
     store = RunStore(run_dir)
     if run_dir.exists():
@@ -306,8 +370,8 @@ def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: boo
             deadline = time.time() + spec.timeout if spec.timeout else None
             prep = prepare(spec, run_dir, log=log)
             backend = open_backend(spec, prep, run_dir, url, name, log=log, resume=resume)
-            _with_sigint(lambda: search(prep, backend, deadline=deadline, log=log), run_dir)
-        return finalize(run_dir, log=log)
+            _with_sigint(lambda: search(prep, backend, deadline=deadline, log=log, progress=progress, verbose=verbose), run_dir)
+        return finalize(run_dir, log=log, retime=spec.retime_windows)
     finally:
         store.release_lock()
 
@@ -317,24 +381,39 @@ def open_backend(spec: RunSpec, prep: Prepared, run_dir: Path, url: str, name: s
     """Open (or create) the run's study: run spec and baseline on it, seeds enqueued once, trials left
     RUNNING by a killed process failed (or completed from the log) on resume. Used by every backend."""
     from .search.optuna_backend import OptunaBackend
+    from .references import SEED_ATTR, seed_label
     from .space import seed_params
 
     backend = OptunaBackend.open(url=url, study_name=name, objectives=spec.objectives, sampler=spec.sampler,
                                  seed=spec.search_seed, budget=spec.trials,
                                  constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)))
     backend.study.set_user_attr("run_spec", _resolved(spec, run_dir, url, name))
+    _name_objectives(backend.study, spec)
     backend.study.set_user_attr("baseline", prep.store.read_baseline())
     logged = {r.number: (r, feasibility(r.metrics, spec.constraints)) for r in prep.store.records()}
     n_stale = backend.fail_stale(all_running=resume, logged=logged)
     if n_stale:
         log(f"resume: {n_stale} trial(s) interrupted by the last stop will be redone")
     if not backend.study.user_attrs.get("seeded"):
-        backend.enqueue([seed_params(s, prep.space, prep.groups) for s in prep.space.seeds])
+        backend.enqueue([seed_params(s, prep.space, prep.groups) for s in prep.space.seeds],
+                        [{SEED_ATTR: seed_label(s)} for s in prep.space.seeds])
         backend.study.set_user_attr("seeded", True)
     done = backend.finished()
     if done:
         log(f"resuming: {done} finished trial(s) kept, {max(0, spec.trials - done)} to go")
     return backend
+
+
+def _name_objectives(study, spec: RunSpec) -> None:
+    """Objective names on the study, so optuna-dashboard labels its plots 'accuracy', 'speedup', 'size_mb'."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.set_metric_names([o.name for o in spec.objectives])
+    except Exception:  # an older Optuna or a read-only storage: labels only
+        pass
 
 
 def _dummy_metrics():
@@ -361,7 +440,8 @@ def _with_sigint(fn: Callable[[], None], run_dir: Path) -> None:
         signal.signal(signal.SIGINT, prev)
 
 
-def resume(run_dir: str | os.PathLike, *, log: Callable[[str], None] = _log_default, trials: int | None = None) -> RunResult:
+def resume(run_dir: str | os.PathLike, *, log: Callable[[str], None] = _log_default, trials: int | None = None,
+           progress: bool = False, verbose: bool = True) -> RunResult:
     store = RunStore(run_dir)
     meta = store.read_run_yaml()
     spec_d = dict(meta["spec"])
@@ -372,7 +452,7 @@ def resume(run_dir: str | os.PathLike, *, log: Callable[[str], None] = _log_defa
         log(f"resume: run folder moved from {spec_d['out']}; continuing in {moved['out']}")
         spec_d = moved
     spec = parse(RunSpec, spec_d, str(store.run_yaml))
-    return run(spec, log=log, resume=True)
+    return run(spec, log=log, resume=True, progress=progress, verbose=verbose)
 
 
 def join(storage: str, study: str, *, out: str | None = None, log: Callable[[str], None] = _log_default) -> RunResult:

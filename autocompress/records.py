@@ -32,6 +32,16 @@ class DistillSpec:
     alpha: float = 0.9
     batch_size: int = 64
     optimizer: str = "sgd"  # sgd | adam
+    # fidelity for large data: each epoch trains on a fresh seeded subset of this many training samples
+    # (None or >= the train split: all of it, as before)
+    samples_per_epoch: int | None = None
+
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the distilled student; samples_per_epoch only when set (older keys stay valid)."""
+        d = asdict(self)
+        if d["samples_per_epoch"] is None:
+            del d["samples_per_epoch"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ class Candidate:
                 "student_args": self.student_args,
                 "sparsity": self.sparsity,
                 "criterion": self.criterion,
-                "distill": asdict(self.distill) if self.distill else None,
+                "distill": self.distill.key_dict() if self.distill else None,
             }
         )
 
@@ -176,6 +186,7 @@ class TrialRecord:
     artifact: str | None = None  # path to the final ONNX model, relative to the run folder
     kd_history: tuple[float, ...] = ()  # validation accuracy after each distillation epoch (torch)
     worker: str | None = None  # host:pid of the process that ran it
+    seed: str | None = None  # the search space's seed setting this trial ran (e.g. "80% pruned + int8, KD 8 ep")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,6 +201,7 @@ class TrialRecord:
             "artifact": self.artifact,
             "kd_history": list(self.kd_history),
             "worker": self.worker,
+            "seed": self.seed,
         }
 
     @staticmethod
@@ -206,4 +218,5 @@ class TrialRecord:
             artifact=d.get("artifact"),
             kd_history=tuple(d.get("kd_history") or ()),
             worker=d.get("worker"),
+            seed=d.get("seed"),
         )

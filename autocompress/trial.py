@@ -88,7 +88,7 @@ class TrialContext:
     run_dir: Path
     data: Any  # DataBundle
     teacher: Any  # Teacher
-    teacher_logits: Any  # Tensor over data.x_train
+    teacher_logits: Any  # one row per training sample: a Tensor or a memory-mapped array
     profile: Any  # HardwareProfile
     space: Any  # SearchSpace
     baseline: Baseline
@@ -103,6 +103,7 @@ class TrialContext:
     # where latency is taken: None = here; a backend may send it to the target's node instead
     # (called with the final model's path, returns (latency_ms, speedup, cv))
     latency_fn: Callable[[Path], tuple[float, float, float | None]] | None = None
+    train_device: str = "cpu"  # where distillation runs ('cpu' | 'cuda'); export and measurement stay on the CPU
 
     @property
     def batch_shape(self) -> tuple[int, int, int, int]:
@@ -123,6 +124,7 @@ def _build_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], 
     """Student stage, cached under cache/students/<student_key>/ (meta.json is written last)."""
     import torch
 
+    from .bounds import stage_bound
     from .compress.distill import distill
     from .compress.export import export_onnx
     from .compress.prune import prune_model
@@ -147,10 +149,12 @@ def _build_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], 
     meta: dict[str, Any] = {"student_key": cand.student_key()}
     if cand.student == "pruned" and any(v > 0 for v in cand.sparsity_map().values()):
         exclude = tuple(ctx.space.sparsity.exclude) if ctx.space.sparsity is not None else ()
-        pr = prune_model(
-            model, cand.sparsity_map(), example, criterion=cand.criterion, round_to=ctx.profile.round_to,
-            exclude=exclude, calib=(data.x_train[:128], data.y_train[:128]), inplace=True,
-        )
+        with stage_bound("prune", ctx.profile.stage_timeout_s.prune, log=ctx.log):
+            pr = prune_model(
+                model, cand.sparsity_map(), example, criterion=cand.criterion, round_to=ctx.profile.round_to,
+                exclude=exclude, calib=(data.take("train", range(min(128, data.size("train")))), data.y_train[:128]),
+            inplace=True, graph_timeout_s=ctx.profile.stage_timeout_s.prune and ctx.profile.stage_timeout_s.prune / 2,
+            )
         model = pr.model
         meta.update(params_before=pr.params_before, macs_before=pr.macs_before)
     times["prune"] = time.perf_counter() - t
@@ -169,8 +173,8 @@ def _build_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], 
                 return False
             return None
 
-        res = distill(model, data.x_train, data.y_train, ctx.teacher_logits, data.x_val, data.y_val,
-                      cand.distill, seed=ctx.seed, on_epoch=on_epoch)
+        res = distill(model, data.train, ctx.teacher_logits, data.val, cand.distill, seed=ctx.seed,
+                      on_epoch=on_epoch, device=ctx.train_device)
         times["distill"] = time.perf_counter() - t
         meta["history"] = list(history)
         if reason:
@@ -178,7 +182,8 @@ def _build_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], 
             raise EarlyStopped(reason[0])
     model.eval()
     t = time.perf_counter()
-    exp = export_onnx(model, example, d / "student.onnx")
+    with stage_bound("export", ctx.profile.stage_timeout_s.export, log=ctx.log):
+        exp = export_onnx(model, example, d / "student.onnx")
     times["export"] = time.perf_counter() - t
     params, macs = count_params_macs(model, example)
     meta.update(params=params, macs=macs, export_max_abs_diff=exp.max_abs_diff)
@@ -211,6 +216,7 @@ def feasibility(metrics: Metrics, constraints) -> list[float]:
 
 
 def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
+    from .bounds import stage_bound
     from .compress.quantize import quantize_model
     from .measure.accuracy import evaluate_onnx
     from .measure.cost import file_size_mb
@@ -238,7 +244,7 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
         with _stage("student", current, times):
             student_path, meta = _build_student(cand, ctx, times, history)
         final = trial_dir / "model.onnx"
-        with _stage("quantize", current, times):
+        with _stage("quantize", current, times), stage_bound("quantize", ctx.profile.stage_timeout_s.quantize, log=ctx.log):
             bits = cand.bits_map()
             if all(v == "fp32" for v in bits.values()):
                 shutil.copyfile(student_path, final)
@@ -246,7 +252,7 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
                 quantize_model(student_path, final, bits, cand.quant, ctx.data.x_calib.numpy(),
                                batch_size=ctx.profile.batch_size)
         with _stage("evaluate", current, times):
-            acc = evaluate_onnx(final, ctx.data.x_val.numpy(), ctx.data.y_val.numpy(), metric=ctx.metric)
+            acc = evaluate_onnx(final, ctx.data.val, metric=ctx.metric)
         accuracy = acc.metric if acc.metric is not None else acc.top1
         scale = 1.0 if acc.metric is not None else 100.0
         drop = (ctx.baseline.accuracy - accuracy) * scale

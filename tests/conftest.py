@@ -55,6 +55,12 @@ def make_workspace(d: Path, space: dict, profile: dict = FAST_PROFILE, *, models
     return d
 
 
+@pytest.fixture(autouse=True)
+def _no_final_retiming(monkeypatch):
+    """Test runs skip the final re-timing pass (3 fresh processes per run); tests/test_retime.py turns it on."""
+    monkeypatch.setenv("AUTOCOMPRESS_RETIME_WINDOWS", "0")
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The bundled scikit-learn digits at 16x16 (3 channels), loaded once per session."""

@@ -9,7 +9,6 @@ safe_load, user code is imported only when named, and names from configs never e
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import subprocess
@@ -79,6 +78,13 @@ EXTRA_MODELS = textwrap.dedent(
 )
 
 
+class _Options:
+    """A training script's own class pickled beside the weights (harmless, but unpickling it is not data-only)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
 class _Evil:
     """A pickle that runs code when loaded: weights_only loading must refuse it."""
 
@@ -105,7 +111,7 @@ def ws(tmp_path_factory):
     sd = ns["tiny_cnn"]().state_dict()
     sd["0.weight"][:] = float("nan")
     torch.save(sd, d / "nan_weights.pt")
-    torch.save({"state_dict": ns["tiny_cnn"]().state_dict(), "args": argparse.Namespace(lr=0.1)}, d / "namespace.pt")
+    torch.save({"state_dict": ns["tiny_cnn"]().state_dict(), "args": _Options(lr=0.1)}, d / "custom_class.pt")
     torch.save({"state_dict": ns["tiny_cnn"]().state_dict(), "x": _Evil(d / "PWNED")}, d / "evil.pt")
     (d / "not_a_ckpt.pt").write_text("hello")
 
@@ -258,10 +264,10 @@ CASES = [
      ["export", "cannot be exported to ONNX", "linalg_svdvals"], 3),
     ("model-nan-outputs", _r(model="{ws}/models.py:nan_model", checkpoint="{ws}/nan.pt"), ["non-finite", "NaN"], None),
     ("checkpoint-nan-weights", _r(checkpoint="{ws}/nan_weights.pt"), ["non-finite", "NaN"], None),
-    ("checkpoint-does-not-match", _r(checkpoint="{ws}/five.pt"), ["does not match", "shape mismatch", "this exact architecture"], 2),
+    ("checkpoint-does-not-match", _r(checkpoint="{ws}/five.pt"), ["does not match", "9.weight: checkpoint (5, 32), model (10, 32)", "this exact architecture"], 2),
     ("checkpoint-missing", _r(checkpoint="{ws}/nope.pt"), ["checkpoint", "nope.pt", "no such file"], 2),
     ("checkpoint-not-a-checkpoint", _r(checkpoint="{ws}/not_a_ckpt.pt"), ["not_a_ckpt.pt", "cannot be read"], 2),
-    ("checkpoint-custom-class-refused", _r(checkpoint="{ws}/namespace.pt"), ["refused by weights_only", "trust_checkpoint"], 2),
+    ("checkpoint-custom-class-refused", _r(checkpoint="{ws}/custom_class.pt"), ["refused by weights_only", "trust_checkpoint"], 2),
     ("metric-file-missing", _r(metric="{ws}/nope.py:f"), ["metric", "nope.py", "not found"], 2),
     # ---- data sources
     ("data-missing", _r(data="{ws}/nothere"), ["no such file or folder", "digits"], 2),
@@ -396,9 +402,9 @@ def test_trust_checkpoint_allows_a_full_pickle_with_a_warning(env, capsys):
     exec(TINY_CNN_SOURCE, ns)
     model = ns["tiny_cnn"]()
     with pytest.warns(UserWarning, match="weights_only=False"):
-        load_checkpoint(model, env / "namespace.pt", trust=True)
+        load_checkpoint(model, env / "custom_class.pt", trust=True)
     assert "WARNING" in capsys.readouterr().err
-    ref = torch.load(env / "namespace.pt", weights_only=False)["state_dict"]
+    ref = torch.load(env / "custom_class.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
     # off by default in the config and on the command line
     from autocompress.config import RunSpec

@@ -55,6 +55,24 @@ def make_workspace(d: Path, space: dict, profile: dict = FAST_PROFILE, *, models
     return d
 
 
+QUANTIZE_ONLY = {"kind": "search_space", "name": "q", "sparsity": None, "bits": {"choices": ["int8"]},
+                 "distill": {"enabled": False}}
+
+
+def int8_run(tmp_path: Path, monkeypatch, *extra: str) -> Path:
+    """One int8-only trial of tiny_cnn (a seeded checkpoint) on 16-px digits through the CLI; returns the run folder."""
+    from autocompress.cli import main
+
+    ws = make_workspace(tmp_path, QUANTIZE_ONLY, FAST_PROFILE, teacher="teacher.pt")
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
+    out = tmp_path / "run"
+    rc = main(["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
+               "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
+               "--trials", "1", "--out", str(out), "--max-accuracy-drop", "100", *extra])
+    assert rc == 0
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _no_final_retiming(monkeypatch):
     """Test runs skip the final re-timing pass (3 fresh processes per run); tests/test_retime.py turns it on."""

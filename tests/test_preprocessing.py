@@ -74,19 +74,9 @@ def test_a_run_writes_its_preprocessing_into_run_yaml_and_every_model(tmp_path, 
     import json
 
     import yaml
-    from conftest import FAST_PROFILE, make_workspace
+    from conftest import int8_run
 
-    from autocompress.cli import main
-
-    space = {"kind": "search_space", "name": "q", "sparsity": None, "bits": {"choices": ["int8"]}, "distill": {"enabled": False}}
-    ws = make_workspace(tmp_path, space, FAST_PROFILE, teacher="teacher.pt")
-    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
-    out = tmp_path / "run"
-    rc = main(["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
-               "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
-               "--trials", "1", "--out", str(out), "--mean", "0.2,0.2,0.2", "--std", "0.3,0.3,0.3",
-               "--max-accuracy-drop", "100"])
-    assert rc == 0
+    out = int8_run(tmp_path, monkeypatch, "--mean", "0.2,0.2,0.2", "--std", "0.3,0.3,0.3")
     pre = yaml.safe_load((out / "run.yaml").read_text())["preprocessing"]
     assert pre["normalize"] == "explicit" and pre["mean"] == [0.2] * 3 and pre["input_shape"] == [3, 16, 16]
     assert pre["class_names"] == [str(i) for i in range(10)]

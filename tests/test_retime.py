@@ -51,19 +51,12 @@ def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path,
     import json
 
     import pandas as pd
-    from conftest import make_workspace
+    from conftest import int8_run
 
     from autocompress.cli import main
 
     monkeypatch.setenv("AUTOCOMPRESS_RETIME_WINDOWS", "2")
-    space = {"kind": "search_space", "name": "q", "sparsity": None, "bits": {"choices": ["int8"]}, "distill": {"enabled": False}}
-    ws = make_workspace(tmp_path, space, FAST_PROFILE, teacher="teacher.pt")
-    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
-    out = tmp_path / "run"
-    rc = main(["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
-               "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
-               "--trials", "1", "--out", str(out), "--max-accuracy-drop", "100"])
-    assert rc == 0
+    out = int8_run(tmp_path, monkeypatch)
     saved = json.loads((out / "retime.json").read_text())
     assert saved["windows"] == 2 and "int8 alone" in saved["models"] and "trial 0" in saved["models"]
     assert all(len(m["speedups"]) == 2 and m["speedup"] > 0 for m in saved["models"].values())

@@ -27,7 +27,8 @@ def _targets(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame) -> dict[str, 
     if ref.is_file():
         out["int8 alone"] = ref
     if "seed" in df.columns:
-        for _, r in df[df["seed"].notna() & (df["status"] == "COMPLETE")].iterrows():
+        seeds = df["seed"].fillna("").astype(str).str.strip() != ""
+        for _, r in df[seeds & (df["status"] == "COMPLETE")].iterrows():
             label = f"trial {int(r['number'])}"
             if label not in out and isinstance(r.get("model"), str) and (run_dir / r["model"]).is_file():
                 out[label] = run_dir / r["model"]

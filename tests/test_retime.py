@@ -68,3 +68,18 @@ def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path,
     assert main(["report", str(out)]) == 0
     assert (out / "retime.json").stat().st_mtime_ns == before
     assert "speedup_retimed" in pd.read_csv(out / "pareto.csv").columns
+
+
+def test_only_front_models_seeds_and_int8_alone_are_retimed(tmp_path):
+    import pandas as pd
+
+    from autocompress.retiming import _targets
+
+    for n in range(4):
+        (tmp_path / f"m{n}.onnx").write_bytes(b"x")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "int8_reference.onnx").write_bytes(b"x")
+    df = pd.DataFrame({"number": [0, 1, 2, 3], "status": ["COMPLETE"] * 4, "seed": ["int8 alone", "", None, "uniform 50%"],
+                       "model": [f"m{n}.onnx" for n in range(4)]})
+    front = df[df["number"] == 2]
+    assert sorted(_targets(tmp_path, front, df)) == ["int8 alone", "trial 0", "trial 2", "trial 3"]

@@ -6,7 +6,6 @@ shows the traceback. Ctrl-C saves what finished, prints how to resume and exits 
 
 from __future__ import annotations
 
-import os
 import sys
 from enum import Enum
 from pathlib import Path

@@ -78,7 +78,6 @@ class LoopDisplay:
     def _render(self) -> None:
         if self._live is None:
             return
-        from rich.text import Text
 
         lines = []
         if self._current:

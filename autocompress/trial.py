@@ -173,8 +173,8 @@ def _build_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], 
                 return False
             return None
 
-        res = distill(model, data.train, ctx.teacher_logits, data.val, cand.distill, seed=ctx.seed,
-                      on_epoch=on_epoch, device=ctx.train_device)
+        distill(model, data.train, ctx.teacher_logits, data.val, cand.distill, seed=ctx.seed,
+                on_epoch=on_epoch, device=ctx.train_device)
         times["distill"] = time.perf_counter() - t
         meta["history"] = list(history)
         if reason:

@@ -11,7 +11,6 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..config import HardwareProfile
 

@@ -1,6 +1,6 @@
 """Pruning never hands on an inconsistent network: parameter-free shortcuts that change the channel count
 (a strided slice + zero channels padded on, "option A" of the ResNet paper's CIFAR nets) prune inside each
-block while block interfaces stay; a model whose pruning cannot be made consistent is INFEASIBLE, naming
+block and across block interfaces once the shortcut is rewritten into an equal 1x1 conv; a model whose pruning cannot be made consistent is INFEASIBLE, naming
 the module that blocks it. Real models, real Torch-Pruning, real ONNX Runtime."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 
 from autocompress.compress.export import export_onnx
 from autocompress.compress.prune import prune_model
+from autocompress.compress.rewrite import ChannelMap, linearise_channel_maps
 from autocompress.errors import InfeasibleCandidate
 
 X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -81,17 +82,52 @@ def _pad_resnet():
     return ns["pad_resnet"]().eval()
 
 
-def test_zero_padding_shortcuts_prune_inside_blocks(tmp_path):
+def test_zero_padding_shortcuts_become_exact_channel_maps():
+    """The parameter-free shortcut is rewritten into a frozen 1x1 strided conv only after checking it gives the
+    same output; the network's output is unchanged."""
+    model = _pad_resnet()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+    done = linearise_channel_maps(model, X)
+    assert done == ["blocks.2.shortcut", "blocks.4.shortcut"]
+    sc = model.blocks[2].shortcut
+    assert isinstance(sc, ChannelMap) and sc.stride == (2, 2) and (sc.in_channels, sc.out_channels) == (8, 16)
+    assert not sc.weight.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=1e-6, rtol=0)
+
+
+class SpaceToDepth(nn.Module):  # linear but not a 1x1 strided conv: must be left alone
+    def forward(self, x):
+        return F.pixel_unshuffle(x, 2)
+
+
+class Clamp(nn.Module):  # changes channels and is not linear: left alone
+    def forward(self, x):
+        return torch.cat([x, x.clamp(min=0)], 1)[:, :, ::2, ::2]
+
+
+@pytest.mark.parametrize("mod", [SpaceToDepth(), Clamp()])
+def test_channel_maps_that_are_not_strided_1x1_convs_are_left_alone(mod):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), mod, nn.Conv2d(16 if isinstance(mod, SpaceToDepth) else 8, 4, 1))
+    assert linearise_channel_maps(net, X) == []
+    assert net[1] is mod
+
+
+def test_zero_padding_shortcuts_prune_every_width(tmp_path):
     model = _pad_resnet()
     res = prune_model(model, {"_default": 0.5}, X)
     pruned = res.model
+    assert res.rewritten == ("blocks.2.shortcut", "blocks.4.shortcut")
     assert pruned(torch.randn(3, 3, 16, 16)).shape == (3, 10)
-    assert res.params_after < 0.75 * res.params_before and res.macs_after < res.macs_before
+    assert res.params_after < 0.4 * res.params_before and res.macs_after < 0.4 * res.macs_before
     for i, (before, after) in enumerate(zip(model.blocks, pruned.blocks)):
-        # inside the block the width halves; the block's interface (what the shortcut adds to) stays
+        # the block's inside and its interface (the width the residual sum and the shortcut share) halve
         assert after.conv1.out_channels == before.conv1.out_channels // 2 == after.conv2.in_channels, i
-        assert after.conv2.out_channels == before.conv2.out_channels, i
+        assert after.conv2.out_channels == before.conv2.out_channels // 2, i
         assert res.layer_ratios[f"blocks.{i}.conv1"] == 0.5
+    assert not pruned.blocks[2].shortcut.weight.requires_grad  # still the fixed map, now on the kept channels
     exp = export_onnx(pruned, X, tmp_path / "pruned.onnx")  # checks ONNX Runtime against PyTorch itself
     sess = ort.InferenceSession(str(exp.path), providers=["CPUExecutionProvider"])
     x = torch.randn(2, 3, 16, 16)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..bounds import deadline
+from .rewrite import ChannelMap, linearise_channel_maps
 from ..errors import AutocompressError, ConfigError, InfeasibleCandidate, StageError
 from ..registry import did_you_mean
 from .criteria import NEEDS_GRADIENTS, make_importance
@@ -60,6 +61,8 @@ class PruneResult:
     requested_ratios: dict[str, float] = field(default_factory=dict)  # what the mapping asked for
     # layers kept whole because the whole graph could not be traced and their channels reach a part's interface
     fixed_layers: tuple[str, ...] = ()
+    # parameter-free channel maps replaced by equal frozen 1x1 convs so their widths prune (compress/rewrite.py)
+    rewritten: tuple[str, ...] = ()
 
     @property
     def params_ratio(self) -> float:
@@ -318,8 +321,11 @@ def prune_model(
         want = tuple(model(example_input).shape)
     fixed: list[str] = []
     problem = None  # why Torch-Pruning's whole-graph result was not used
+    rewritten: list[str] = []
     if any(r > 0 for r in ratios.values()):
         try:
+            # parameter-free channel maps (option-A zero-pad shortcuts) -> equal frozen 1x1 convs, verified
+            rewritten = linearise_channel_maps(model, example_input)
             if criterion in NEEDS_GRADIENTS:
                 _gradients(model, calib)
             original = copy.deepcopy(model)  # Torch-Pruning prunes in place: kept to restore for the fallback
@@ -357,6 +363,9 @@ def prune_model(
             ) from e
         finally:
             model.zero_grad(set_to_none=True)
+            for m in model.modules():  # Torch-Pruning hands pruned weights back as fresh (trainable) Parameters
+                if isinstance(m, ChannelMap):
+                    m.weight.requires_grad_(False)
     for n, m in model.named_modules():
         if isinstance(m, PRUNABLE) and _width(m) <= 0:
             raise InfeasibleCandidate(f"layer '{n}' was left with 0 channels")
@@ -382,6 +391,7 @@ def prune_model(
         seconds=time.perf_counter() - t0,
         requested_ratios=dict(ratios),
         fixed_layers=tuple(fixed),
+        rewritten=tuple(rewritten),
     )
 
 

@@ -15,8 +15,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import RunSpec, load_profile, load_space  # noqa: E402
 from .errors import AutocompressError, ConfigError, InfeasibleCandidate, StageError  # noqa: E402
+
+_LAZY = {"RunSpec", "load_profile", "load_space"}  # from .config (pydantic), imported when first used: the
+# target side (autocompress.profiling) runs where only numpy, onnx and onnxruntime are installed
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import config
+
+        return getattr(config, name)
+    if name == "compress":
+        import importlib
+
+        return importlib.import_module(".compress", __name__)
+    raise AttributeError(f"module 'autocompress' has no attribute {name!r}")
 
 
 def _compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space: str = "default", profile: str = "cpu",
@@ -27,7 +41,7 @@ def _compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space:
     teacher as is: give its trained weights). Other options are RunSpec fields (``checkpoint``,
     ``constraints={"max_accuracy_drop": 1.0}``, ``sampler``, ``seed``, ``timeout``, ...).
     """
-    from .config import parse
+    from .config import RunSpec, parse
     from .engine import run
 
     if not isinstance(model, str):
@@ -43,8 +57,7 @@ def _compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space:
 # ``autocompress.compress`` is also the name of the stages subpackage (compress/prune.py, ...). Importing
 # a submodule rebinds the package attribute to the subpackage, so the subpackage itself is made callable
 # (see compress/__init__.py) and both ``autocompress.compress(...)`` and ``autocompress.compress.prune``
-# work in any import order.
-from . import compress  # noqa: E402
+# work in any import order. It is bound on first use (``__getattr__``), so the target side never loads it.
 
 
 def pareto_front(run_dir: str | Path):

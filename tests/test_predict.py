@@ -1,19 +1,28 @@
-"""Latency predicted from a lookup table: quick table build, graph walk (fp32 and int8 QDQ), profile-device."""
+"""Latency predicted from a lookup table, the search side (autocompress.measure.predict): kernels of ORT's
+optimised graph looked up in a table built by autocompress.profiling; tables checked before use; profile-device."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from test_profiling import tiny_specs
 
 from autocompress.config import HardwareProfile, LatencySpec, load_profile, parse
 from autocompress.errors import ConfigError, StageError
 from autocompress.measure import predict
 from autocompress.measure.latency import measure_latency
+from autocompress.profiling import table as ptable
+from autocompress.profiling.target import Target
+
+PROFILE = HardwareProfile(name="cpu-test", intra_op_threads=1)
 
 
 def _net(width: int, blocks: int):
@@ -46,12 +55,10 @@ def _int8(src, dst, size=32):
     return dst
 
 
-PROFILE = HardwareProfile(name="cpu-test", intra_op_threads=1)
-
-
 @pytest.fixture(scope="module")
-def table():
-    return predict.build_table(PROFILE, quick=True, log=lambda *a: None)  # ~20 s with calibration (must stay < 60 s)
+def table(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tab") / "t.table.jsonl"
+    return ptable.build(Target.from_profile(PROFILE), path, quick=True, specs=tiny_specs(), log=lambda *a: None)
 
 
 @pytest.fixture(scope="module")
@@ -59,48 +66,33 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("pred")
     torch.manual_seed(0)
     small = _export(_net(16, 1), d / "small.onnx")
-    big = _export(_net(64, 4), d / "big.onnx")
+    big = _export(_net(32, 4), d / "big.onnx")
     return small, big, _int8(big, d / "big.int8.onnx")
 
 
-def test_quick_table_structure(table):
-    assert table["version"] == predict.TABLE_VERSION and table["quick"] is True
-    assert table["fingerprint"]["onnxruntime"] and table["date"] and table["batch_size"] == 1
-    assert 0 <= table["overhead_ms"] < 1.0
-    groups = {e["group"] for e in table["entries"]}
-    for g in ("conv/fp32/k3/s1/full/a16", "conv/int8/k3/s2/full/a16", "conv/fp32/k3/s1/dw/a16", "conv/int8/k3/s1/dw/a16",
-              "conv/fp32/k1/s1/full/u", "conv/int8/k3/s1/dw/u", "conv/fp32/k3/s1/full/a8", "conv/int8/k3/s2/dw/a8",
-              "gemm/fp32", "gemm/int8", "gap/fp32", "maxpool/int8/k3/s2", "relu/fp32", "hardswish/int8",
-              "add/int8", "mul/fp32", "quantize/fp32", "dequantize/fp32"):
-        assert g in groups, g
-    assert all(e["ms"] >= 0 and e["ms_raw"] > 0 for e in table["entries"])
-    assert table["build_seconds"] < 60
-
-
-def test_predictions_order_models_and_map_every_node(table, models):
-    small, big, big8 = models
+def test_predictions_order_models_and_follow_the_optimised_graph(table, models):
+    small, big, _ = models
     ps = predict.predict_latency(small, PROFILE, table, (1, 3, 32, 32))
     pb = predict.predict_latency(big, PROFILE, table, (1, 3, 32, 32))
     assert 0 < ps < pb
-    parts = predict.predict_breakdown(big, PROFILE, table, (1, 3, 32, 32))
-    groups = [g for _, g, _ in parts]
-    assert not [g for g in groups if g.startswith("unmapped")]
-    assert sum(g.startswith("conv/fp32/k3/s1/full/") for g in groups) == 5
-    assert any(g.startswith("conv/fp32/k3/s1/dw/") for g in groups)
-    assert "relu/fp32" not in groups  # fused into the Conv
-    assert {"maxpool/fp32/k3/s2", "hardswish/fp32", "gap/fp32", "gemm/fp32"} <= set(groups)
-    # a bigger batch costs more
-    assert predict.predict_latency(big, PROFILE, table, (4, 3, 32, 32)) > pb
+    groups = [g for _, g, _ in predict.predict_breakdown(big, PROFILE, table, (1, 3, 32, 32))]
+    convs = [g for g in groups if "Conv/fp32/" in g]
+    assert len(convs) == 6 and sum("/dw/" in g for g in convs) == 1  # 5 full convs + the depthwise one
+    assert not [g for g in groups if g.startswith("Relu/")]  # fused into the convs by ORT, not costed apart
+    assert predict.predict_latency(big, PROFILE, table, (4, 3, 32, 32)) > pb  # a bigger batch costs more
 
 
-def test_int8_graph_maps_to_int8_entries(table, models):
-    _, big, big8 = models
-    parts = predict.predict_breakdown(big8, PROFILE, table, (1, 3, 32, 32))
-    groups = [g for _, g, _ in parts]
-    assert sum(g.startswith("conv/int8/k3/s1/full/") for g in groups) == 5
-    assert "quantize/fp32" in groups  # the model's float input is quantized once
-    assert not [g for g in groups if g.startswith("unmapped")]
-    assert predict.predict_latency(big8, PROFILE, table, (1, 3, 32, 32)) > 0
+def test_int8_qdq_pairs_fused_away_are_not_counted(table, models):
+    import onnx
+
+    _, _, big8 = models
+    groups = [g for _, g, _ in predict.predict_breakdown(big8, PROFILE, table, (1, 3, 32, 32))]
+    assert sum(g.startswith("QLinearConv/int8/") for g in groups) == 6
+    qdq_nodes = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx.load(big8).graph.node)
+    qdq_kernels = [g for g in groups if g.startswith(("QuantizeLinear/", "DequantizeLinear/"))]
+    # only the float input's Q, the Hardswish's DQ/Q (ORT has no int8 HardSwish here) and the output's DQ run
+    assert qdq_nodes >= 20 and len(qdq_kernels) <= 4
+    assert predict.model_dtype(big8) == "int8" and predict.predict_latency(big8, PROFILE, table, (1, 3, 32, 32)) > 0
 
 
 def test_prediction_is_in_the_measured_ballpark(table, models):
@@ -108,7 +100,7 @@ def test_prediction_is_in_the_measured_ballpark(table, models):
     prof = PROFILE.model_copy(update={"latency": LatencySpec(warmup=3, min_rounds=5, max_rounds=15, time_cap_s=3)})
     measured = measure_latency(big, prof, (1, 3, 32, 32)).median_ms
     predicted = predict.predict_latency(big, PROFILE, table, (1, 3, 32, 32))
-    assert measured / 5 < predicted < measured * 5  # quick grid, noisy machine: order of magnitude only
+    assert measured / 4 < predicted < measured * 4  # tiny grid, shared machine: the order of magnitude only
 
 
 def test_predicted_result(table, models):
@@ -117,28 +109,75 @@ def test_predicted_result(table, models):
     assert r.mode == "predict" and r.speedup > 1 and r.stop_reason == "single" and r.speedup_ci == (r.speedup, r.speedup)
 
 
-def test_profile_device_writes_a_valid_predict_profile(tmp_path, table, monkeypatch, models):
-    monkeypatch.setattr(predict, "build_table", lambda profile, quick=False, log=print: table)
-    out = predict.profile_device("cpu", tmp_path / "mybox.yaml", quick=True, log=lambda *a: None)
-    assert out == tmp_path / "mybox.yaml" and (tmp_path / "mybox.table.json").is_file()
+def test_calibration_is_applied_per_dtype_and_optional(table, models):
+    _, big, big8 = models
+    fits = {"fp32": {"alpha": 0.2, "beta": 0.9, "n": 3}, "int8": {"alpha": -0.1, "beta": 1.1, "n": 3}}
+    cal = {**table, "calibration": {"fits": fits}}
+    for path, dt in ((big, "fp32"), (big8, "int8")):
+        raw = predict.predict_latency(path, PROFILE, table, (1, 3, 32, 32))
+        got = predict.predict_latency(path, PROFILE, cal, (1, 3, 32, 32))
+        assert got == pytest.approx(math.exp(fits[dt]["alpha"]) * raw ** fits[dt]["beta"], rel=1e-6)
+
+
+def test_profile_device_writes_a_valid_predict_profile(tmp_path, monkeypatch, models):
+    monkeypatch.setattr(ptable, "grid", lambda quick, n, dtypes: ptable.patterns(n) + tiny_specs())
+    logs = []
+    out = predict.profile_device("cpu-1thread", tmp_path / "mybox.yaml", quick=True, log=logs.append)
+    assert out == tmp_path / "mybox.yaml" and (tmp_path / "mybox.table.jsonl").is_file()
+    assert any(m.startswith("fusion rules found here: ") and "QLinearConv" in m for m in logs)
     prof, path = load_profile(str(out))
-    assert prof.name == "mybox" and prof.latency.mode == "predict" and prof.lookup_table == "mybox.table.json"
-    assert prof.fingerprint["onnxruntime"] and prof.execution_provider == "CPUExecutionProvider"
-    t = predict.load_table(prof, path)
-    assert len(t["entries"]) == len(table["entries"])
+    assert prof.name == "mybox" and prof.latency.mode == "predict" and prof.lookup_table == "mybox.table.jsonl"
+    assert prof.fingerprint["onnxruntime"] and prof.intra_op_threads == 1
+    t = predict.load_table(prof, path, log=lambda *a: None)
     assert predict.predict_latency(models[0], prof, t, (1, 3, 32, 32)) > 0
 
 
-def test_missing_and_bad_tables(tmp_path):
-    prof = parse(HardwareProfile, {"latency": {"mode": "predict"}, "lookup_table": "nope.table.json"}, "p.yaml")
-    with pytest.raises(ConfigError, match="lookup_table: got 'nope.table.json'; no such file") as e:
+def _write(table: dict, path: Path, **header) -> Path:
+    rows = [{k: v for k, v in table.items() if k not in ("lines", "done", "calibration", "context", "path")} | header]
+    rows += table["lines"] + [{"context": table["context"]}, {"done": True}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_tables_are_checked_before_use(tmp_path, table):
+    prof = parse(HardwareProfile, {"name": "box", "intra_op_threads": 1, "latency": {"mode": "predict"},
+                                   "lookup_table": "t.table.jsonl"}, "p.yaml")
+    _write(table, tmp_path / "t.table.jsonl", onnxruntime="1.2.0")
+    with pytest.raises(ConfigError, match=r"built with onnxruntime 1.2.0, this machine has .*; rebuild it on the target: "
+                                          r"autocompress profile-device --profile cpu-test") as e:
         predict.load_table(prof, tmp_path / "p.yaml")
     assert "\n" not in str(e.value)
-    (tmp_path / "nope.table.json").write_text(json.dumps({"hello": 1}))
+    _write(table, tmp_path / "t.table.jsonl", execution_provider="OpenVINOExecutionProvider")
+    with pytest.raises(ConfigError, match="built for OpenVINOExecutionProvider, the profile runs CPUExecutionProvider"):
+        predict.load_table(prof, tmp_path / "p.yaml")
+    other = prof.model_copy(update={"intra_op_threads": 2})
+    _write(table, tmp_path / "t.table.jsonl")
+    with pytest.raises(ConfigError, match="built with intra_op_threads=1, the profile sets 2"):
+        predict.load_table(other, tmp_path / "p.yaml")
+    logs = []
+    _write(table, tmp_path / "t.table.jsonl", fingerprint={**table["fingerprint"], "cpu": "Some Edge SoC"})
+    predict.load_table(prof, tmp_path / "p.yaml", log=logs.append)
+    assert any(m.startswith("latency: predicted from a table built on Some Edge SoC") for m in logs)
+
+
+def test_a_fusion_rule_that_differs_here_is_printed(table):
+    lines = [dict(ln, signature=["SomethingElse"]) if ln["spec"].get("pattern") == "gemm fp32" else ln for ln in table["lines"]]
+    logs = []
+    predict.check_table({**table, "lines": lines}, PROFILE, log=logs.append)
+    assert [m for m in logs if m.startswith("warning: fusion rule 'gemm fp32' differs: the target ran SomethingElse")]
+    assert not [m for m in logs if "fusion rule" in m and "gemm fp32" not in m]
+
+
+def test_missing_and_bad_tables(tmp_path):
+    prof = parse(HardwareProfile, {"latency": {"mode": "predict"}, "lookup_table": "nope.table.jsonl"}, "p.yaml")
+    with pytest.raises(ConfigError, match="lookup_table: got 'nope.table.jsonl'; no such file") as e:
+        predict.load_table(prof, tmp_path / "p.yaml")
+    assert "\n" not in str(e.value)
+    (tmp_path / "nope.table.jsonl").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ConfigError, match="not an autocompress lookup table"):
         predict.load_table(prof, tmp_path / "p.yaml")
-    (tmp_path / "nope.table.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="unreadable lookup table"):
+    (tmp_path / "nope.table.jsonl").write_text("{not json\n{}\n")
+    with pytest.raises(ConfigError, match="line 1 is not JSON"):
         predict.load_table(prof, tmp_path / "p.yaml")
     with pytest.raises(ConfigError, match="needs lookup_table"):
         parse(HardwareProfile, {"latency": {"mode": "predict"}}, "p.yaml")
@@ -152,31 +191,26 @@ def test_predict_rejects_a_wrong_input_shape(table, models):
         predict.predict_latency("missing.onnx", PROFILE, table, (1, 3, 32, 32))
 
 
-def test_unavailable_ep_cannot_build_a_table():
+def test_unavailable_ep_cannot_build_a_table(tmp_path):
     from autocompress.errors import UnavailableError
 
     with pytest.raises(UnavailableError, match="needs CUDAExecutionProvider"):
-        predict.build_table(HardwareProfile(name="g", execution_provider="CUDAExecutionProvider"), quick=True)
+        predict.build_table(HardwareProfile(name="g", execution_provider="CUDAExecutionProvider"), tmp_path / "t.jsonl")
 
 
-def test_quick_table_is_calibrated_per_dtype(table):
-    cal = table["calibration"]
-    assert set(cal["fits"]) == {"fp32", "int8"}
-    for f in cal["fits"].values():
-        assert f["n"] >= 1 and 0.5 <= f["beta"] <= 1.5 and math.isfinite(f["alpha"])
-    assert {m["dtype"] for m in cal["models"]} == {"fp32", "int8"}
-    assert all(m["raw_ms"] > 0 and m["measured_ms"] > 0 for m in cal["models"])
-
-
-def test_calibration_is_applied_per_dtype_and_optional(table, models):
-    _, big, big8 = models
-    assert predict.model_dtype(big) == "fp32" and predict.model_dtype(big8) == "int8"
-    raw_table = {k: v for k, v in table.items() if k != "calibration"}  # an old table: still works
-    for path, dt in ((big, "fp32"), (big8, "int8")):
-        raw = predict.predict_latency(path, PROFILE, raw_table, (1, 3, 32, 32))
-        f = table["calibration"]["fits"][dt]
-        cal = predict.predict_latency(path, PROFILE, table, (1, 3, 32, 32))
-        assert cal == pytest.approx(math.exp(f["alpha"]) * raw ** f["beta"])
+def test_cli_check_runs_without_torch(table):
+    """`autocompress profile-device --check TABLE` with torch blocked: held-out networks timed, hit rate and tau."""
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
+            "            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from autocompress.cli import main\n"
+            f"sys.exit(main(['profile-device', '--check', {table['path']!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "within +-10%" in r.stdout and "Kendall's tau" in r.stdout and "resnet w13-29-61 32px int8" in r.stdout
 
 
 def test_fit_calibration():
@@ -195,26 +229,10 @@ def test_calibration_models_are_disjoint_from_the_benchmark():
         assert seed >= 1000 and round(ratio, 2) != ratio
 
 
-def test_alignment_classes():
-    conv = lambda cin, cout, dw=False: {"cin": cin, "cout": cout, "dw": dw}  # noqa: E731
-    assert predict.alignment(conv(64, 128)) == "a16"
-    assert predict.alignment(conv(64, 72)) == "a8" and predict.alignment(conv(72, 64)) == "a8"
-    assert predict.alignment(conv(64, 101)) == "u" and predict.alignment(conv(61, 64)) == "u"
-    assert predict.alignment(conv(3, 32)) == "a16"  # an RGB stem is not an unaligned conv
-    assert predict.alignment(conv(101, 101, dw=True)) == "u" and predict.alignment(conv(96, 96, dw=True)) == "a16"
-
-
-def test_missing_alignment_class_falls_back_to_the_nearest_one(table):
-    """A table without the unaligned class (an older grid, or a pruned one) still interpolates an unaligned
-    conv within the same kernel/stride/kind, from the a8 class first."""
-    trimmed = {**table, "entries": [e for e in table["entries"] if not e["group"].endswith("/u")]}
-    e = {"op": "conv", "k": 3, "s": 1, "dw": False, "cin": 61, "cout": 61, "h": 8, "n": 1, "dtype": "fp32"}
-    f = predict._features(e)
-    assert f["group"] == "conv/fp32/k3/s1/full/u"
-    idx = predict._Index(trimmed)
-    assert f["group"] not in idx.groups
-    got = idx.lookup(f["group"], f["feats"], f["work"])
-    a8 = predict._features({**e, "cin": 72, "cout": 72})
-    assert got > 0 and idx.groups.get("conv/fp32/k3/s1/full/a8") is not None
-    assert got == pytest.approx(idx.lookup(f["group"].replace("/u", "/a8"), f["feats"], f["work"]))
-    assert a8["group"] == "conv/fp32/k3/s1/full/a8"
+@pytest.mark.slow
+def test_torch_side_calibration_is_appended_to_the_table(tmp_path, table):
+    t = ptable.read(_write(table, tmp_path / "c.table.jsonl"))
+    cal = predict.calibrate_table(t, PROFILE, quick=True, log=lambda *a: None)
+    assert set(cal["fits"]) == {"fp32", "int8"} and all(0.5 <= f["beta"] <= 1.5 for f in cal["fits"].values())
+    t2 = predict.append_calibration(t, cal)
+    assert ptable.read(t2["path"])["calibration"]["fits"] == cal["fits"]

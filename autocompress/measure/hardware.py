@@ -8,9 +8,6 @@ so a profile is the single place that decides threads, graph optimisation level 
 from __future__ import annotations
 
 import os
-import platform
-import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
@@ -151,38 +148,8 @@ def _one_line(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- fingerprint
-_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
-
-
-def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, val = line.partition(":")
-        key = key.strip().lower()
-        if key == "model name" and model in ("", platform.machine(), platform.processor()):
-            model = val.strip()
-        elif key in ("flags", "features") and not flags:
-            have = set(val.split())
-            flags = [f for f in _FLAGS if f in have]
-    return model, flags
-
-
-def _ram_gb() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
+# one torch-free implementation, shared with the target side (autocompress.profiling)
+from ..profiling.target import fingerprint  # noqa: E402,F401
 
 
 def load_average() -> float:
@@ -268,23 +235,3 @@ class MachineWindow:
         out["disturbed"] = bool(out.get("steal_pct", 0.0) > 100 * STEAL_LIMIT
                                 or out.get("others_pct", 0.0) > 100 * OTHERS_LIMIT)
         return out
-
-
-def fingerprint() -> dict:
-    """What this machine and software stack are: written beside every result and lookup table."""
-    model, flags = _cpuinfo()
-    return {
-        "cpu": model,
-        "cpu_flags": flags,
-        "cores": os.cpu_count(),
-        "ram_gb": _ram_gb(),
-        "os": f"{platform.system()} {platform.release()}",
-        "machine": platform.machine(),
-        "python": sys.version.split()[0],
-        "torch": _version("torch"),
-        "onnxruntime": ort.__version__,
-        "onnx": _version("onnx"),
-        "optuna": _version("optuna"),
-        "providers": available_providers(),
-        "load_avg_1m": load_average(),
-    }

@@ -1,0 +1,73 @@
+"""How far to trust a table on its device: time held-out networks there and compare with the predictions."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import nets
+from .lookup import predict_raw, table_target
+from .target import feeds_for, time_session
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b (scipy.stats.kendalltau when scipy is installed, else the exact O(n^2) count)."""
+    try:
+        from scipy.stats import kendalltau
+    except ImportError:
+        kendalltau = None
+    if kendalltau is not None:
+        return float(kendalltau(x, y).statistic)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    conc = disc = tx = ty = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            a, b = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                tx += 1
+            elif b == 0:
+                ty += 1
+            elif a == b:
+                conc += 1
+            else:
+                disc += 1
+    den = np.sqrt((conc + disc + tx) * (conc + disc + ty))
+    return float((conc - disc) / den) if den else float("nan")
+
+
+def summary(predicted, measured) -> dict:
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    e = p / m - 1
+    return {"n": int(len(e)), "within_10": float(np.mean(np.abs(e) <= 0.10)), "within_20": float(np.mean(np.abs(e) <= 0.20)),
+            "median_abs_error": float(np.median(np.abs(e))), "median_error": float(np.median(e)),
+            "worst_error": float(e[np.argmax(np.abs(e))]), "kendall_tau": kendall_tau(p, m) if len(e) > 1 else float("nan")}
+
+
+def format_summary(s: dict) -> str:
+    return (f"{s['n']} models: {s['within_10']:.0%} within +-10%, {s['within_20']:.0%} within +-20%, median |error| "
+            f"{s['median_abs_error']:.1%} (median {s['median_error']:+.1%}, worst {s['worst_error']:+.1%}), "
+            f"Kendall's tau {s['kendall_tau']:.2f}")
+
+
+def check(table: dict, *, predict: Callable[[bytes], float] | None = None, log: Callable = print,
+          repeats: int = 3) -> dict:
+    """Time each held-out network (median of ``repeats`` fresh sessions, the table's clock) and predict it
+    (``predict(model_bytes)``, default: the plain kernel sum); returns the summary with the rows."""
+    target = table_target(table)
+    predict = predict or (lambda m: predict_raw(m, table))
+    clock = table.get("clock", "wall")
+    rows = []
+    for name, model in nets.held_out(target.batch_size, int8=target.int8):
+        meas = []
+        for _ in range(repeats):
+            sess = target.session(model)
+            meas.append(time_session(sess, feeds_for(sess), 9, 20.0, warmup=5, clock=clock))
+        m, p = float(np.median(meas)), float(predict(model))
+        rows.append({"model": name, "measured_ms": m, "predicted_ms": p, "error": p / m - 1})
+        log(f"  {name:38s} measured {m:8.3f} ms  predicted {p:8.3f} ms  error {p / m - 1:+.1%}")
+    s = summary([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    log(f"check ({clock} clock): " + format_summary(s))
+    return {**s, "clock": clock, "rows": rows}

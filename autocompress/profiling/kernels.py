@@ -1,0 +1,156 @@
+"""The kernels ONNX Runtime runs for a model on a target: the nodes of its *optimised* graph (fused Conv+activation,
+NCHWc convolutions and their reorders, QLinearConv, QLinearAdd...), each with the table group it is looked up in,
+its features and its work.
+
+Both sides use this module: the target keys its table entries on the kernels of each small graph it times, and
+the search side lists a candidate's kernels the same way, so a Q/DQ pair ORT fuses away is never counted and a
+fusion ORT makes is costed as the fused kernel. Shapes come from ONNX Runtime's own profiler trace (one run).
+numpy + onnx + onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .target import Target, feeds_for, profile_nodes
+
+# conv-like kernels sharing an implementation are keyed together; the key keeps the layout/implementation
+_CONV = {("", "Conv"): "Conv", ("com.microsoft", "FusedConv"): "Conv", ("com.microsoft.nchwc", "Conv"): "NchwcConv",
+         ("", "QLinearConv"): "QLinearConv", ("com.microsoft", "QLinearConv"): "QLinearConv",
+         ("com.microsoft", "NhwcConv"): "NhwcConv", ("com.microsoft", "NhwcFusedConv"): "NhwcConv",
+         ("", "ConvInteger"): "ConvInteger"}
+_GEMM = {"Gemm", "MatMul", "QGemm", "QLinearMatMul", "MatMulInteger", "FusedGemm", "FusedMatMul", "MatMulIntegerToFloat",
+         "DynamicQuantizeMatMul"}
+_POOL = {"GlobalAveragePool", "QLinearGlobalAveragePool", "MaxPool", "AveragePool", "QLinearAveragePool",
+         "GlobalMaxPool"}
+ALIGN = ("a16", "a8", "u")
+
+
+def alignment(cin: int, cout: int, dw: bool) -> str:
+    """Channel alignment class of a conv: a16 (multiples of 16), a8 (of 8) or u, the worst of its channel counts
+    (a full conv's input counts only from 8 channels up: a 3-channel image stem is not penalised)."""
+    counts = [cout] if dw else [cout] + ([cin] if cin >= 8 else [])
+    worst = max(0 if c % 16 == 0 else 1 if c % 8 == 0 else 2 for c in counts)
+    return ALIGN[worst]
+
+
+def _dtype(t: dict | None) -> str:
+    if not t:
+        return "fp32"
+    k = next(iter(t))
+    return {"float": "fp32", "uint8": "int8", "int8": "int8", "float16": "fp16"}.get(k, k)
+
+
+def _shape(t: dict | None) -> list[int]:
+    return [int(d) for d in next(iter(t.values()))] if t else []
+
+
+def _numel(shape) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
+def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
+    """group, log-features and work of one kernel; ``ins``/``outs`` are the trace's [{dtype: shape}] lists."""
+    dt = _dtype(ins[0] if ins else None)
+    ish = _shape(ins[0]) if ins else []
+    osh = _shape(outs[0]) if outs else []
+    conv = _CONV.get((domain, op))
+    if conv is not None and len(osh) == 4 and ish:
+        last = bool(attrs.get("channels_last", 0))
+        widx = 3 if conv == "QLinearConv" else 1
+        wsh = _shape(ins[widx]) if len(ins) > widx else []
+        k = int((attrs.get("kernel_shape") or wsh[2:3] or [1])[0])
+        s = int((attrs.get("strides") or [1])[0])
+        g = int(attrs.get("group", 1))
+        n, cin, h = (ish[0], ish[3], ish[1]) if last else (ish[0], ish[1], ish[2] if len(ish) > 2 else 1)
+        cout, ho, wo = (osh[3], osh[1], osh[2]) if last else (osh[1], osh[2], osh[3])
+        dw = g > 1 and g == cin
+        cin_g = cin // g if g > 1 else cin
+        work = n * cout * ho * wo * cin_g * k * k
+        kind = "dw" if dw else "grp" if g > 1 else "full"
+        feats = [math.log(max(cin, 1)), math.log(max(n * h * h, 1))] + {"dw": [], "full": [math.log(max(cout, 1))],
+                                                                          "grp": [math.log(g)]}[kind]
+        group = f"{conv}/{dt}/k{k}/s{min(s, 2)}/{kind}/{alignment(cin_g if kind == 'grp' else cin, cout, dw)}"
+        return {"group": group, "feats": feats, "work": float(max(work, 1))}
+    if op in _GEMM:
+        fin = ish[-1] if ish else 1
+        fout = osh[-1] if osh else 1
+        m = _numel(ish[:-1])
+        return {"group": f"Gemm/{dt}", "feats": [math.log(max(fin, 1)), math.log(max(fout, 1)), math.log(max(m, 1))],
+                "work": float(max(m * fin * fout, 1))}
+    if op in _POOL and len(ish) == 4:
+        last = bool(attrs.get("channels_last", 0))
+        c, hw = (ish[3], ish[0] * ish[1] * ish[2]) if last else (ish[1], ish[0] * ish[2] * ish[3])
+        kind = ("Nchwc" if domain.endswith("nchwc") else "") + ("GlobalAveragePool" if "Global" in op else op.replace("QLinear", ""))
+        extra = ""
+        if "Global" not in op:
+            extra = f"/k{min(int((attrs.get('kernel_shape') or [3])[0]), 3)}/s{min(int((attrs.get('strides') or [1])[0]), 2)}"
+        return {"group": f"{kind}{'-nhwc' if last else ''}/{dt}{extra}", "feats": [math.log(max(c, 1)), math.log(max(hw, 1))],
+                "work": float(max(c * hw, 1))}
+    numel = max(_numel(osh), _numel(ish))
+    tag = f"{domain}:{op}" if domain else op
+    acts = [_shape(t) for t in ins if t and len(_shape(t)) >= 2]
+    if len(acts) >= 2 and _numel(acts[0]) != _numel(acts[1]):  # a broadcast (squeeze-excite Mul): its own kernel
+        tag += "-bcast"
+    return {"group": f"{tag}/{dt}", "feats": [math.log(max(numel, 1))], "work": float(max(numel, 1))}
+
+
+def _attrs(node) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+# the domain of kernels ORT inserts without a name (the trace names them <op>_<index>)
+_DOMAIN_OF = {"ReorderInput": "com.microsoft.nchwc", "ReorderOutput": "com.microsoft.nchwc", "FusedConv": "com.microsoft",
+              "QLinearAdd": "com.microsoft", "QLinearMul": "com.microsoft", "QGemm": "com.microsoft",
+              "QLinearGlobalAveragePool": "com.microsoft", "QLinearSigmoid": "com.microsoft", "NhwcConv": "com.microsoft",
+              "NhwcMaxPool": "com.microsoft", "QLinearConcat": "com.microsoft", "QLinearLeakyRelu": "com.microsoft"}
+
+
+def _named(model: bytes | str) -> bytes:
+    """The model with every node named (ORT keeps the names through fusion, so trace and graph can be joined)."""
+    m = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    used = {nd.name for nd in m.graph.node if nd.name}
+    for i, nd in enumerate(m.graph.node):
+        if not nd.name:
+            name = f"ac{i}_{nd.op_type}"
+            while name in used:
+                name += "_"
+            nd.name = name
+            used.add(name)
+    return m.SerializeToString()
+
+
+def list_kernels(model: bytes | str, target: Target, *, runs: int = 1, seed: int = 0) -> list[dict]:
+    """The kernels ONNX Runtime runs for ``model`` under ``target``'s session settings, in execution order:
+    [{name, domain, op, group, feats, work, us}] (``us``: the profiler's median duration over ``runs``)."""
+    named = _named(model)
+    recs, opt = profile_nodes(lambda **kw: target.session(named, **kw), lambda s: feeds_for(s, seed), runs)
+    try:
+        graph_nodes = {nd.name: nd for nd in onnx.load(opt).graph.node if nd.name} if Path(opt).is_file() else {}
+    finally:
+        shutil.rmtree(Path(opt).parent, ignore_errors=True)
+    out = []
+    for r in recs:
+        nd = graph_nodes.get(r["name"])
+        domain = (nd.domain if nd is not None else _DOMAIN_OF.get(r["op"], "")) or ""
+        domain = "" if domain == "ai.onnx" else domain
+        op = nd.op_type if nd is not None else r["op"]
+        attrs = _attrs(nd) if nd is not None else {}
+        f = features(domain, op, attrs, r["args"].get("input_type_shape") or [], r["args"].get("output_type_shape") or [])
+        out.append({"name": r["name"], "domain": domain, "op": op, **f, "us": float(np.median(r["durs_us"]))})
+    return out
+
+
+def kernel_signature(kernels: list[dict]) -> list[str]:
+    """The kernel types of a graph, in order (how a fusion rule is recorded and compared)."""
+    return [f"{k['domain'] + ':' if k['domain'] else ''}{k['op']}" for k in kernels]

@@ -1,0 +1,123 @@
+"""Predicting a model's latency from a table: list the kernels ORT runs for it, look each up, add the overhead.
+
+Inside one table group (kernel implementation, dtype, kernel size, stride, depthwise or full, channel alignment)
+a kernel's time is interpolated by a local weighted log-linear fit over the nearest measured kernels (features:
+log channels in / out, log batch*pixels; log elements for element-wise kernels), kept within 3x of the nearest
+measured kernel scaled by work. A group the table lacks falls back to the nearest alignment class, then to the same
+implementation at another kernel size or stride scaled by work, then to the per-node cost. numpy + onnx + onnxruntime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .kernels import ALIGN, list_kernels
+from .target import Target
+
+
+class Index:
+    def __init__(self, table: dict):
+        by: dict[str, list] = {}
+        for ln in table["lines"]:
+            for k in ln["kernels"]:
+                by.setdefault(k["group"], []).append(k)
+        self.node_ms = float(table.get("node_ms", 0.0))
+        self.groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for g, ks in by.items():
+            self.groups[g] = (np.array([k["feats"] for k in ks], float), np.array([k["work"] for k in ks], float),
+                              np.log(np.maximum([k["ms"] for k in ks], 1e-5)))
+
+    def lookup(self, group: str, feats: list[float], work: float) -> tuple[float, str]:
+        """(ms, how: 'fit' | 'alignment' | 'scaled' | 'node')."""
+        g, how = self.groups.get(group), "fit"
+        if g is None:
+            g, how = self._other_alignment(group), "alignment"
+        if g is None or g[0].shape[1] != len(feats):
+            g = self._same_impl(group)
+            if g is None:
+                return self.node_ms, "node"
+            _, w, lt = g
+            i = int(np.argmin(np.abs(np.log(w) - math.log(max(work, 1)))))
+            return max(float(math.exp(lt[i]) * work / w[i]), self._floor(lt)), "scaled"
+        X, w, lt = g
+        q = np.array(feats, float)
+        d = np.sqrt(((X - q) ** 2).sum(1))
+        order = np.argsort(d)
+        nn = order[0]
+        nn_est = lt[nn] + math.log(max(work, 1) / w[nn])  # nearest neighbour scaled by work
+        kk = min(len(d), 2 * (X.shape[1] + 1) + 2)
+        if kk < X.shape[1] + 2:
+            return max(float(math.exp(nn_est)), self._floor(lt)), how
+        idx = order[:kk]
+        sw = np.sqrt(1.0 / (d[idx] + 0.25) ** 2)[:, None]
+        A = np.column_stack([np.ones(kk), X[idx]])
+        coef, *_ = np.linalg.lstsq(A * sw, lt[idx] * sw[:, 0], rcond=None)
+        est = float(coef[0] + coef[1:] @ q)
+        est = min(max(est, nn_est - math.log(3)), nn_est + math.log(3))  # an extrapolating fit stays near the data
+        return max(float(math.exp(est)), self._floor(lt)), how
+
+    @staticmethod
+    def _floor(lt: np.ndarray) -> float:
+        """A kernel costs at least what the group's cheapest measured one did (a fixed cost per call: a 1x1 conv
+        on one pixel is not 1/16 of one on four)."""
+        return 0.8 * float(math.exp(lt.min()))
+
+    def _other_alignment(self, group: str):
+        parts = group.split("/")
+        if parts[-1] not in ALIGN:
+            return None
+        for cls in {"u": ("a8", "a16"), "a8": ("u", "a16"), "a16": ("a8", "u")}[parts[-1]]:
+            g = self.groups.get("/".join(parts[:-1] + [cls]))
+            if g is not None:
+                return g
+        return None
+
+    def _same_impl(self, group: str):
+        impl, dt = (group.split("/") + [""])[:2]
+        cands = [k for k in self.groups if k.startswith(f"{impl}/{dt}/") or k == f"{impl}/{dt}"] or \
+                [k for k in self.groups if k.split("/")[0] == impl]
+        if not cands:
+            return None
+        return (None, np.concatenate([self.groups[k][1] for k in cands]), np.concatenate([self.groups[k][2] for k in cands]))
+
+
+_INDEX_CACHE: dict[int, tuple[dict, Index]] = {}
+
+
+def index_of(table: dict) -> Index:
+    hit = _INDEX_CACHE.get(id(table))
+    if hit is None or hit[0] is not table:
+        hit = (table, Index(table))
+        _INDEX_CACHE.clear()
+        _INDEX_CACHE[id(table)] = hit
+    return hit[1]
+
+
+def table_target(table: dict) -> Target:
+    return Target.from_profile({**table["target"], "name": table.get("target_name", "custom")})
+
+
+def model_dtype(kernels: list[dict]) -> str:
+    """'int8' when ORT runs any quantized kernel (QLinear*, QGemm, ConvInteger...) for the model, else 'fp32'."""
+    return "int8" if any(k["group"].split("/")[1:2] == ["int8"] and k["op"] not in ("Transpose", "Flatten", "Reshape")
+                         for k in kernels) else "fp32"
+
+
+def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None) -> list[tuple[str, str, float, str]]:
+    """(kernel name, table group, ms, how) for every kernel ORT runs for ``model`` under the table's settings,
+    times the table's in-network scale for the model's dtype."""
+    idx = index_of(table)
+    ks = kernels if kernels is not None else list_kernels(model, table_target(table))
+    scale = ((table.get("context") or {}).get("scale") or {}).get(model_dtype(ks), 1.0)
+    out = []
+    for k in ks:
+        ms, how = idx.lookup(k["group"], k["feats"], k["work"])
+        out.append((k["name"], k["group"], ms * scale, how))
+    return out
+
+
+def predict_raw(model: bytes | str, table: dict, kernels: list[dict] | None = None) -> float:
+    """Kernels in network (scaled) + the per-inference overhead (ms), before any torch-side calibration."""
+    return float(table["overhead_ms"] + sum(ms for _, _, ms, _ in breakdown(model, table, kernels)))

@@ -1,0 +1,406 @@
+"""The lookup table: a grid of small ONNX graphs timed on the target, keyed on the kernels ONNX Runtime runs.
+
+File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an interrupted run continues:
+
+* line 1, the header: ``{"kind": "autocompress-latency-table", "version", "target": {session settings},
+  "onnxruntime", "execution_provider", "fingerprint", "date", "quick", "overhead_ms", "node_ms", "delta_ms"}``;
+* one line per timed graph: ``{"id", "spec", "wall_ms", "signature": [kernel types], "kernels": [{"group",
+  "feats", "work", "ms"}]}``; a graph's ``wall_ms`` (net of the per-inference overhead) is split over its kernels
+  in proportion to the profiler's per-kernel durations, less the profiler's per-node inflation ``delta_ms``;
+* ``{"done": true, "seconds"}`` when the grid is complete; optionally ``{"calibration": {...}}`` lines after it
+  (whole-model correction fitted by the search side, ``autocompress.measure.predict``).
+
+``fusion rules`` are the signatures of the named patterns (``spec["pattern"]``): what ORT on the target turned
+Conv+Relu, DQ-Conv-Q, a residual block... into. numpy + onnx + onnxruntime + stdlib only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from . import graphs
+from .kernels import kernel_signature, list_kernels
+from .target import Target, TargetError, feeds_for, fingerprint, load_average, time_session
+
+KIND = "autocompress-latency-table"
+VERSION = 3  # 3: kernels of ORT's optimised graph (JSON Lines); 2: per-ONNX-op groups
+
+
+# ---------------------------------------------------------------- what is timed
+def patterns(n: int) -> list[dict]:
+    """Small graphs whose optimised form is a fusion rule of the target (recorded, compared on the search side)."""
+    out = []
+    for dt in ("fp32", "int8"):
+        for c in (64, 61):
+            out.append(dict(op="conv", k=3, s=1, dw=False, cin=c, cout=c, h=16, n=n, dtype=dt, pattern=f"conv3x3+relu c{c} {dt}"))
+            out.append(dict(op="conv", k=3, s=1, dw=True, cin=c, cout=c, h=16, n=n, dtype=dt, pattern=f"dwconv3x3+relu c{c} {dt}"))
+            out.append(dict(op="residual", c=c, h=16, n=n, dtype=dt, pattern=f"residual block c{c} {dt}"))
+        out.append(dict(op="gemm", cin=512, cout=10, m=n, dtype=dt, pattern=f"gemm {dt}"))
+        out.append(dict(op="gap", c=64, h=8, n=n, dtype=dt, pattern=f"global average pool {dt}"))
+        out.append(dict(op="add", numel=4096, n=n, dtype=dt, pattern=f"add {dt}"))
+        out.append(dict(op="hardswish", numel=4096, n=n, dtype=dt, pattern=f"hardswish {dt}"))
+    return out
+
+
+def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
+    """The graphs to time (each spec once per dtype), shuffled (seeded) so the ETA holds and drift averages out."""
+    chans = [8, 32, 128] if quick else [8, 16, 32, 64, 128, 256, 512]
+    res = [8, 32] if quick else [4, 8, 16, 32, 64]
+    ks = [1, 3] if quick else [1, 3, 5, 7]
+    dks = [3] if quick else [3, 5, 7]
+    mac_cap = 1e8 if quick else 4e8
+    pairs = [(a, b) for a in chans for b in chans if 0.25 <= b / a <= 4]
+    pairs = pairs + [(3, 8), (3, 32)] if quick else [(a, b) for a, b in pairs if 0.5 <= b / a <= 2] + [(3, c) for c in (8, 16, 32, 64)]
+    specs: list[dict] = []
+
+    def conv(k, s, cin, cout, h, dw=False):
+        ho = graphs._out_hw(h, k, s, k // 2)
+        if dw or n * cout * ho * ho * cin * k * k <= mac_cap:
+            specs.append(dict(op="conv", k=k, s=s, dw=dw, cin=cin, cout=cout, h=h, n=n))
+
+    for k in ks:
+        for s in (1, 2):
+            for cin, cout in pairs:
+                for h in res + ([1, 2] if k == 1 and s == 1 else []):  # 1x1 on 1x1 / 2x2: squeeze-excite, late stages
+                    if not (h < k and k > 1):
+                        conv(k, s, cin, cout, h)
+    for k in dks:
+        for s in (1, 2):
+            for c in chans:
+                for h in res:
+                    conv(k, s, c, c, h, dw=True)
+    # Channel counts that are not multiples of 16 / 8 take other kernels (no NCHWc layout for fp32, slower int8
+    # paths), and pruning leaves such counts everywhere: those classes get their own points.
+    odd = {"a8": [24, 72], "u": [13, 61]} if quick else {"a8": [24, 40, 72, 136, 264], "u": [13, 29, 61, 125, 253]}
+    for cls_chans in odd.values():
+        cpairs = [(a, b) for a in cls_chans for b in cls_chans if 0.4 <= b / a <= 2.5]
+        for s in (1, 2):
+            for h in ([8, 32] if quick else [1, 2, 4, 8, 16, 32]):
+                for k in (1, 3):
+                    for cin, cout in cpairs:
+                        if k == 1 or h >= 4:
+                            conv(k, s, cin, cout, h)
+                for k in ([3] if quick else [3, 5]):
+                    for c in cls_chans:
+                        conv(k, s, c, c, h, dw=True)
+    # grouped convolutions (RegNet, ResNeXt): group widths 8 / 16 / 24
+    for c in ([32, 128] if quick else [24, 32, 48, 64, 96, 128, 192, 256]):
+        for gw in ([16] if quick else [8, 16, 24]):
+            if c % gw == 0 and c // gw > 1:
+                for s in (1, 2):
+                    for h in ([8, 32] if quick else [4, 8, 16, 32]):
+                        specs.append(dict(op="conv", k=3, s=s, dw=False, cin=c, cout=c, h=h, n=n, g=c // gw))
+    fins = [16, 128, 1024] if quick else [8, 32, 128, 512, 1024, 2048]
+    fouts = [10, 128] if quick else [10, 32, 128, 512, 1024]
+    specs += [dict(op="gemm", cin=a, cout=b, m=n) for a in fins for b in fouts]
+    for c in chans + ([] if quick else [13, 61, 125, 253]):
+        for h in res + [2]:
+            specs.append(dict(op="gap", c=c, h=h, n=n))
+            specs.append(dict(op="maxpool", c=c, h=h, n=n, k=3, s=2))
+    numels = [1024, 16384, 262144] if quick else [256, 1024, 4096, 16384, 65536, 262144, 1048576]
+    for numel in numels:
+        for op in ("relu", "sigmoid", "hardsigmoid", "hardswish", "add", "mul"):
+            specs.append(dict(op=op, numel=numel, n=n))
+        for op in ("mul", "add"):
+            specs.append(dict(op=op + "_bcast", numel=numel, n=n))
+        specs.append(dict(op="silu", numel=numel, n=n))
+    out = [dict(sp, dtype=dt) for sp in specs for dt in dtypes]
+    out += [dict(op=op, numel=numel, n=n, dtype="fp32") for numel in numels for op in ("concat", "slice", "transpose", "shape")]
+    out += [dict(op=q, numel=numel, n=n, dtype="fp32") for numel in numels for q in ("quantize", "dequantize")
+            if "int8" in dtypes]
+    random.Random(0).shuffle(out)
+    return [s for s in patterns(n) if s["dtype"] in dtypes] + out
+
+
+def spec_id(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+def _ew_shape(n, numel):
+    per = max(1, numel // n)
+    h = 1
+    while h * h * 16 <= per and h < 64:
+        h *= 2
+    return (n, max(1, per // (h * h)), h, h)
+
+
+def build_graph(spec: dict) -> bytes:
+    op, int8 = spec["op"], spec.get("dtype") == "int8"
+    if op == "conv":
+        # fp32: Conv+Relu (ORT fuses it); int8: DQ -> Conv -> Q (the quantizer folds the Relu into Q's range)
+        return graphs.conv_graph(spec["n"], spec["cin"], spec["cout"], spec["h"], spec["k"], spec["s"], spec["dw"], int8,
+                                 act=None if int8 else "Relu", groups=spec.get("g", 1))
+    if op == "residual":
+        return graphs.residual_graph(spec["n"], spec["c"], spec["h"], int8)
+    if op == "gemm":
+        return graphs.gemm_graph(spec["m"], spec["cin"], spec["cout"], int8)
+    if op in ("gap", "maxpool"):
+        return graphs.pool_graph(op, spec["n"], spec["c"], spec["h"], int8, spec.get("k", 3), spec.get("s", 2))
+    if op in ("quantize", "dequantize"):
+        return graphs.quant_graph(op, _ew_shape(spec["n"], spec["numel"]))
+    if op == "silu":
+        return graphs.silu_graph(_ew_shape(spec["n"], spec["numel"]), int8)
+    if op in ("concat", "slice", "transpose", "shape"):
+        return graphs.layout_graph(op, _ew_shape(spec["n"], spec["numel"]))
+    if op.endswith("_bcast"):
+        return graphs.bcast_graph(op[: -len("_bcast")], _ew_shape(spec["n"], spec["numel"]), int8)
+    return graphs.eltwise_graph(op, _ew_shape(spec["n"], spec["numel"]), int8)
+
+
+# ---------------------------------------------------------------- timing one graph
+def _timing(quick: bool) -> tuple[int, float]:
+    return (3, 2.0) if quick else (5, 5.0)  # blocks, ms per block
+
+
+def _wall(model: bytes, target: Target, quick: bool) -> float:
+    sess = target.session(model)
+    n_blocks, block_ms = _timing(quick)
+    return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock)
+
+
+COLD_BYTES = 4 << 20  # copies of a weighted op hold at least this many weight bytes (beyond a core's L2)
+
+
+def copies_for(spec: dict) -> int:
+    """How many side-by-side copies of a spec's op a timed graph holds (graphs.replicate): enough that their
+    weights together leave the L2 cache as a network's do, at most 8, and 2 for ops heavy enough on their own."""
+    op = spec["op"]
+    if spec.get("pattern"):
+        return 1
+    b = 1 if spec.get("dtype") == "int8" else 4
+    if op == "conv":
+        cin_g = 1 if spec["dw"] else spec["cin"] // spec.get("g", 1)
+        wbytes = spec["cout"] * cin_g * spec["k"] ** 2 * b
+        ho = graphs._out_hw(spec["h"], spec["k"], spec["s"], spec["k"] // 2)
+        macs = spec["n"] * spec["cout"] * ho * ho * cin_g * spec["k"] ** 2
+    elif op == "gemm":
+        wbytes, macs = spec["cin"] * spec["cout"] * b, spec["m"] * spec["cin"] * spec["cout"]
+    else:
+        return 4
+    k = -(-COLD_BYTES // max(wbytes, 1))
+    return int(max(2, min(8, k, max(2, 2e7 // max(macs, 1)))))
+
+
+def time_graph(model: bytes, target: Target, *, quick: bool, overhead_ms: float, delta_ms: float) -> dict:
+    """Wall time of the graph (net of the overhead) split over the kernels ORT runs for it, in proportion to the
+    profiler's per-kernel durations less its per-node inflation; kernels of the same group and features (the
+    copies) are averaged into one entry."""
+    kernels = list_kernels(model, target, runs=3 if quick else 5)
+    net = max(_wall(model, target, quick) - overhead_ms, 0.0)
+    w = [max(k["us"] / 1e3 - delta_ms, 0.05 * k["us"] / 1e3) for k in kernels]
+    tot = sum(w) or 1.0
+    merged: dict = {}
+    for k, wi in zip(kernels, w):
+        key = (k["group"], tuple(round(f, 5) for f in k["feats"]))
+        merged.setdefault(key, [k["work"], []])[1].append(net * wi / tot)
+    return {"wall_ms": net, "signature": kernel_signature(kernels), "n_kernels": len(kernels),
+            "kernels": [{"group": g, "feats": list(f), "work": wk, "ms": float(np.mean(ms)), "n": len(ms)}
+                        for (g, f), (wk, ms) in merged.items()]}
+
+
+def _base_costs(target: Target, quick: bool) -> dict:
+    """Per-inference overhead (an Identity graph), per-node cost and the profiler's per-node inflation (a chain)."""
+    n_nodes = 32
+    ov = float(np.median([_wall(graphs.identity_graph((target.batch_size, 3, 32, 32)), target, quick) for _ in range(3)]))
+    chain = graphs.chain_graph(n_nodes)
+    chain_net = max(float(np.median([_wall(chain, target, quick) for _ in range(3)])) - ov, 0.0)
+    prof = sum(k["us"] for k in list_kernels(chain, target, runs=20)) / 1e3
+    return {"overhead_ms": ov, "node_ms": chain_net / n_nodes, "delta_ms": (prof - chain_net) / n_nodes}
+
+
+# ---------------------------------------------------------------- reading, checking
+def ort_release(version: str) -> str:
+    """'1.32' of '1.32.0': fusions and kernels change between ONNX Runtime 1.x releases, so this is the unit."""
+    return ".".join(str(version).split(".")[:2])
+
+
+def read(path) -> dict:
+    """{header..., "lines": [graph lines], "done": bool, "calibration": last calibration or None}."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise TargetError(f"{p}: cannot read the lookup table ({e.strerror or e}); rebuild it with "
+                          "`autocompress profile-device`") from None
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(text.splitlines()) - 1:  # a line cut by an interruption: dropped, the rerun redoes it
+                break
+            raise TargetError(f"{p}: line {i + 1} is not JSON; not an autocompress lookup table, rebuild it with "
+                              "`autocompress profile-device`") from None
+    if not rows or not isinstance(rows[0], dict) or rows[0].get("kind") != KIND or rows[0].get("version") != VERSION:
+        raise TargetError(f"{p}: not an autocompress lookup table (version {VERSION}); rebuild it with "
+                          "`autocompress profile-device`")
+    table = dict(rows[0])
+    table["lines"] = [r for r in rows[1:] if "id" in r]
+    table["done"] = any(r.get("done") for r in rows[1:])
+    ctx = [r["context"] for r in rows[1:] if "context" in r]
+    table["context"] = ctx[-1] if ctx else None
+    cals = [r["calibration"] for r in rows[1:] if "calibration" in r]
+    table["calibration"] = cals[-1] if cals else None
+    table["path"] = str(p)
+    return table
+
+
+def fusion_rules(table: dict) -> dict[str, list[str]]:
+    return {ln["spec"]["pattern"]: ln["signature"] for ln in table["lines"] if ln["spec"].get("pattern")}
+
+
+def rebuild_hint(table: dict) -> str:
+    return f"rebuild it on the target: autocompress profile-device --profile {table['target_name']} --out <new>.yaml"
+
+
+def check_compatible(table: dict, target: Target) -> None:
+    """Refuse (one line, how to rebuild) a table from another ONNX Runtime release or execution provider, or
+    built with other session settings than the target's; a table still being built is refused too."""
+    src = table.get("path", "lookup table")
+    ep, here_ep = table["execution_provider"], target.execution_provider
+    if ep != here_ep:
+        raise TargetError(f"{src}: built for {ep}, the profile runs {here_ep}; {rebuild_hint(table)}")
+    if ort_release(table["onnxruntime"]) != ort_release(ort.__version__):
+        raise TargetError(f"{src}: built with onnxruntime {table['onnxruntime']}, this machine has {ort.__version__} "
+                          f"(kernels and fusions differ between releases); {rebuild_hint(table)} with onnxruntime "
+                          f"{ort_release(ort.__version__)}.x")
+    want, have = target.settings(), table["target"]
+    diff = [k for k in ("intra_op_threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
+                        "batch_size") if want[k] != have.get(k)]
+    if diff:
+        k = diff[0]
+        raise TargetError(f"{src}: built with {k}={have.get(k)!r}, the profile sets {want[k]!r}; {rebuild_hint(table)}")
+    if not table["done"]:
+        raise TargetError(f"{src}: incomplete ({len(table['lines'])} graphs timed); run the same profile-device command "
+                          "again on the target to finish it")
+
+
+# ---------------------------------------------------------------- building (resumable)
+class Progress:
+    """``done/total graphs, elapsed, ETA`` on one rewritten line on a terminal, a line per 10% otherwise."""
+
+    def __init__(self, total: int, done: int, log: Callable, stream=None):
+        self.total, self.done0, self.done, self.log = total, done, done, log
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+        self._next = 0.1
+
+    def step(self) -> None:
+        self.done += 1
+        el = time.perf_counter() - self.t0
+        rate = (self.done - self.done0) / max(el, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        msg = f"  {self.done}/{self.total} graphs, {el:.0f} s elapsed, ETA {eta:.0f} s"
+        if self.tty:
+            self.stream.write("\r" + msg + ("\n" if self.done == self.total else ""))
+            self.stream.flush()
+        elif self.done / self.total >= self._next or self.done == self.total:
+            self.log(msg)
+            while self._next <= self.done / self.total:
+                self._next += 0.1
+
+
+def build(target: Target, path, *, quick: bool = False, log: Callable = print, limit: int | None = None,
+          specs: list[dict] | None = None) -> dict:
+    """Time the grid on this machine and append it to ``path`` (JSON Lines); an existing file for the same target
+    and ONNX Runtime release is continued (graphs already there are not redone). ``limit``: stop after that many
+    new graphs, ``specs``: time these (plus the fusion patterns) instead of the grid (both for tests). Returns the
+    table (``read(path)``)."""
+    target.check_available()
+    p = Path(path)
+    t0 = time.perf_counter()
+    dtypes = ["fp32"] + (["int8"] if target.int8 else [])
+    if p.is_file() and p.stat().st_size > 0:
+        raw = p.read_bytes()
+        if not raw.endswith(b"\n"):  # a line cut by a kill: dropped before appending, the graph is redone
+            p.write_bytes(raw[: raw.rfind(b"\n") + 1])
+        table = read(p)
+        if table["target"] != target.settings() or ort_release(table["onnxruntime"]) != ort_release(ort.__version__) \
+                or table["quick"] != quick:
+            raise TargetError(f"{p}: a table for other settings (target, onnxruntime or --quick) is there; "
+                              "write to another --out or delete it")
+        done = {ln["id"] for ln in table["lines"]}
+        log(f"continuing {p}: {len(done)} graphs already timed")
+        if table["done"]:
+            return table
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        header = {"kind": KIND, "version": VERSION, "target_name": target.name, "target": target.settings(),
+                  "onnxruntime": ort.__version__, "execution_provider": target.execution_provider,
+                  "fingerprint": fingerprint(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  "quick": quick, "clock": target.clock, **_base_costs(target, quick)}
+        p.write_text(json.dumps(header) + "\n")
+        table, done = read(p), set()
+        log(f"lookup table {p}: overhead {table['overhead_ms'] * 1e3:.1f} us per inference, "
+            f"{table['node_ms'] * 1e3:.2f} us per node")
+    all_specs = grid(quick, target.batch_size, dtypes) if specs is None else patterns(target.batch_size) + list(specs)
+    specs = [s for s in all_specs if spec_id(s) not in done and s.get("dtype", "fp32") in dtypes]
+    prog = Progress(len(done) + len(specs), len(done), log)
+    todo = specs if limit is None else specs[:limit]
+    with p.open("a") as f:
+        for spec in todo:
+            row = time_graph(graphs.replicate(build_graph(spec), copies_for(spec)), target, quick=quick,
+                             overhead_ms=table["overhead_ms"], delta_ms=table["delta_ms"])
+            f.write(json.dumps({"id": spec_id(spec), "spec": spec, **row}) + "\n")
+            f.flush()
+            prog.step()
+    if len(todo) == len(specs):
+        ctx = context_calibration(read(p), target, quick=quick, log=log)
+        append_line(p, {"context": ctx})
+        append_line(p, {"done": True, "seconds": round(time.perf_counter() - t0, 1), "load_avg_end": load_average()})
+    table = read(p)
+    if table["done"]:
+        rules = fusion_rules(table)
+        log(f"lookup table: {sum(len(ln['kernels']) for ln in table['lines'])} kernel entries from "
+            f"{len(table['lines'])} graphs, {len(rules)} fusion rules")
+    return table
+
+
+def context_nets(batch: int, int8: bool) -> list[tuple[str, bytes]]:
+    """Networks (not the held-out ones of ``--check``) whose kernels are profiled in context after the grid."""
+    from . import nets
+
+    specs = [("resnet w24-48-96 32px", lambda q: nets.resnet([24, 48, 96], 1, 32, q, 11, batch)),
+             ("resnet w20-44-88 32px", lambda q: nets.resnet([20, 44, 88], 2, 32, q, 12, batch)),
+             ("mobilenet w16-32-48-96 e4 32px", lambda q: nets.mobilenet([16, 32, 48, 96], 4, 32, q, 13, batch)),
+             ("mobilenet w12-20-36-68 e3 64px", lambda q: nets.mobilenet([12, 20, 36, 68], 3, 64, q, 14, batch))]
+    return [(f"{n} {dt}", fn(dt == "int8")) for n, fn in specs for dt in (("fp32", "int8") if int8 else ("fp32",))]
+
+
+def context_calibration(table: dict, target: Target, *, quick: bool, log: Callable = print) -> dict:
+    """What kernels cost inside a network rather than alone (weights and activations out of cache, layout
+    hand-offs, the executor between nodes): networks (``context_nets``) are timed whole on the target and, per
+    dtype, the median of measured / (overhead + sum of their kernels) is the table's scale for that dtype."""
+    from .lookup import model_dtype, predict_raw
+
+    bare = {**table, "context": None}
+    ratios: dict[str, list[float]] = {}
+    nets_ = context_nets(target.batch_size, target.int8)
+    if quick:
+        nets_ = nets_[:2] if target.int8 else nets_[:1]
+    for name, model in nets_:
+        ks = list_kernels(model, target)
+        pred = predict_raw(model, bare, kernels=ks)
+        meas = float(np.median([_wall(model, target, quick) for _ in range(3)]))
+        ratios.setdefault(model_dtype(ks), []).append(meas / pred)
+        log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {pred:.3f} ms")
+    scale = {dt: float(np.median(r)) for dt, r in ratios.items()}
+    log("in-network scale: " + ", ".join(f"{dt} x{v:.3f}" for dt, v in scale.items()))
+    return {"scale": scale, "nets": [n for n, _ in nets_]}
+
+
+def append_line(path, row: dict) -> None:
+    with Path(path).open("a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -1,0 +1,202 @@
+"""The target side of predict mode (autocompress.profiling): torch-free, resumable, fusion rules measured, tables
+refused with one line when they do not fit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from autocompress.profiling import check as pcheck
+from autocompress.profiling import graphs, kernels, lookup, nets
+from autocompress.profiling import table as ptable
+from autocompress.profiling.target import Target, TargetError
+
+TARGET = Target(name="cpu-1thread", intra_op_threads=1)
+
+
+def tiny_specs() -> list[dict]:
+    """A small grid: enough conv / dw / gemm / pool / element-wise points for the tiny nets, in seconds."""
+    out = []
+    for dt in ("fp32", "int8"):
+        for k, s, pairs in ((3, 1, [(8, 8), (16, 16), (32, 32), (16, 32), (32, 16), (13, 13)]),
+                            (1, 1, [(16, 32), (32, 16), (32, 64), (64, 32), (13, 29)]), (3, 2, [(8, 16), (16, 32), (32, 64)]),
+                            (1, 2, [(8, 16), (16, 32), (32, 64)])):
+            for cin, cout in pairs:
+                for h in (8, 16):
+                    out.append(dict(op="conv", k=k, s=s, dw=False, cin=cin, cout=cout, h=h, n=1, dtype=dt))
+        for s in (1, 2):
+            for c in (16, 32, 64, 13):
+                for h in (8, 16):
+                    out.append(dict(op="conv", k=3, s=s, dw=True, cin=c, cout=c, h=h, n=1, dtype=dt))
+        out += [dict(op="gemm", cin=c, cout=10, m=1, dtype=dt) for c in (16, 64, 256)]
+        out += [dict(op="gap", c=c, h=h, n=1, dtype=dt) for c in (16, 64) for h in (2, 8)]
+        out += [dict(op=op, numel=m, n=1, dtype=dt) for op in ("add", "relu") for m in (1024, 4096)]
+    out += [dict(op=q, numel=m, n=1, dtype="fp32") for q in ("quantize", "dequantize") for m in (1024, 4096)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prof") / "tiny.table.jsonl"
+    return ptable.build(TARGET, path, quick=True, specs=tiny_specs(), log=lambda *a: None)
+
+
+def test_target_side_runs_without_torch_or_the_stages(tmp_path):
+    """Built and used with torch, pydantic, typer and rich blocked: only numpy, onnx, onnxruntime are needed."""
+    code = f"""
+import sys
+BLOCKED = {"torch", "torchvision", "pydantic", "typer", "rich", "pandas", "optuna", "sklearn"}
+class Block:  # as if not installed: any import of these fails
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+from test_profiling import tiny_specs
+from autocompress.profiling import table, lookup, nets
+from autocompress.profiling.target import Target
+t = table.build(Target(intra_op_threads=1), {str(tmp_path / 't.table.jsonl')!r}, quick=True,
+                specs=[s for s in tiny_specs() if s["op"] == "conv" and s["cin"] == 16 and s["h"] == 8], log=lambda *a: None)
+name, model = nets.held_out()[0]
+ms = lookup.predict_raw(model, t)
+assert t["done"] and ms > 0, ms
+bad = [m for m in sys.modules if m.startswith(("autocompress.compress", "autocompress.models", "autocompress.measure",
+                                               "autocompress.config", "torch"))]
+assert not bad, bad
+print("ok", round(ms, 4))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
+
+
+def test_table_header_records_device_ort_and_ep(tiny_table):
+    t = tiny_table
+    assert t["kind"] == ptable.KIND and t["version"] == ptable.VERSION and t["done"]
+    assert t["onnxruntime"] == ort.__version__ and t["execution_provider"] == "CPUExecutionProvider"
+    assert t["fingerprint"]["cpu"] and t["target"]["intra_op_threads"] == 1 and t["clock"] == "cpu"
+    assert 0 < t["overhead_ms"] < 1 and t["node_ms"] > 0
+    assert set(t["context"]["scale"]) == {"fp32", "int8"} and all(v > 0 for v in t["context"]["scale"].values())
+
+
+def test_fusion_rules_are_measured(tiny_table):
+    rules = ptable.fusion_rules(tiny_table)
+    assert {"conv3x3+relu c64 fp32", "conv3x3+relu c64 int8", "residual block c61 int8", "gemm int8"} <= set(rules)
+    # int8 DQ -> Conv -> Q runs as one quantized conv: no Q/DQ kernel left around it
+    int8_conv = rules["conv3x3+relu c64 int8"]
+    assert any(k.endswith("QLinearConv") for k in int8_conv)
+    assert not any(k.endswith(("QuantizeLinear", "DequantizeLinear")) for k in int8_conv)
+    # fp32 Conv + Relu: the activation is fused into the conv kernel, no Relu runs
+    assert "Relu" not in rules["conv3x3+relu c61 fp32"] and len([k for k in rules["conv3x3+relu c61 fp32"] if "Conv" in k]) == 1
+    # every pattern line keys its kernels on the optimised graph's kernels
+    for ln in tiny_table["lines"]:
+        assert len(ln["signature"]) >= len(ln["kernels"]) >= 1
+
+
+def test_int8_model_counts_no_fused_qdq(tiny_table):
+    _, model = [m for m in nets.held_out() if m[0].startswith("resnet w16") and m[0].endswith("int8")][0]
+    groups = [g for _, g, _, _ in lookup.breakdown(model, tiny_table)]
+    assert sum(g.startswith("QLinearConv/int8") for g in groups) >= 8
+    assert sum(g.startswith("QuantizeLinear") for g in groups) == 1  # the float input, once
+    assert not [g for g in groups if g.startswith("DequantizeLinear/int8/") and "Conv" in g]
+
+
+def test_prediction_orders_networks(tiny_table):
+    small = nets.resnet([8, 16, 32], 1, 16, False, 0)
+    big = nets.resnet([32, 64, 64], 2, 16, False, 0)
+    assert 0 < lookup.predict_raw(small, tiny_table) < lookup.predict_raw(big, tiny_table)
+
+
+def test_build_resumes_where_it_stopped(tmp_path):
+    path = tmp_path / "r.table.jsonl"
+    specs = tiny_specs()[:6]
+    part = ptable.build(TARGET, path, quick=True, specs=specs, limit=5, log=lambda *a: None)
+    assert not part["done"] and len(part["lines"]) == 5
+    with pytest.raises(TargetError, match="incomplete .* run the same profile-device command again"):
+        ptable.check_compatible(part, TARGET)
+    with open(path, "a") as f:
+        f.write('{"id": "cut by a kill')  # a half-written last line is dropped, not an error
+    msgs = []
+    full = ptable.build(TARGET, path, quick=True, specs=specs, log=msgs.append)
+    assert full["done"] and any("continuing" in m and "5 graphs already timed" in m for m in msgs)
+    ids = [ln["id"] for ln in full["lines"]]
+    assert len(ids) == len(set(ids)) == len(ptable.patterns(1)) + len(specs)
+    with pytest.raises(TargetError, match="other settings"):
+        ptable.build(Target(intra_op_threads=2), path, quick=True, specs=specs, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda t: t.update(execution_provider="CUDAExecutionProvider"), "built for CUDAExecutionProvider, the profile runs CPU"),
+    (lambda t: t.update(onnxruntime="1.9.0"), r"built with onnxruntime 1.9.0, this machine has .* with onnxruntime"),
+    (lambda t: t["target"].update(intra_op_threads=4), "built with intra_op_threads=4, the profile sets 1"),
+])
+def test_incompatible_tables_are_refused_in_one_line(tiny_table, change, match):
+    t = json.loads(json.dumps({k: v for k, v in tiny_table.items() if k != "lines"}))
+    t["lines"] = []
+    change(t)
+    with pytest.raises(TargetError, match=match) as e:
+        ptable.check_compatible(t, TARGET)
+    assert "\n" not in str(e.value) and "autocompress profile-device --profile cpu-1thread" in str(e.value)
+
+
+def test_not_a_table(tmp_path):
+    p = tmp_path / "x.table.jsonl"
+    p.write_text('{"hello": 1}\n')
+    with pytest.raises(TargetError, match="not an autocompress lookup table"):
+        ptable.read(p)
+
+
+def test_replicated_graph_runs_each_copy_with_its_own_weights():
+    spec = dict(op="conv", k=1, s=1, dw=False, cin=64, cout=64, h=8, n=1, dtype="int8")
+    ks = kernels.list_kernels(graphs.replicate(ptable.build_graph(spec), 3), TARGET)
+    assert sum(k["op"] == "QLinearConv" for k in ks) == 3  # still fused: zero points untouched by the perturbation
+    assert ptable.copies_for(dict(spec, cin=512, cout=512, dtype="fp32")) == 2 and ptable.copies_for(spec) == 8
+
+
+def test_alignment_and_grouped_convs_are_their_own_classes():
+    assert kernels.alignment(64, 128, False) == "a16" and kernels.alignment(64, 72, False) == "a8"
+    assert kernels.alignment(61, 64, False) == "u" and kernels.alignment(3, 32, False) == "a16"
+    assert kernels.alignment(101, 101, True) == "u" and kernels.alignment(96, 96, True) == "a16"
+    conv = [{"float": [1, 64, 8, 8]}, {"float": [64, 16, 3, 3]}]
+    f = kernels.features("", "Conv", {"group": 4, "kernel_shape": [3, 3], "strides": [1, 1]}, conv, [{"float": [1, 64, 8, 8]}])
+    assert f["group"] == "Conv/fp32/k3/s1/grp/a16" and f["work"] == 64 * 64 * 16 * 9
+
+
+def test_missing_alignment_class_falls_back_to_the_nearest_one(tiny_table):
+    trimmed = {**tiny_table, "lines": [{**ln, "kernels": [k for k in ln["kernels"] if not k["group"].endswith("/u")]}
+                                       for ln in tiny_table["lines"]]}
+    idx = lookup.Index(trimmed)
+    feats = [np.log(13), np.log(64)]
+    assert "QLinearConv/int8/k3/s1/dw/u" in lookup.Index(tiny_table).groups
+    got, how = idx.lookup("QLinearConv/int8/k3/s1/dw/u", feats, 13 * 64 * 9)
+    assert got > 0 and how == "alignment"  # from the a16 depthwise points of the same kernel
+    assert idx.lookup("NoSuchKernel/fp32", [1.0], 10)[1] == "node"
+
+
+def test_kendall_tau_without_scipy_matches_scipy(monkeypatch):
+    x, y = [1, 2, 3, 4, 5, 6], [1.5, 1.0, 3.3, 4.1, 6.0, 5.5]
+    with_scipy = pcheck.kendall_tau(x, y)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    assert pcheck.kendall_tau(x, y) == pytest.approx(with_scipy) == pytest.approx(11 / 15)
+    s = pcheck.summary([1.05, 2.5, 3.0], [1.0, 2.0, 3.0])
+    assert s["within_10"] == pytest.approx(2 / 3) and s["within_20"] == pytest.approx(2 / 3) and s["worst_error"] == pytest.approx(0.25)
+
+
+def test_check_times_held_out_networks(tiny_table):
+    lines = []
+    res = pcheck.check(tiny_table, log=lines.append, repeats=1)
+    assert res["n"] == len(nets.held_out()) and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in res["rows"])
+    assert "within +-10%" in lines[-1] and "Kendall's tau" in lines[-1]
+
+
+def test_a_kernel_costs_at_least_the_cheapest_measured_one(tiny_table):
+    """Extrapolating to a tiny 1x1 conv (one pixel) keeps the fixed cost per call instead of scaling it to ~0."""
+    idx = lookup.Index(tiny_table)
+    g = "QLinearConv/int8/k1/s1/full/a16"
+    cheapest = float(np.exp(idx.groups[g][2].min()))
+    got, _ = idx.lookup(g, [np.log(16), 0.0, np.log(16)], 16 * 16)
+    assert got >= 0.8 * cheapest

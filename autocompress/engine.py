@@ -15,19 +15,18 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from .config import REPO_ROOT, HardwareProfile, RunSpec, SearchSpace, load_profile, load_space, parse
 from .errors import ConfigError
-from .records import TrialRecord, TrialStatus, content_hash
-from .store import RunStore, follow_folder, merge_records, package_versions
-from .trial import Baseline, EarlyStopper, TrialContext, feasibility, run_trial
+from .records import Baseline, content_hash
+from .store import RunStore, follow_folder, package_versions
+from .trial import EarlyStopper, TrialContext, feasibility
 
 if TYPE_CHECKING:
+    from .report import RunResult
     from .search.base import Backend
-
-
-MAX_DUPLICATE_RETRIES = 5
+    from .search.executors import Executor
 
 
 class Interrupted(Exception):
@@ -36,22 +35,6 @@ class Interrupted(Exception):
     def __init__(self, run_dir: Path):
         super().__init__(str(run_dir))
         self.run_dir = run_dir
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    records: list[TrialRecord]
-    front: Any  # pandas DataFrame
-    report: Path | None
-    baseline: Baseline
-
-    @property
-    def pareto(self):
-        return self.front
-
-    def model_paths(self) -> list[Path]:
-        return [self.run_dir / p for p in self.front["model"].tolist()] if len(self.front) else []
 
 
 def default_run_dir(spec: RunSpec) -> Path:
@@ -150,8 +133,7 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     example = torch.zeros(1, *data.input_shape)
     saved = shared_baseline or store.read_baseline()
     if saved and base_path.is_file() and saved.get("teacher_fingerprint") == _teacher_fp(teacher):
-        baseline = Baseline(**{k: v for k, v in saved.items() if k in Baseline.__dataclass_fields__})
-        baseline = Baseline(**{**baseline.__dict__, "path": base_path})
+        baseline = Baseline.from_dict(saved, path=base_path)
         log(f"baseline: reused ({baseline.accuracy:.2%}, {baseline.latency_ms:.3f} ms, {baseline.size_mb:.2f} MB)")
     else:
         t = time.perf_counter()
@@ -196,11 +178,21 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     groups = stage_groups(teacher.model)
     exclude = tuple(space.sparsity.exclude) if space.sparsity is not None else ()
     layer_names = list(resolve_ratios(teacher.model, {"_default": 0.0}, exclude=exclude))
-    target = None
-    if spec.constraints.max_accuracy_drop is not None:
-        scale = 1.0 if metric is not None else 100.0
-        target = baseline.accuracy - spec.constraints.max_accuracy_drop / scale
-    stopper = EarlyStopper(target=target, num_classes=data.num_classes) if spec.early_stop else None
+    from .sensitivity import priors_for_run
+    from .space import for_teacher
+
+    space = for_teacher(space, teacher.info.family, log=log)  # no 'family' students for a user model
+    space = priors_for_run(space, teacher.model, groups, data, profile, base_path, run_dir,  # cached; space.sensitivity
+                           {"teacher": _teacher_fp(teacher), "data": data.fingerprint}, seed=spec.seed, store=store, log=log)
+    stopper = None
+    if spec.early_stop:  # the gate before distillation and the KD rungs (search/scheduler.py), history from the log
+        c = spec.constraints
+        drop = None if metric is not None or c.max_accuracy_drop is None else c.max_accuracy_drop / 100.0
+        stopper = EarlyStopper(  # its accuracy rules read top-1 (the KD history): off when a metric of the user's scores
+            target=None if drop is None else baseline.accuracy - drop, num_classes=data.num_classes,
+            multi_fidelity=spec.multi_fidelity, gate_margin=(drop or 0.0) / 2, min_speedup=c.min_speedup,
+            max_size_mb=c.max_size_mb, max_latency_ms=c.max_latency_ms,
+        ).replay(store.records())
     ctx = TrialContext(
         run_dir=run_dir, data=data, teacher=teacher, teacher_logits=logits, profile=profile, space=space,
         baseline=baseline, input_shape=input_shape, constraints=spec.constraints, seed=spec.seed, metric=metric,
@@ -221,116 +213,22 @@ def _teacher_fp(teacher) -> str:
 
 
 # ---------------------------------------------------------------------------- the loop
-def _summary_line(rec: TrialRecord, done: int, budget: int, best: str, elapsed: float, what: str = "") -> str:
-    m = rec.metrics
-    head = f"[{done}/{budget} {int(elapsed // 60):d}:{int(elapsed % 60):02d}] trial {rec.number}"
-    head += f" ({what}{'; seed' if rec.seed else ''})" if what else ""
-    if rec.status == TrialStatus.COMPLETE:
-        body = (f"[green]COMPLETE[/] acc {m.accuracy:.2%} (drop {m.accuracy_drop:+.2f}) speedup {m.speedup:.2f}x "
-                f"{m.size_mb:.2f} MB")
-    else:
-        colour = {"STOPPED": "yellow", "INFEASIBLE": "magenta", "FAILED": "red"}[rec.status.value]
-        body = f"[{colour}]{rec.status.value}[/] at {rec.stage}: {rec.message}"
-    return f"{head} {body} ({rec.duration_s:.0f} s){best}"
-
-
-def _best_so_far(records: list[TrialRecord], spec: RunSpec) -> str:
-    ok = [r for r in records if r.status == TrialStatus.COMPLETE and all(v <= 0 for v in feasibility(r.metrics, spec.constraints))]
-    if not ok:
-        return ""
-    fast = max(ok, key=lambda r: r.metrics.speedup or 0)
-    small = min(ok, key=lambda r: r.metrics.size_mb or 1e9)
-    return f" | best feasible: {fast.metrics.speedup:.2f}x, {small.metrics.size_mb:.2f} MB"
-
-
 def search(prep: Prepared, backend: "Backend", *, deadline: float | None, log: Callable[[str], None] = _log_default,
-           progress: bool = False, verbose: bool = True) -> None:
-    """The ask-run-store-tell loop. ``progress``: a live bar on a terminal (see :mod:`.progress`);
-    ``verbose``: print each trial's start and its distillation epochs too (else only the bar shows them)."""
+           progress: bool = False, verbose: bool = True, executor: "Executor | None" = None) -> None:
+    """The search loop (:mod:`.search.loop`) over ``executor`` (default: trials in this process).
+    ``progress``: a live bar on a terminal (see :mod:`.progress`); ``verbose``: print each trial's start and its
+    distillation epochs too (else only the bar shows them)."""
     from .progress import LoopDisplay
+    from .search.executors import InProcessExecutor
+    from .search.loop import run_search
 
     disp = LoopDisplay(log, total=backend.budget, done=backend.finished(), live=progress, verbose=verbose)
-    trial_log, prep.ctx.log = prep.ctx.log, disp.detail
     try:
-        _loop(prep, backend, deadline=deadline, disp=disp)
+        if executor is None:  # the trials' own lines (distillation epochs) go to the display
+            executor = InProcessExecutor(replace(prep.ctx, log=disp.detail))
+        run_search(prep, backend, executor, disp, deadline=deadline)
     finally:
-        prep.ctx.log = trial_log
         disp.stop()
-
-
-def _loop(prep: Prepared, backend: "Backend", *, deadline: float | None, disp) -> None:
-    from .progress import best_tradeoffs
-    from .references import SEED_ATTR
-    from .space import sample_candidate
-
-    log = disp.print
-    spec, store = prep.spec, prep.store
-    records = merge_records(store.records(), backend.records())
-    disp.best(best_tradeoffs(records, spec.constraints))
-    if prep.ctx.early_stopper is not None:
-        for r in records:
-            if r.status == TrialStatus.COMPLETE and r.kd_history:
-                prep.ctx.early_stopper.observe(r.kd_history, r.metrics.accuracy)
-    retries = 0
-    started = time.time()
-    # engine overhead = wall time of the loop not spent inside run_trial (asks, storage, logging)
-    timing = {"trials": 0, "trial_s": 0.0, "wall_s": 0.0}
-    while True:
-        if deadline is not None and time.time() >= deadline:
-            log(f"time budget reached (--timeout {spec.timeout:.0f} s): stopping after {backend.finished()} trials")
-            break
-        asked = backend.ask()
-        if asked is None:
-            break
-        handle, suggest, number = asked
-        try:
-            try:
-                cand = sample_candidate(suggest, prep.space, prep.profile, prep.groups, prep.layer_names)
-            except ConfigError:
-                backend.discard(handle)
-                raise
-            seen = next((r for r in records if r.candidate.key() == cand.key()), None)
-            if seen is not None and retries < MAX_DUPLICATE_RETRIES:
-                # the sampler proposed a candidate already run: ask again rather than spend budget on it
-                retries += 1
-                backend.discard(handle)
-                continue
-            retries = 0
-            disp.started(number, _describe(cand))
-            if seen is not None:
-                rec = replace(seen, number=number, candidate=cand, duration_s=0.0, stage_times=(),
-                              message=f"duplicate of trial {seen.number}" if seen.message is None else seen.message)
-            else:
-                rec = run_trial(number, cand, prep.ctx)
-            rec = replace(rec, seed=(getattr(suggest, "user_attrs", None) or {}).get(SEED_ATTR))
-        except KeyboardInterrupt:
-            backend.discard(handle)
-            raise
-        store.append(rec)  # on disk first: the backend may be a remote database
-        backend.tell(handle, rec, feasibility(rec.metrics, spec.constraints))
-        records.append(rec)
-        timing["trials"] += 1
-        timing["trial_s"] += rec.duration_s
-        timing["wall_s"] = time.time() - started
-        store.write_timing(timing)
-        disp.finished(_summary_line(rec, backend.finished(), backend.budget, "" if disp.live else _best_so_far(records, spec),
-                                    time.time() - started, what="" if disp.verbose else _describe(rec.candidate)),
-                      backend.finished(), best_tradeoffs(records, spec.constraints))
-
-
-def _describe(c) -> str:
-    parts = [c.student]
-    sp = c.sparsity_map()
-    if sp:
-        vals = sorted(set(round(v, 2) for v in sp.values()))
-        parts.append(f"sparsity {vals[0]:.2f}" if len(vals) == 1 else f"sparsity {min(vals):.2f}-{max(vals):.2f}")
-    if c.student_args:
-        parts.append(", ".join(f"{k}={v}" for k, v in c.student_args))
-    bits = sorted(set(c.bits_map().values()))
-    parts.append("/".join(bits) + (f" ({c.quant.format} {c.quant.types})" if "int8" in bits else ""))
-    if c.distill:
-        parts.append(f"KD {c.distill.epochs} ep")
-    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------- entry points
@@ -362,12 +260,17 @@ def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: boo
             "versions": package_versions(), "machine": fingerprint(), "started": datetime.now().isoformat(timespec="seconds"),
         })
         log(f"run folder: {run_dir}")
+        deadline = time.time() + spec.timeout if spec.timeout else None
         if spec.backend == "ray":
-            from .search.ray_backend import run_on_ray
+            from .search.ray_backend import RayExecutor, ray_started
 
-            run_on_ray(spec, run_dir, url, name, log=log, resume=resume)
+            with ray_started(spec, log=log) as ray:  # Ray first: a missing Ray or cluster stops before the teacher
+                prep = prepare(spec, run_dir, log=log)
+                executor = RayExecutor.start(ray, prep, spec, key=f"{url}|{name}")
+                backend = open_backend(spec, prep, run_dir, url, name, log=log, resume=resume)
+                _with_sigint(lambda: search(prep, backend, deadline=deadline, log=log, progress=progress,
+                                            verbose=verbose, executor=executor), run_dir)
         else:
-            deadline = time.time() + spec.timeout if spec.timeout else None
             prep = prepare(spec, run_dir, log=log)
             backend = open_backend(spec, prep, run_dir, url, name, log=log, resume=resume)
             _with_sigint(lambda: search(prep, backend, deadline=deadline, log=log, progress=progress, verbose=verbose), run_dir)
@@ -391,9 +294,7 @@ def open_backend(spec: RunSpec, prep: Prepared, run_dir: Path, url: str, name: s
     _name_objectives(backend.study, spec)
     backend.study.set_user_attr("baseline", prep.store.read_baseline())
     logged = {r.number: (r, feasibility(r.metrics, spec.constraints)) for r in prep.store.records()}
-    n_stale = backend.fail_stale(all_running=resume, logged=logged)
-    if n_stale:
-        log(f"resume: {n_stale} trial(s) interrupted by the last stop will be redone")
+    _say_stale(backend.fail_stale(all_running=resume, logged=logged), log)
     if not backend.study.user_attrs.get("seeded"):
         backend.enqueue([seed_params(s, prep.space, prep.groups) for s in prep.space.seeds],
                         [{SEED_ATTR: seed_label(s)} for s in prep.space.seeds])
@@ -402,6 +303,15 @@ def open_backend(spec: RunSpec, prep: Prepared, run_dir: Path, url: str, name: s
     if done:
         log(f"resuming: {done} finished trial(s) kept, {max(0, spec.trials - done)} to go")
     return backend
+
+
+def _say_stale(stale, log: Callable[[str], None]) -> None:
+    """What became of the trials a stopped process left running (see ``OptunaBackend.fail_stale``)."""
+    if stale.redone:
+        log(f"resume: {len(stale.redone)} trial(s) interrupted by the last stop will be redone "
+            f"(trial {', '.join(map(str, stale.redone))})")
+    for n, first in stale.dropped:
+        log(f"resume: trial {n}, a redo of trial {first}, was interrupted again; it is not run a third time")
 
 
 def _name_objectives(study, spec: RunSpec) -> None:
@@ -433,8 +343,8 @@ def _with_sigint(fn: Callable[[], None], run_dir: Path) -> None:
 
         try:
             finalize(run_dir, log=lambda s: None)
-        except Exception:
-            pass
+        except Exception:  # noqa: BLE001 - the tables only: every finished trial is in trials.jsonl, and
+            pass  # `autocompress resume` / `report` rebuilds them; the CLI's one line says how to resume
         raise Interrupted(run_dir) from None
     finally:
         signal.signal(signal.SIGINT, prev)
@@ -479,10 +389,11 @@ def join(storage: str, study: str, *, out: str | None = None, log: Callable[[str
     if st.user_attrs.get("baseline"):
         # every worker scores accuracy against the same baseline; speedups are measured locally, interleaved
         b = st.user_attrs["baseline"]
-        prep.ctx.baseline = Baseline(**{**prep.ctx.baseline.__dict__, "accuracy": b["accuracy"], "top5": b.get("top5")})
+        ctx = replace(prep.ctx, baseline=replace(prep.ctx.baseline, accuracy=b["accuracy"], top5=b.get("top5")))
+        prep = replace(prep, ctx=ctx)
     backend = OptunaBackend.open(url=storage, study_name=study, objectives=spec.objectives, sampler=spec.sampler,
                                  seed=spec.search_seed + os.getpid(), budget=spec.trials,
                                  constraints_len=len(feasibility(_dummy_metrics(), spec.constraints)), create=False)
-    backend.fail_stale()
+    _say_stale(backend.fail_stale(), log)
     _with_sigint(lambda: search(prep, backend, deadline=None, log=log), run_dir)
     return finalize(run_dir, log=log, backend=backend)

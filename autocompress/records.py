@@ -1,6 +1,7 @@
 """Frozen values that flow through the engine. No torch/onnx import here.
 
-A :class:`Candidate` is one point of the search space; a :class:`TrialRecord` is what a trial produced.
+A :class:`Candidate` is one point of the search space; a :class:`TrialRecord` is what a trial produced; the
+:class:`Baseline` is what every trial is measured against.
 Per-layer settings are mappings from a module-name pattern to a value: an exact module name,
 ``"re:<regex>"`` (``re.fullmatch`` on the module name) or ``"_default"``. When several patterns match a
 module, the one written *last* wins, so a mapping reads like a list of overrides.
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any, Mapping
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -187,6 +189,12 @@ class TrialRecord:
     kd_history: tuple[float, ...] = ()  # validation accuracy after each distillation epoch (torch)
     worker: str | None = None  # host:pid of the process that ran it
     seed: str | None = None  # the search space's seed setting this trial ran (e.g. "80% pruned + int8, KD 8 ep")
+    # how far it went: "speed" (the untrained graph's speed and size measured, not distilled: e.g. stopped at the gate),
+    # "distill" (stopped during distillation), "final" (the trained model quantized and evaluated); None before phases
+    phase: str | None = None
+    # where latency_ms/speedup come from: "untrained graph" (measured before distillation; the trained model's graph
+    # has the same signature) or "trained model" (measured on the final model); None in older records
+    latency_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +210,8 @@ class TrialRecord:
             "kd_history": list(self.kd_history),
             "worker": self.worker,
             "seed": self.seed,
+            "phase": self.phase,
+            "latency_source": self.latency_source,
         }
 
     @staticmethod
@@ -219,4 +229,39 @@ class TrialRecord:
             kd_history=tuple(d.get("kd_history") or ()),
             worker=d.get("worker"),
             seed=d.get("seed"),
+            phase=d.get("phase"),
+            latency_source=d.get("latency_source"),
         )
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The fp32 teacher as measured once per run: its ONNX file, accuracy, latency, size, params and MACs.
+
+    ``baseline.json`` and the Optuna study's ``baseline`` attribute hold :meth:`to_dict` plus entries of their
+    own (teacher fingerprint, the int8 reference...); :meth:`from_dict` reads the fields back and ignores those.
+    """
+
+    path: Path
+    accuracy: float
+    top5: float | None
+    latency_ms: float
+    latency_cv: float
+    size_mb: float
+    params: int
+    macs: int
+    predicted_ms: float | None = None  # predict mode: the baseline's predicted latency
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "path": str(self.path)}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any], *, path: str | Path | None = None) -> "Baseline":
+        """``path`` overrides the stored one (a moved run folder, a worker's node-local copy)."""
+        names = {f.name for f in fields(Baseline)}
+        missing = sorted(f.name for f in fields(Baseline) if f.default is MISSING and f.name not in d and f.name != "path")
+        if missing:
+            raise ValueError(f"baseline record lacks {', '.join(missing)}")
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["path"] = Path(path if path is not None else d.get("path", ""))
+        return Baseline(**kw)

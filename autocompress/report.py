@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,30 +23,72 @@ from .records import TrialRecord, TrialStatus
 from .search.pareto import hypervolume, non_dominated_mask
 from .store import RunStore, merge_records
 
+@dataclass
+class RunResult:
+    """A run's results as :func:`finalize` rebuilt them (what ``autocompress.compress`` / ``engine.run`` return)."""
+
+    run_dir: Path
+    records: list[TrialRecord]
+    front: Any  # pandas DataFrame
+    report: Path | None
+    baseline: Any  # records.Baseline, None before the baseline is measured
+
+    @property
+    def pareto(self):
+        return self.front
+
+    def model_paths(self) -> list[Path]:
+        return [self.run_dir / p for p in self.front["model"].tolist()] if len(self.front) else []
+
+
 METRIC_COLUMNS = ["accuracy", "accuracy_drop", "latency_ms", "speedup", "size_mb", "params", "macs"]
 COLUMNS = ["number", "status", *METRIC_COLUMNS, "duration_s", "stage", "message", "model"]
 
 
-def load_records(run_dir: Path, backend=None) -> list[TrialRecord]:
+def load_records(run_dir: Path, backend=None, *, log: Callable[[str], None] | None = None) -> list[TrialRecord]:
+    """The run's trials: the folder's own log, united with those stored on the run's Optuna study (other
+    workers' trials). A study that cannot be read, or records on it that cannot be parsed, are left out with
+    one ``note:`` line through ``log`` (default: stderr) saying which and why; the folder's log is complete
+    for a single-process run, so the tables are rebuilt from it."""
+    say = log if log is not None else _stderr
     store = RunStore(run_dir)
     sources = [store.records()]
     if backend is not None:
         sources.append(backend.records())
-    else:
-        try:
-            meta = store.read_run_yaml()
-            url, name = meta["spec"].get("storage"), meta["spec"].get("study")
-            if url and name and (not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).is_file()):
-                import optuna
+        return merge_records(*sources)
+    spec = store.read_run_yaml().get("spec") or {}
+    url, name = spec.get("storage"), spec.get("study")
+    if not url or not name or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()):
+        return merge_records(*sources)  # no study (yet): the folder's log is the run
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
-                from .search.optuna_backend import open_storage, record_of
+    from .errors import AutocompressError
+    from .search.optuna_backend import DISCARDED_ATTR, RECORD_ATTR, open_storage, record_of
 
-                study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
-                sources.append([r for t in study.get_trials(deepcopy=False)
-                                if not t.user_attrs.get("discarded") and (r := record_of(t)) is not None])
-        except Exception:
-            pass  # the local log alone is complete for a single-process run
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+        trials = study.get_trials(deepcopy=False)
+    except (AutocompressError, SQLAlchemyError, KeyError, ValueError, OSError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        say(f"note: trials stored on study '{name}' ({url}) not read ({first}); these results hold the "
+            f"{len(sources[0])} trial(s) of {store.log_path} only")
+        return merge_records(*sources)
+    kept = [t for t in trials if RECORD_ATTR in t.user_attrs and not t.user_attrs.get(DISCARDED_ATTR)]
+    recs = [(t.number, record_of(t)) for t in kept]
+    bad = [n for n, r in recs if r is None]
+    if bad:
+        say(f"note: {len(bad)} trial record(s) on study '{name}' could not be read and are left out "
+            f"(trial {', '.join(map(str, bad[:10]))}{', ...' if len(bad) > 10 else ''}); a record written by "
+            "another autocompress version?")
+    sources.append([r for _, r in recs if r is not None])
     return merge_records(*sources)
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr)
 
 
 def trials_frame(records: list[TrialRecord]) -> pd.DataFrame:
@@ -200,14 +243,13 @@ def _recipe(r: TrialRecord, spec: dict) -> dict:
 def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None, retime: int | None = None):
     """Rebuild the results from the stored trials. ``retime`` >= 1 re-times the front and the references in that
     many fresh processes (retiming.py); None/0 reuses a saved re-timing while the same models are on the front."""
-    from .engine import RunResult
-    from .trial import Baseline
+    from .records import Baseline
 
     store = RunStore(run_dir)
     meta = store.read_run_yaml()
     spec = RunSpec.model_validate(meta["spec"])
     baseline = store.read_baseline()
-    records = load_records(run_dir, backend)
+    records = load_records(run_dir, backend, log=log)
     df = trials_frame(records)
     df.to_csv(run_dir / "trials.csv", index=False)
     try:
@@ -252,7 +294,7 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None,
         report = write_html(run_dir, df, front, spec, baseline, meta, cards)
     _print_summary(df, front, report, baseline, spec, log)
     return RunResult(run_dir=run_dir, records=records, front=front, report=report,
-                     baseline=Baseline(**{k: v for k, v in (baseline or {}).items() if k in Baseline.__dataclass_fields__}) if baseline else None)
+                     baseline=Baseline.from_dict(baseline) if baseline else None)
 
 
 def _print_summary(df, front, report, baseline, spec: RunSpec, log) -> None:

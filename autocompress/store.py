@@ -22,7 +22,8 @@ from .records import TrialRecord
 
 FORMAT_VERSION = 1
 # spec keys a later `run`/`resume` on the same folder may change; any other difference is another run
-MUTABLE_SPEC_KEYS = frozenset({"trials", "timeout", "workers", "address", "early_stop", "out", "retime_windows"})
+MUTABLE_SPEC_KEYS = frozenset({"trials", "timeout", "workers", "address", "early_stop", "multi_fidelity", "out",
+                               "retime_windows"})
 
 
 def follow_folder(spec: dict[str, Any], here: str) -> dict[str, Any]:
@@ -168,7 +169,9 @@ class RunStore:
         return json.loads(self.baseline_json.read_text())
 
     def write_timing(self, timing: dict[str, Any]) -> None:
-        """Loop timing of this process's last search (benchmarks read the engine overhead from it)."""
+        """Loop timing of this process's last search (benchmarks read the engine overhead from it): ``trials``
+        settled, ``trial_s`` spent waiting for the executor (running trials), ``wall_s``, ``workers``; the
+        overhead is the rest (asks, storage, logging)."""
         t = dict(timing)
         t["overhead_s"] = max(0.0, t["wall_s"] - t["trial_s"])
         t["overhead_fraction"] = t["overhead_s"] / t["wall_s"] if t["wall_s"] > 0 else 0.0

@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -117,8 +118,7 @@ def kd_peer(prep, number: int, sparsity: float, bits: str, epochs: int) -> Path:
                           quant=QuantSpec(mode="static", format="qdq", types="u8s8", per_channel=True),
                           distill=DistillSpec(epochs=epochs, lr=float(d.lr), temperature=float(d.temperature),
                                               alpha=float(d.alpha)))
-    prep.ctx.early_stopper = None  # a peer runs its whole KD budget
-    rec = run_trial(number, cand, prep.ctx)
+    rec = run_trial(number, cand, replace(prep.ctx, early_stopper=None))  # a peer runs its whole KD budget
     if rec.status.name != "COMPLETE":
         raise RuntimeError(f"peer {sparsity}/{bits} ended {rec.status.name}: {rec.stage}: {rec.message}")
     return prep.ctx.run_dir / rec.artifact

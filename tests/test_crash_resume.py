@@ -57,7 +57,7 @@ CHILD = textwrap.dedent(
                     real(*a, **k)
                 elif os.environ.get("KILL_HALFWAY"):  # e.g. in tell: after the first attribute, before the record
                     a[1].set_user_attr("constraints", [])
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL")))
             return real(*a, **k)
 
         setattr(owner, fn_name, wrapped)
@@ -126,8 +126,9 @@ KILL_POINTS = [
     # (id, KILL_AT, extra env, the killed trial's stage)
     ("distillation", "autocompress.compress.distill:kd_loss:30", {}, "distill"),
     # quantize_model call 1 and measure_latency call 2 are the int8-alone reference (measure_latency call 1:
-    # the baseline), both measured before the first trial
-    ("quantization", "autocompress.compress.quantize:quantize_model:3", {}, "quantize"),
+    # the baseline), both measured before the first trial; a trial quantizes twice (its untrained graph, timed
+    # before distillation, then the trained model) and times once (the trained graph is the same)
+    ("quantization", "autocompress.compress.quantize:quantize_model:4", {}, "quantize"),
     ("latency", "autocompress.measure.latency:measure_latency:4", {}, "latency"),
     ("writing-results", "autocompress.search.optuna_backend:OptunaBackend.tell:1", {"KILL_HALFWAY": "1"}, "tell"),
 ]
@@ -199,3 +200,69 @@ def test_sigint_saves_prints_how_to_resume_and_exits_130(ws, tmp_path, capsys):
     assert 1 <= len(before) < BUDGET
     assert not (out / "run.lock").exists()
     _resume_and_check(out, before, capsys)
+
+
+def _seeded_argv(ws, out):
+    """A run whose first trial is the seed 'half + int8'."""
+    import yaml
+
+    space = ws / "space-seeded.yaml"
+    space.write_text(yaml.safe_dump({**SPACE, "name": "tiny-seeded",
+                                     "seeds": [{"sparsity": 0.5, "bits": "int8", "label": "half + int8"}]}))
+    return [str(space) if a == str(ws / "space.yaml") else a for a in _argv(ws, out)]
+
+
+def _seed_ran_once(out: Path) -> None:
+    recs = _lines(out)
+    assert len(recs) == BUDGET and len({r["number"] for r in recs}) == BUDGET
+    seeded = [r for r in recs if r["seed"] == "half + int8"]
+    assert len(seeded) == 1 and seeded[0]["number"] != 0, [(r["number"], r["seed"]) for r in recs]
+    cand = seeded[0]["candidate"]
+    assert set(cand["sparsity"].values()) == {0.5} and set(cand["bits"].values()) == {"int8"}
+    df = pd.read_csv(out / "trials.csv")
+    assert (df["seed"].fillna("") == "half + int8").sum() == 1
+
+
+def test_ctrl_c_inside_a_trial_redoes_it_on_resume(ws, tmp_path, capsys):
+    """Ctrl-C lands in the seed trial's distillation: exit 130, and `resume` runs that candidate again."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(ws / "child.py"), *_seeded_argv(ws, out)], capture_output=True, text=True,
+                       env=_env(ws, KILL_AT="autocompress.compress.distill:kd_loss:5", KILL_SIGNAL="SIGINT"), timeout=300)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "interrupted: 1 trial(s) in flight stopped (redone on resume)" in r.stdout
+    assert _lines(out) == []
+    assert main(["resume", str(out)]) == 0
+    _seed_ran_once(out)
+
+
+def test_a_trial_killed_mid_way_is_redone_once_on_resume(ws, tmp_path, capsys):
+    """The seed trial is SIGKILLed in its distillation: `resume` runs its candidate again, with its seed label.
+    Its redo killed again is not run a third time (a candidate that kills the process cannot block the run)."""
+    out = tmp_path / "run"
+    argv = _seeded_argv(ws, out)
+    kill_in_first_kd = _env(ws, KILL_AT="autocompress.compress.distill:kd_loss:5")  # trial 0 = the seed
+    r = subprocess.run([sys.executable, str(ws / "child.py"), *argv], capture_output=True, text=True,
+                       env=kill_in_first_kd, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert _lines(out) == []  # killed inside the first trial: nothing finished
+
+    assert main(["resume", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "1 trial(s) interrupted by the last stop will be redone (trial 0)" in cap.out, cap.out
+    _seed_ran_once(out)
+
+    # again, and this time the redo is killed too: the second resume does not run the candidate a third time
+    out2 = tmp_path / "run2"
+    argv2 = [str(out2) if a == str(out) else a for a in argv]
+    r = subprocess.run([sys.executable, str(ws / "child.py"), *argv2], capture_output=True, text=True,
+                       env=kill_in_first_kd, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, str(ws / "child.py"), "resume", str(out2)], capture_output=True, text=True,
+                       env=kill_in_first_kd, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert "will be redone (trial 0)" in r.stdout and _lines(out2) == []
+    assert main(["resume", str(out2)]) == 0
+    cap = capsys.readouterr()
+    assert "trial 1, a redo of trial 0, was interrupted again; it is not run a third time" in cap.out, cap.out
+    recs = _lines(out2)
+    assert len(recs) == BUDGET and not [r for r in recs if r["seed"]]

@@ -224,3 +224,52 @@ def test_a_duplicate_candidate_appears_once_on_the_front():
     recs = [_rec(0, 0.99, 3.0, 10.0, sparsity=0.5), _rec(1, 0.99, 3.0, 10.0, sparsity=0.5)]
     front = pareto_front(trials_frame(recs), OBJ, Constraints())
     assert front["number"].tolist() == [0]
+
+
+def _store_on_study(tmp_path, records, storage: str, study: str):
+    store = RunStore(tmp_path / "run")
+    store.create()
+    spec = RunSpec(out=str(store.dir), storage=storage, study=study)
+    store.write_run_yaml(spec.model_dump(mode="json"), {"versions": {}})
+    for r in records:
+        store.append(r)
+    return store, spec
+
+
+def test_load_records_unites_other_workers_trials_and_says_what_it_leaves_out(tmp_path):
+    """Trials other workers stored on the study join the folder's own; a record that cannot be read is named."""
+    import json
+
+    from autocompress.report import load_records
+    from autocompress.search.optuna_backend import RECORD_ATTR, OptunaBackend
+
+    url = f"journal://{tmp_path / 'study.log'}"
+    store, spec = _store_on_study(tmp_path, [_rec(0, 0.9, 2.0, 5.0)], url, "shared")
+    backend = OptunaBackend.open(url=url, study_name="shared", objectives=spec.objectives, sampler="random", seed=0,
+                                 budget=10, constraints_len=1)
+    for rec in (_rec(0, 0.9, 2.0, 5.0), _rec(1, 0.95, 3.0, 4.0), None):  # 0: also in the log; 1: another worker's
+        trial, _, number = backend.ask()
+        if rec is None:  # a record this version cannot read
+            trial.set_user_attr(RECORD_ATTR, json.dumps({"number": number, "status": "COMPLETE"}))
+            backend.study.tell(trial, state=__import__("optuna").trial.TrialState.FAIL)
+        else:
+            backend.tell(trial, replace(rec, number=number), [0.0])
+    notes = []
+    recs = load_records(store.dir, log=notes.append)
+    assert [r.number for r in recs] == [0, 1] and recs[1].metrics.speedup == 3.0
+    assert notes == ["note: 1 trial record(s) on study 'shared' could not be read and are left out (trial 2); a record "
+                     "written by another autocompress version?"]
+
+
+def test_load_records_says_when_the_study_cannot_be_read(tmp_path):
+    """A study database that cannot be opened: the folder's own trials, and one line saying what was not read."""
+    from autocompress.report import load_records
+
+    db = tmp_path / "study.db"
+    db.write_text("this is not an SQLite database\n" * 100)
+    store, _ = _store_on_study(tmp_path, [_rec(0, 0.9, 2.0, 5.0), _rec(1, 0.95, 3.0, 4.0)], f"sqlite:///{db}", "shared")
+    notes = []
+    recs = load_records(store.dir, log=notes.append)
+    assert [r.number for r in recs] == [0, 1]
+    assert len(notes) == 1 and notes[0].startswith(f"note: trials stored on study 'shared' (sqlite:///{db}) not read (")
+    assert notes[0].endswith(f"these results hold the 2 trial(s) of {store.log_path} only"), notes

@@ -1,6 +1,6 @@
-"""What the engine's loop needs from a search backend (OptunaBackend implements it; the Ray loop drives
-the same object). The engine owns the loop (ask -> run_trial -> store -> tell); the Pareto front never
-comes from the backend but from the stored records.
+"""What the search loop (:mod:`.loop`) needs from a search backend (OptunaBackend implements it). The loop
+owns ask -> submit to an executor -> store -> tell; the Pareto front never comes from the backend but from
+the stored records.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ class Backend(Protocol):
         """Store the record on the trial and report values (COMPLETE), pruned (STOPPED) or failed."""
 
     def discard(self, handle: Any) -> None:
-        """A trial that will not produce a result (interrupted, duplicate): not counted, redone later."""
+        """A trial that will not produce a result (a duplicate): not counted."""
+
+    def requeue(self, handle: Any) -> None:
+        """A trial stopped in flight (Ctrl-C): not counted, and its parameters run again by a later ask."""
 
     def finished(self) -> int: ...
 

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +44,7 @@ def _quiet():
 RECORD_ATTR = "record"
 CONSTRAINTS_ATTR = "constraints"
 DISCARDED_ATTR = "discarded"
+REQUEUED_ATTR = "requeued"  # on a trial stopped in flight whose parameters were enqueued again
 
 SAMPLERS: Registry = Registry("sampler")
 
@@ -116,6 +119,26 @@ def record_of(ft: optuna.trial.FrozenTrial) -> TrialRecord | None:
         return None
 
 
+@dataclass
+class StaleTrials:
+    """What :meth:`OptunaBackend.fail_stale` did with the trials a stopped process left running."""
+
+    redone: list[int] = field(default_factory=list)  # enqueued again
+    dropped: list[tuple[int, int]] = field(default_factory=list)  # (trial, the trial it redid): interrupted twice
+
+
+def _redone_of(ft) -> int:
+    """The first trial of the retry chain ``ft`` belongs to (``ft.number`` itself if none)."""
+    history = ft.system_attrs.get("retry_history") or []
+    return history[0] if history else ft.number
+
+
+def _retry_callback(max_retry: int | None):
+    with _quiet():
+        cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+        return cls(max_retry=max_retry)
+
+
 class OptunaBackend:
     """ask/tell over an Optuna study with an exact, shared trial budget."""
 
@@ -160,8 +183,9 @@ class OptunaBackend:
     def finished(self) -> int:
         return sum(1 for t in self._trials() if RECORD_ATTR in t.user_attrs and not t.user_attrs.get(DISCARDED_ATTR))
 
-    def fail_stale(self, all_running: bool = False, logged: dict[int, tuple[TrialRecord, Sequence[float]]] | None = None) -> int:
-        """Fail trials left RUNNING by a dead process (heartbeat), or all RUNNING ones on resume.
+    def fail_stale(self, all_running: bool = False, logged: dict[int, tuple[TrialRecord, Sequence[float]]] | None = None) -> "StaleTrials":
+        """Fail trials left RUNNING by a dead process (heartbeat), or all RUNNING ones on resume, and enqueue
+        each again (same parameters, same seed label) so that it is redone: once (a redo killed again is not).
 
         ``logged``: records already in the run folder's log, with their constraint values. A RUNNING trial
         found there was killed after its record reached the log but before the database: it is told from
@@ -170,18 +194,53 @@ class OptunaBackend:
             if t.state == TrialState.RUNNING and logged and t.number in logged:
                 rec, cons = logged[t.number]
                 self.tell(optuna.trial.Trial(self.study, t._trial_id), rec, cons)
-        try:
-            with _quiet():
-                optuna.storages.fail_stale_trials(self.study)
-        except Exception:
-            pass
-        n = 0
+        running = {t.number: t for t in self._trials() if t.state == TrialState.RUNNING}
+        with _quiet():  # trials of workers whose heartbeat stopped (RDB storages only; a no-op elsewhere)
+            optuna.storages.fail_stale_trials(self.study)
+        stale = [t for t in self._trials() if t.number in running and t.state == TrialState.FAIL]
         if all_running:
-            for t in self._trials():
-                if t.state == TrialState.RUNNING:
-                    self.study.tell(t.number, state=TrialState.FAIL)
-                    n += 1
-        return n
+            stale += [t for t in self._trials() if t.state == TrialState.RUNNING]
+        out = StaleTrials()
+        for t in stale:
+            snapshot = running.get(t.number, t)  # as it ran: its parameters and seed label
+            first = _redone_of(snapshot)
+            if first != snapshot.number:
+                out.dropped.append((snapshot.number, first))
+            elif self._redo(snapshot, max_retry=1):
+                out.redone.append(snapshot.number)
+            if t.state == TrialState.RUNNING:
+                self.study.tell(t.number, state=TrialState.FAIL)
+        return out
+
+    def _redo(self, ft: optuna.trial.FrozenTrial, max_retry: int | None) -> bool:
+        """Enqueue a killed trial again with Optuna's own retry callback: its parameters, its user attributes
+        (the seed label) and its retry history, up to ``max_retry`` retries. False when it is not enqueued."""
+        if any(ft.number in t.system_attrs.get("retry_history", ()) for t in self._trials()):
+            return True  # an earlier, interrupted pass of this function enqueued it
+        ft = copy.deepcopy(ft)
+        ft.user_attrs = self._redo_attrs(ft)
+        n = len(self._trials())
+        if ft.params:
+            _retry_callback(max_retry)(self.study, ft)
+        elif "fixed_params" in ft.system_attrs:  # asked but not yet sampled (a seed): as it was enqueued
+            self.study.enqueue_trial(ft.system_attrs["fixed_params"], user_attrs=ft.user_attrs, skip_if_exists=False)
+        return len(self._trials()) > n
+
+    @staticmethod
+    def _redo_attrs(ft) -> dict:
+        return {k: v for k, v in ft.user_attrs.items() if k not in (RECORD_ATTR, CONSTRAINTS_ATTR, DISCARDED_ATTR, REQUEUED_ATTR)}
+
+    def requeue(self, trial) -> None:
+        """A trial stopped by Ctrl-C: enqueued again (its parameters and seed label; not a retry, the
+        candidate did nothing wrong), then discarded."""
+        try:
+            ft = self.study._storage.get_trial(trial._trial_id)
+            params = {**ft.system_attrs.get("fixed_params", {}), **ft.params}
+            if params:
+                self.study.enqueue_trial(params, user_attrs=self._redo_attrs(ft), skip_if_exists=False)
+                trial.set_user_attr(REQUEUED_ATTR, True)
+        finally:
+            self.discard(trial)
 
     def ask(self):
         if self.finished() >= self.budget:
@@ -196,12 +255,12 @@ class OptunaBackend:
         return trial, trial, trial.number
 
     def discard(self, trial) -> None:
-        """An interrupted trial: not a result, redone on resume."""
+        """A trial that gives no result (a duplicate proposal, one stopped in flight): not counted."""
         try:
             trial.set_user_attr(DISCARDED_ATTR, True)
             self.study.tell(trial, state=TrialState.FAIL)
-        except Exception:
-            pass
+        except Exception:  # noqa: BLE001 - finished already, or the database is gone (Ctrl-C): left RUNNING,
+            pass  # it holds no record, and resume fails it without counting it
 
     def tell(self, trial, record: TrialRecord, constraints: Sequence[float]) -> None:
         trial.set_user_attr(CONSTRAINTS_ATTR, list(constraints))

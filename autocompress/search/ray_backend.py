@@ -1,12 +1,13 @@
-"""Ray as the executor: the same search, with up to ``spec.workers`` trials running on a Ray cluster.
+"""Ray as an executor: the same search loop (:mod:`.loop`), with up to ``spec.workers`` trials as Ray tasks.
 
-Design decision: the engine's own Optuna ask/tell drives plain Ray tasks; Ray Tune and its
-``OptunaSearch`` are not used. The driver asks Optuna for up to N candidates, submits each one as a Ray
-task, and as each task finishes it appends the record to the run store (``trials.jsonl``), tells Optuna,
-and asks for the next. Hence one loop, one budget logic (:class:`OptunaBackend`'s exact, shared budget;
-a trial in flight counts as claimed), one storage, one resume path, and the Pareto front comes from the
-store exactly as with ``--backend optuna``. Tune would bring a second loop with its own trial
-bookkeeping, checkpoints and result folder, and its searcher would own the study.
+Design decision: the engine's own search loop (Optuna ask/tell) drives plain Ray tasks; Ray Tune and its
+``OptunaSearch`` are not used. :class:`RayExecutor` is what the loop submits trials to: each becomes a Ray
+task, and ``wait`` hands back the records of those that finished; the loop stores, tells and asks for the
+next, exactly as with trials in this process. Hence one loop, one budget logic (:class:`OptunaBackend`'s
+exact, shared budget; a trial in flight counts as claimed), one storage, one resume path, and the Pareto
+front comes from the store exactly as with ``--backend optuna``. Tune would bring a second loop with its
+own trial bookkeeping, checkpoints and result folder, and its searcher would own the study. This module
+never imports the loop or the engine.
 
 What runs where:
 
@@ -14,8 +15,8 @@ What runs where:
   computes the teacher logits once (:func:`autocompress.engine.prepare`), then puts data, teacher,
   teacher logits and the baseline ONNX bytes into the object store once; every task receives the refs
   (a worker process resolves them once and keeps the context for its next tasks);
-* a trial task rebuilds a :class:`TrialContext` in a node-local folder (nodes need not share a
-  filesystem), runs :func:`run_trial`, and returns the record and the final ONNX bytes; the driver writes
+* a trial task completes the driver's frozen :class:`TrialContext` (sent without data, teacher and logits)
+  with a node-local folder (nodes need not share a filesystem) and the resolved refs, runs :func:`run_trial`, and returns the record and the final ONNX bytes; the driver writes
   them to ``run_dir/trials/<number>/model.onnx`` and appends the record;
 * latency: with ``profile.ray_resource`` set (e.g. ``hw-jetson``), the measurement is a nested task
   that requires ``{ray_resource: 1}``: it runs only on a node advertising that resource, and at most one
@@ -23,8 +24,8 @@ What runs where:
   at a time per node (a file lock). Where each trial ran and where its latency was measured go to
   ``run_dir/placement.jsonl`` with the task timings.
 
-Ctrl-C cancels the tasks in flight (their Optuna trials are discarded, redone on resume) and keeps the
-finished ones; Ray is shut down if this function started or connected it.
+Ctrl-C cancels the tasks in flight (the loop hands their trials back to the study, redone on resume) and
+keeps the finished ones; Ray is shut down if :func:`ray_started` started it.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError, UnavailableError
 from ..records import TrialRecord, TrialStatus
@@ -53,31 +55,19 @@ USER_MODULE_PREFIXES = ("_autocompress_user_", "_autocompress_metric_")
 
 
 # ============================================================================ driver
-def run_on_ray(spec, run_dir: Path, url: str, name: str, *, log: Callable[[str], None], resume: bool = False) -> None:
-    """Run the search of ``spec`` on Ray; results land in ``run_dir`` (the caller finalizes)."""
+@contextmanager
+def ray_started(spec, *, log: Callable[[str], None]) -> Iterator[Any]:
+    """Ray for this run: connected to ``spec.address`` (or RAY_ADDRESS) or a local cluster started here, and
+    shut down afterwards if this function started it. Yields the ``ray`` module."""
     try:
         import ray
     except ImportError:
         raise ConfigError("--backend ray needs Ray: `pip install autocompress[ray]` (ray[tune]>=2.30)") from None
-    from ..engine import _with_sigint, prepare
-
-    deadline = time.time() + spec.timeout if spec.timeout else None
     started = not ray.is_initialized()
     if started:
         _init_ray(ray, spec, log)
     try:
-        prep = prepare(spec, run_dir, log=log)
-        profile = prep.profile
-        if profile.ray_resource and profile.latency.mode == "measure":
-            have = ray.cluster_resources().get(profile.ray_resource, 0)
-            if have < 1:
-                raise ConfigError(
-                    f"profile '{profile.name}' measures latency on Ray resource '{profile.ray_resource}', but no node of "
-                    f"the cluster advertises it; start the target node with `ray start --address ... --resources "
-                    f"'{{\"{profile.ray_resource}\": 1}}'` (or remove ray_resource from the profile)")
-        backend = _open_backend(spec, prep, run_dir, url, name, log, resume)
-        shared = _put_shared(ray, prep, spec, url, name)
-        _with_sigint(lambda: _loop(ray, prep, backend, shared, spec, run_dir, log, deadline), run_dir)
+        yield ray
     finally:
         if started:
             ray.shutdown()
@@ -100,56 +90,45 @@ def _init_ray(ray, spec, log) -> None:
     except ConnectionError as e:
         raise UnavailableError(f"cannot connect to the Ray cluster at '{address}': {str(e).splitlines()[0]}; "
                                "check the address (auto | host:port | ray://host:port) and that the cluster is up") from None
-    for mod_name, mod in list(sys.modules.items()):
-        if mod_name.startswith(USER_MODULE_PREFIXES) and mod is not None:
-            _pickle_by_value(mod)
     res = ray.cluster_resources()
     log(f"ray: {address or 'local cluster'}, {len(ray.nodes())} node(s), "
         f"{res.get('CPU', 0):.0f} CPU, {spec.workers} trial(s) in flight")
 
 
-def _pickle_by_value(mod) -> None:
+def _pickle_user_modules() -> None:
     """User code loaded from a file (model, metric) travels inside the pickles: workers need not have it."""
     from ray import cloudpickle
 
-    try:
-        cloudpickle.register_pickle_by_value(mod)
-    except (ValueError, TypeError):
-        pass
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name.startswith(USER_MODULE_PREFIXES) and mod is not None:
+            try:
+                cloudpickle.register_pickle_by_value(mod)
+            except (ValueError, TypeError):
+                pass
 
 
-def _open_backend(spec, prep, run_dir, url, name, log, resume):
-    from ..engine import open_backend
-
-    return open_backend(spec, prep, run_dir, url, name, log=log, resume=resume)
+def _quiet(msg: str) -> None:
+    """A worker's trial log: its lines stay on the worker (the driver prints each finished trial)."""
 
 
 @dataclass(frozen=True)
 class _Shared:
-    """What every task needs: object refs (put once) and small frozen values."""
+    """What every task needs: object refs (put once), the run's trial context without them, task resources."""
 
     refs: tuple  # (data, teacher, teacher_logits, baseline ONNX bytes): ObjectRefs, resolved on the worker
     key: str  # names the node-local folder of this run
-    profile: Any
-    space: Any
-    baseline: dict
-    input_shape: tuple
-    constraints: Any
-    seed: int
-    metric: Any
-    metric_direction: str
-    lookup_table: Any
+    ctx: Any  # the driver's TrialContext less data, teacher, logits, stopper and log (filled in on the worker)
     trial_resources: dict
     train_device: str = "auto"  # the run spec's choice; each task resolves it against the GPUs Ray gave it
 
 
-def _put_shared(ray, prep, spec, url: str, name: str) -> _Shared:
+def _put_shared(ray, prep, spec, key: str) -> _Shared:
     ctx = prep.ctx
     t = time.perf_counter()
     refs = (ray.put(ctx.data), ray.put(ctx.teacher), ray.put(ctx.teacher_logits),
             ray.put(Path(ctx.baseline.path).read_bytes()))
-    prep.ctx.log(f"ray: data, teacher, teacher logits and baseline put in the object store once "
-                 f"({time.perf_counter() - t:.1f} s)")
+    ctx.log(f"ray: data, teacher, teacher logits and baseline put in the object store once "
+            f"({time.perf_counter() - t:.1f} s)")
     res: dict[str, Any] = {"num_cpus": spec.ray_cpus_per_trial}
     # a trial trains on a GPU when Ray gives it one: by default half a GPU per trial on a cuda profile, or
     # when --train-device allows a GPU and the cluster has one
@@ -158,117 +137,78 @@ def _put_shared(ray, prep, spec, url: str, name: str) -> _Shared:
     gpus = spec.ray_gpus_per_trial if spec.ray_gpus_per_trial is not None else (0.5 if wants_gpu else 0.0)
     if gpus:
         res["num_gpus"] = gpus
-    return _Shared(
-        refs=refs, key=hashlib.sha1(f"{url}|{name}".encode()).hexdigest()[:12], profile=prep.profile,
-        space=prep.space, baseline=ctx.baseline.to_dict(), input_shape=tuple(ctx.input_shape),
-        constraints=ctx.constraints, seed=ctx.seed, metric=ctx.metric, metric_direction=ctx.metric_direction,
-        lookup_table=ctx.lookup_table, trial_resources=res, train_device=spec.train_device,
-    )
+    template = replace(ctx, data=None, teacher=None, teacher_logits=None, early_stopper=None, log=_quiet,
+                       latency_fn=None)
+    return _Shared(refs=refs, key=hashlib.sha1(key.encode()).hexdigest()[:12], ctx=template,
+                   trial_resources=res, train_device=spec.train_device)
 
 
 @dataclass
 class _InFlight:
-    handle: Any
     number: int
     cand: Any
     submitted: float
 
 
-def _loop(ray, prep, backend, shared: _Shared, spec, run_dir: Path, log, deadline) -> None:
-    from ..engine import MAX_DUPLICATE_RETRIES, _best_so_far, _describe, _summary_line
-    from ..space import sample_candidate
-    from ..store import merge_records
-    from ..trial import feasibility
+class RayExecutor:
+    """Trials as Ray tasks, up to ``spec.workers`` at once; each returns its record and final ONNX bytes, which
+    land under the driver's run folder. Writes ``placement.jsonl`` (where each trial ran and was measured)."""
 
-    store = prep.store
-    records = merge_records(store.records(), backend.records())
-    stopper = prep.ctx.early_stopper
-    if stopper is not None:
-        for r in records:
-            if r.status == TrialStatus.COMPLETE and r.kd_history:
-                stopper.observe(r.kd_history, r.metrics.accuracy)
-    inflight: dict[Any, _InFlight] = {}
-    task = _trial_task.options(max_retries=0, **shared.trial_resources)
-    placement = run_dir / PLACEMENT_FILE
+    def __init__(self, ray, shared: _Shared, stopper, run_dir: Path, capacity: int):
+        self.ray, self.shared, self.stopper, self.run_dir = ray, shared, stopper, Path(run_dir)
+        self.capacity = max(1, int(capacity))
+        self._task = _trial_task.options(max_retries=0, **shared.trial_resources)
+        self._inflight: dict[Any, _InFlight] = {}
+        self._landed: dict[int, tuple[_InFlight, dict, float]] = {}
 
-    def finish(rec: TrialRecord) -> None:
-        # a trial the space's seeds enqueued carries its label (see references.SEED_ATTR)
-        rec = replace(rec, seed=(getattr(handle_of[rec.number], "user_attrs", None) or {}).get("seed"))
-        store.append(rec)  # on disk first, then Optuna
-        backend.tell(handle_of[rec.number], rec, feasibility(rec.metrics, spec.constraints))
-        records.append(rec)
-        log(_summary_line(rec, backend.finished(), backend.budget, _best_so_far(records, spec), time.time() - t_loop))
+    @classmethod
+    def start(cls, ray, prep, spec, *, key: str) -> "RayExecutor":
+        """Check the cluster can measure as the profile asks, put the shared objects once."""
+        profile = prep.profile
+        if profile.ray_resource and profile.latency.mode == "measure":
+            have = ray.cluster_resources().get(profile.ray_resource, 0)
+            if have < 1:
+                raise ConfigError(
+                    f"profile '{profile.name}' measures latency on Ray resource '{profile.ray_resource}', but no node of "
+                    f"the cluster advertises it; start the target node with `ray start --address ... --resources "
+                    f"'{{\"{profile.ray_resource}\": 1}}'` (or remove ray_resource from the profile)")
+        _pickle_user_modules()  # loaded by now (model, metric): registered before anything is pickled
+        return cls(ray, _put_shared(ray, prep, spec, key), prep.ctx.early_stopper, prep.store.dir, spec.workers)
 
-    handle_of: dict[int, Any] = {}
-    t_loop = time.time()
-    asking, retries = True, 0
-    pending = None
-    try:
-        while True:
-            while asking and len(inflight) < spec.workers:
-                if deadline is not None and time.time() >= deadline:
-                    log(f"time budget reached (--timeout {spec.timeout:.0f} s): no new trials, waiting for {len(inflight)} in flight")
-                    asking = False
-                    break
-                asked = backend.ask()  # None once finished + in flight reach the budget
-                if asked is None:
-                    asking = False
-                    break
-                handle, suggest, number = asked
-                pending = handle  # asked, not yet in flight: discarded if Ctrl-C lands now
-                try:
-                    cand = sample_candidate(suggest, prep.space, prep.profile, prep.groups, prep.layer_names)
-                except ConfigError:
-                    backend.discard(handle)
-                    raise
-                key = cand.key()
-                seen = next((r for r in records if r.candidate.key() == key), None)
-                running = any(f.cand.key() == key for f in inflight.values())
-                if (seen is not None or running) and retries < MAX_DUPLICATE_RETRIES:
-                    retries += 1
-                    backend.discard(handle)
-                    pending = None
-                    continue
-                retries = 0
-                handle_of[number] = handle
-                log(f"trial {number}: {_describe(cand)}")
-                if seen is not None:
-                    finish(replace(seen, number=number, candidate=cand, duration_s=0.0, stage_times=(),
-                                   message=f"duplicate of trial {seen.number}" if seen.message is None else seen.message))
-                    pending = None
-                    continue
-                ref = task.remote(number, cand, shared, stopper, time.time())
-                inflight[ref] = _InFlight(handle, number, cand, time.time())
-                pending = None
-            if not inflight:
-                break
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in ready:
-                f = inflight.pop(ref)
-                t_got = time.time()
-                out = _result(ray, ref, f)
-                rec = _land(out, f, run_dir)
-                if stopper is not None and rec.kd_history and rec.metrics.accuracy is not None:
-                    stopper.observe(rec.kd_history, rec.metrics.accuracy)
-                finish(rec)
-                _append_jsonl(placement, {
-                    "trial": f.number, "node": out.get("latency_node"), "trial_node": out.get("node"),
-                    "worker": rec.worker, "queue_s": _r(out.get("started", f.submitted) - f.submitted),
-                    "task_s": _r(out.get("ended", t_got) - out.get("started", f.submitted)),
-                    "run_trial_s": _r(out.get("run_trial_s", 0.0)), "wall_s": _r(t_got - f.submitted),
-                    "driver_s": _r(time.time() - t_got),
-                })
-    except KeyboardInterrupt:
-        if pending is not None and all(f.handle is not pending for f in inflight.values()):
-            backend.discard(pending)
-        for ref, f in inflight.items():
+    def submit(self, number: int, cand) -> None:
+        # the task gets the stopper as it is now (a copy); the loop feeds the driver's one each finished record
+        ref = self._task.remote(number, cand, self.shared, self.stopper, time.time())
+        self._inflight[ref] = _InFlight(number, cand, time.time())
+
+    def wait(self) -> list[TrialRecord]:
+        ready, _ = self.ray.wait(list(self._inflight), num_returns=1)
+        out = []
+        for ref in ready:
+            f = self._inflight.pop(ref)
+            t_got = time.time()
+            res = _result(self.ray, ref, f)
+            rec = _land(res, f, self.run_dir)
+            self._landed[f.number] = (f, res, t_got)
+            out.append(rec)
+        return out
+
+    def settled(self, rec: TrialRecord) -> None:
+        f, out, t_got = self._landed.pop(rec.number)
+        _append_jsonl(self.run_dir / PLACEMENT_FILE, {
+            "trial": f.number, "node": out.get("latency_node"), "trial_node": out.get("node"),
+            "worker": rec.worker, "queue_s": _r(out.get("started", f.submitted) - f.submitted),
+            "task_s": _r(out.get("ended", t_got) - out.get("started", f.submitted)),
+            "run_trial_s": _r(out.get("run_trial_s", 0.0)), "wall_s": _r(t_got - f.submitted),
+            "driver_s": _r(time.time() - t_got),
+        })
+
+    def cancel(self) -> None:
+        for ref in self._inflight:
             try:
-                ray.cancel(ref, force=True)
-            except Exception:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - a task that already ended or a lost node: nothing left to stop
                 pass
-            backend.discard(f.handle)
-        log(f"interrupted: {len(inflight)} trial(s) in flight cancelled (redone on resume)")
-        raise
+        self._inflight.clear()
 
 
 def _r(x: float) -> float:
@@ -340,22 +280,14 @@ def _baseline_file(ray, ref, key: str) -> Path:
 
 
 def _worker_context(ray, shared: _Shared):
-    from ..trial import Baseline, TrialContext
-
     k = (shared.key, *(r.hex() for r in shared.refs))
     ctx = _CONTEXTS.get(k)
     if ctx is None:
         data, teacher, logits = ray.get(list(shared.refs[:3]))
         run_dir = _node_root(shared.key) / f"worker-{os.getpid()}"  # this process's own folder and stage cache
         run_dir.mkdir(parents=True, exist_ok=True)
-        base = Baseline(**{**{k2: v for k2, v in shared.baseline.items() if k2 in Baseline.__dataclass_fields__},
-                           "path": _baseline_file(ray, shared.refs[3], shared.key)})
-        ctx = TrialContext(
-            run_dir=run_dir, data=data, teacher=teacher, teacher_logits=logits, profile=shared.profile,
-            space=shared.space, baseline=base, input_shape=shared.input_shape, constraints=shared.constraints,
-            seed=shared.seed, metric=shared.metric, metric_direction=shared.metric_direction,
-            lookup_table=shared.lookup_table,
-        )
+        base = replace(shared.ctx.baseline, path=_baseline_file(ray, shared.refs[3], shared.key))
+        ctx = replace(shared.ctx, run_dir=run_dir, data=data, teacher=teacher, teacher_logits=logits, baseline=base)
         _CONTEXTS.clear()  # one run at a time per worker process
         _CONTEXTS[k] = ctx
     return ctx
@@ -374,8 +306,8 @@ def _trial_task_fn(number: int, cand, shared: _Shared, stopper, submitted: float
     ctx = replace(ctx, early_stopper=stopper, train_device=_task_device(ray, shared.train_device))
     node = ray.get_runtime_context().get_node_id()
     where: list[str] = []
-    if shared.profile.latency.mode == "measure":
-        ctx.latency_fn = _latency_fn(ray, ctx, shared, number, where, node)
+    if ctx.profile.latency.mode == "measure":
+        ctx = replace(ctx, latency_fn=_latency_fn(ray, ctx, shared, number, where, node))
     from ..trial import run_trial
 
     t = time.perf_counter()
@@ -404,14 +336,14 @@ def _task_device(ray, choice: str) -> str:
 
 
 def _latency_fn(ray, ctx, shared: _Shared, number: int, where: list[str], node: str):
-    res = shared.profile.ray_resource
+    res = ctx.profile.ray_resource
     shape = ctx.batch_shape
     seed = ctx.seed + number
 
     if res:
         def remote(path: Path):
             ref = _measure_task.options(resources={res: 1.0}, num_cpus=0, max_retries=0).remote(
-                Path(path).read_bytes(), [shared.refs[3]], shared.key, shared.profile, shape, seed)
+                Path(path).read_bytes(), [shared.refs[3]], shared.key, ctx.profile, shape, seed)
             out = ray.get(ref)
             where.append(out["node"])
             return out["latency_ms"], out["speedup"], out["cv"]

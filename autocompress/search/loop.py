@@ -1,0 +1,211 @@
+"""The search loop: one driver for every executor.
+
+The driver owns what a search decides: ask the backend for a candidate, skip a duplicate (ask again, up to
+``MAX_DUPLICATE_RETRIES``; then reuse the earlier trial's record), submit it, settle each finished trial
+(store -> tell -> display; on disk before the backend hears of it), the shared trial budget (the backend's),
+the ``--timeout`` deadline, the early stopper's history and the engine-overhead timing (``timing.json``).
+An executor (:mod:`.executors`: this process; :mod:`.ray_backend`: Ray tasks) only runs trials: ``submit``,
+``wait``, ``cancel``; its ``capacity`` is how many run at once (1: the sequential search).
+
+Ctrl-C (``KeyboardInterrupt``): the trials in flight are cancelled and handed back to the backend to be redone
+by a later ask (the same parameters and seed label); the finished ones stay stored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import ConfigError
+from ..progress import LoopDisplay, best_tradeoffs
+from ..records import Candidate, TrialRecord, TrialStatus
+from ..references import SEED_ATTR
+from ..store import RunStore, merge_records
+from ..trial import feasibility
+
+if TYPE_CHECKING:
+    from .base import Backend
+    from .executors import Executor
+
+MAX_DUPLICATE_RETRIES = 5
+
+
+class PreparedRun(Protocol):
+    """What the loop reads of a prepared run (``engine.Prepared``)."""
+
+    spec: Any  # RunSpec: constraints, timeout
+    space: Any
+    profile: Any
+    ctx: Any  # TrialContext: its early_stopper
+    groups: dict[str, list[str]]
+    layer_names: list[str]
+    store: RunStore
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    handle: Any
+    cand: Candidate
+    seed: str | None
+
+
+def describe(c: Candidate) -> str:
+    """``pruned, sparsity 0.50, int8 (qdq u8s8), KD 3 ep``: a candidate in one line."""
+    parts = [c.student]
+    sp = c.sparsity_map()
+    if sp:
+        vals = sorted(set(round(v, 2) for v in sp.values()))
+        parts.append(f"sparsity {vals[0]:.2f}" if len(vals) == 1 else f"sparsity {min(vals):.2f}-{max(vals):.2f}")
+    if c.student_args:
+        parts.append(", ".join(f"{k}={v}" for k, v in c.student_args))
+    bits = sorted(set(c.bits_map().values()))
+    parts.append("/".join(bits) + (f" ({c.quant.format} {c.quant.types})" if "int8" in bits else ""))
+    if c.distill:
+        parts.append(f"KD {c.distill.epochs} ep")
+    return ", ".join(parts)
+
+
+def summary_line(rec: TrialRecord, done: int, budget: int, best: str, elapsed: float, what: str = "") -> str:
+    m = rec.metrics
+    head = f"[{done}/{budget} {int(elapsed // 60):d}:{int(elapsed % 60):02d}] trial {rec.number}"
+    head += f" ({what}{'; seed' if rec.seed else ''})" if what else ""
+    if rec.status == TrialStatus.COMPLETE:
+        body = (f"[green]COMPLETE[/] acc {m.accuracy:.2%} (drop {m.accuracy_drop:+.2f}) speedup {m.speedup:.2f}x "
+                f"{m.size_mb:.2f} MB")
+    else:
+        colour = {"STOPPED": "yellow", "INFEASIBLE": "magenta", "FAILED": "red"}[rec.status.value]
+        body = f"[{colour}]{rec.status.value}[/] at {rec.stage}: {rec.message}"
+    return f"{head} {body} ({rec.duration_s:.0f} s){best}"
+
+
+def best_so_far(records: list[TrialRecord], constraints) -> str:
+    ok = [r for r in records if r.status == TrialStatus.COMPLETE and all(v <= 0 for v in feasibility(r.metrics, constraints))]
+    if not ok:
+        return ""
+    fast = max(ok, key=lambda r: r.metrics.speedup or 0)
+    small = min(ok, key=lambda r: r.metrics.size_mb or 1e9)
+    return f" | best feasible: {fast.metrics.speedup:.2f}x, {small.metrics.size_mb:.2f} MB"
+
+
+class SearchLoop:
+    """ask -> (duplicate?) -> submit -> wait -> store -> tell, until the budget or the deadline."""
+
+    def __init__(self, prep: PreparedRun, backend: "Backend", executor: "Executor", disp: LoopDisplay, *,
+                 deadline: float | None):
+        self.prep, self.backend, self.executor, self.disp, self.deadline = prep, backend, executor, disp, deadline
+        self.constraints = prep.spec.constraints
+        self.store = prep.store
+        self.stopper = prep.ctx.early_stopper
+        self.records = merge_records(self.store.records(), backend.records())
+        self.inflight: dict[int, _InFlight] = {}
+        self._started = time.time()
+        # engine overhead = the loop's wall time not spent waiting for trials (asks, storage, logging)
+        self.timing: dict[str, Any] = {"trials": 0, "trial_s": 0.0, "wall_s": 0.0, "workers": executor.capacity}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        self.disp.best(best_tradeoffs(self.records, self.constraints))
+        if self.stopper is not None:  # a resumed run's stopper starts from the finished trials
+            for r in self.records:
+                self._observe(r)
+        pending = None  # asked, not yet in flight: discarded if Ctrl-C lands now
+        try:
+            asking, retries = True, 0
+            while True:
+                while asking and len(self.inflight) < self.executor.capacity:
+                    if self.deadline is not None and time.time() >= self.deadline:
+                        self._log_deadline()
+                        asking = False
+                        break
+                    asked = self.backend.ask()  # None once finished + in flight reach the (shared) budget
+                    if asked is None:
+                        asking = False
+                        break
+                    handle, suggest, number = asked
+                    pending = handle
+                    cand = self._candidate(handle, suggest)
+                    seen = next((r for r in self.records if r.candidate.key() == cand.key()), None)
+                    running = any(f.cand.key() == cand.key() for f in self.inflight.values())
+                    if (seen is not None or running) and retries < MAX_DUPLICATE_RETRIES:
+                        # the sampler proposed a candidate already run: ask again rather than spend budget on it
+                        retries += 1
+                        self.backend.discard(handle)
+                        pending = None
+                        continue
+                    retries = 0
+                    seed = (getattr(suggest, "user_attrs", None) or {}).get(SEED_ATTR)
+                    self.disp.started(number, describe(cand))
+                    pending = None  # from here the trial is settled (its record on disk first) or in flight
+                    if seen is not None:  # still a duplicate after the retries: its record, not another run
+                        self._settle(replace(seen, number=number, candidate=cand, duration_s=0.0, stage_times=(),
+                                             message=f"duplicate of trial {seen.number}" if seen.message is None
+                                             else seen.message), handle, seed)
+                    else:
+                        self.inflight[number] = _InFlight(handle, cand, seed)
+                        self.executor.submit(number, cand)
+                if not self.inflight:
+                    break
+                t = time.perf_counter()
+                done = self.executor.wait()
+                self.timing["trial_s"] += time.perf_counter() - t
+                for rec in done:
+                    f = self.inflight.pop(rec.number)
+                    self._observe(rec)  # a remote trial ran against a copy of the scheduler: the driver's learns here
+                    self._settle(rec, f.handle, f.seed)
+                    self.executor.settled(rec)
+        except KeyboardInterrupt:
+            self.executor.cancel()
+            if pending is not None and all(f.handle is not pending for f in self.inflight.values()):
+                self.backend.discard(pending)
+            for f in self.inflight.values():
+                self.backend.requeue(f.handle)
+            if self.inflight:
+                self.disp.print(f"interrupted: {len(self.inflight)} trial(s) in flight stopped (redone on resume)")
+            raise
+
+    # ------------------------------------------------------------------ steps
+    def _candidate(self, handle, suggest) -> Candidate:
+        from ..space import sample_candidate
+
+        try:
+            return sample_candidate(suggest, self.prep.space, self.prep.profile, self.prep.groups, self.prep.layer_names)
+        except ConfigError:
+            self.backend.discard(handle)
+            raise
+
+    def _observe(self, rec: TrialRecord) -> None:
+        """Every settled COMPLETE record goes to the early stopper / scheduler (which counts a record it was also
+        told by the trial itself, in this process, once)."""
+        if self.stopper is None or rec.status != TrialStatus.COMPLETE or rec.metrics.accuracy is None:
+            return
+        if hasattr(self.stopper, "observe_record"):  # search/scheduler.py: history, accuracy, speed and size
+            self.stopper.observe_record(rec)
+        else:
+            self.stopper.observe(rec.kd_history, rec.metrics.accuracy)
+
+    def _settle(self, rec: TrialRecord, handle, seed: str | None) -> None:
+        rec = replace(rec, seed=seed)  # a trial the space's seeds enqueued carries its label
+        self.store.append(rec)  # on disk first: the backend may be a remote database
+        self.backend.tell(handle, rec, feasibility(rec.metrics, self.constraints))
+        self.records.append(rec)
+        self.timing["trials"] += 1
+        self.timing["wall_s"] = time.time() - self._started
+        self.store.write_timing(self.timing)
+        done, budget = self.backend.finished(), self.backend.budget
+        best = "" if self.disp.live else best_so_far(self.records, self.constraints)
+        what = "" if self.disp.verbose else describe(rec.candidate)
+        self.disp.finished(summary_line(rec, done, budget, best, time.time() - self._started, what=what),
+                           done, best_tradeoffs(self.records, self.constraints))
+
+    def _log_deadline(self) -> None:
+        limit = f"time budget reached (--timeout {self.prep.spec.timeout:.0f} s)"
+        if self.inflight:
+            self.disp.print(f"{limit}: no new trials, waiting for {len(self.inflight)} in flight")
+        else:
+            self.disp.print(f"{limit}: stopping after {self.backend.finished()} trials")
+
+
+def run_search(prep: PreparedRun, backend: "Backend", executor: "Executor", disp: LoopDisplay, *,
+               deadline: float | None) -> None:
+    SearchLoop(prep, backend, executor, disp, deadline=deadline).run()

@@ -71,6 +71,8 @@ def run(
     max_size_mb: Optional[float] = typer.Option(None, help="constraint on the model file"),
     metric: Optional[str] = typer.Option(None, help="user metric file.py:fn or module:fn, fn(outputs, targets) -> float"),
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="never stop a distillation early"),
+    no_multi_fidelity: bool = typer.Option(False, "--no-multi-fidelity", help="no dominance gate on the speed measured before "
+                                           "training and no KD rungs (constraints are still checked first; early-stop rules stay)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print each trial's start and every distillation epoch (else a progress bar shows them)"),
     train_device: Optional[str] = typer.Option(None, "--train-device", help="auto (default: a CUDA GPU when present), cpu or cuda: teacher training, logits, KD"),
 ):
@@ -87,6 +89,8 @@ def run(
         overrides["trust_checkpoint"] = True
     if no_early_stop:
         overrides["early_stop"] = False
+    if no_multi_fidelity:
+        overrides["multi_fidelity"] = False
     cons = {k: v for k, v in dict(max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, max_size_mb=max_size_mb).items() if v is not None}
     if cons:
         base = (read_yaml(config).get("constraints") if config else None) or {"max_accuracy_drop": 1.0}
@@ -192,12 +196,20 @@ def list_(what: Listable = typer.Argument(..., help="models | spaces | profiles 
 
 @app.command("profile-device")
 def profile_device(profile: str = typer.Option("cpu", help="profile to run the benchmarks with"),
-                   out_path: Path = typer.Option(..., "--out", help="new profile YAML to write"),
-                   quick: bool = typer.Option(False, help="small grid (a minute)")):
-    """Benchmark layer configurations on this device and write a predict-mode profile with a lookup table."""
-    from .measure.predict import profile_device as run_profile
+                   out_path: Optional[Path] = typer.Option(None, "--out", help="new profile YAML to write (its table beside it)"),
+                   quick: bool = typer.Option(False, help="small grid (a minute)"),
+                   calibrate: bool = typer.Option(False, help="also fit a whole-model correction on zoo models (needs torch)"),
+                   check: Optional[str] = typer.Option(None, "--check", help="a table or predict-mode profile: time held-out models here and print how well it predicts them")):
+    """Benchmark kernels on this device and write a predict-mode profile with a lookup table (rerun to continue
+    an interrupted build); or --check a table on its device. Needs no torch."""
+    from .measure.predict import check_device, profile_device as run_profile
 
-    path = run_profile(profile, out_path, quick=quick, log=_log)
+    if check is not None:
+        check_device(check, log=_log)
+        return
+    if out_path is None:
+        raise ConfigError("profile-device: --out is required (the profile YAML to write), or use --check TABLE")
+    path = run_profile(profile, out_path, quick=quick, log=_log, calibrate=calibrate)
     out.print(f"wrote {path}")
 
 

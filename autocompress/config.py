@@ -122,8 +122,21 @@ class BitsSearch(Strict):
     granularity: Literal["uniform", "per_stage", "per_layer"] = "uniform"
     choices: list[Precision] = ["fp32", "int8"]
     layers: dict[str, Precision] = {}  # fixed overrides by pattern (e.g. keep the stem in fp32)
+    # an int8 pruned student keeps this many of the most int8-sensitive layers in fp32 (0 = all int8); the layers
+    # are ranked by the sensitivity analysis (sensitivity.enabled) or listed in sensitive_layers, most sensitive first
+    keep_fp32: IntParam = 0
+    sensitive_layers: list[str] = []
 
     _c = field_validator("choices")(_check_nonempty)
+
+    @field_validator("keep_fp32")
+    @classmethod
+    def _keep(cls, v):
+        _check_nonempty(v)
+        for x in _values_of(v):
+            if x < 0:
+                raise ValueError(f"{x} layers: keep_fp32 counts layers, use 0 or more")
+        return v
 
 
 class QuantSearch(Strict):
@@ -185,9 +198,11 @@ class SeedCandidate(Strict):
     """A hand-picked point enqueued before the sampler runs (e.g. uniform 80% + int8)."""
 
     student: str = "pruned"
-    sparsity: float | dict[str, float] = 0.0
+    sparsity: float | dict[str, float] = 0.0  # one ratio for every layer, or {stage: ratio}
     bits: Precision = "fp32"
     epochs: int | None = None
+    keep_fp32: int = Field(default=0, ge=0)  # int8 with this many of the most sensitive layers in fp32 (bits.keep_fp32)
+    label: str | None = None  # how reports name it (default: from the values, e.g. "uniform 80% + int8, KD 8 ep")
 
     @field_validator("sparsity")
     @classmethod
@@ -195,6 +210,31 @@ class SeedCandidate(Strict):
         for x in (v.values() if isinstance(v, dict) else [v]):
             _check_sparsity(x)
         return v
+
+
+class SensitivitySearch(Strict):
+    """A one-time analysis of the teacher that shapes the search (autocompress/sensitivity.py): each stage pruned
+    alone at ``ratios`` (accuracy after BatchNorm recalibration, no distillation) and each layer's int8 error."""
+
+    enabled: bool = False
+    ratios: list[float] = [0.3, 0.6, 0.9]
+    # every pruned point runs calib + val samples through the teacher and every int8 point a quantization: few
+    # samples keep it to minutes on a small CPU (benchmarks/README.md, "Sensitivity analysis")
+    calib_samples: int = Field(default=128, ge=8)  # training samples that re-estimate BatchNorm statistics
+    val_samples: int = Field(default=256, ge=16)  # validation samples each pruned point is scored on
+    int8: bool = True  # also rank layers by int8 sensitivity (when the profile runs int8)
+    int8_samples: int = Field(default=64, ge=8)  # calibration and scoring samples of each int8 point (a logit error)
+    # every uniform pruned seed at one of these ratios gets a twin that spreads the same MACs over the stages by
+    # sensitivity, enqueued right after it (labelled "sensitivity 80% + ...")
+    seeds: list[float] = [0.7, 0.8]  # a seed at the range's top (0.9 of 0.1-0.9) has no twin: nothing can go higher
+
+    @field_validator("ratios", "seeds")
+    @classmethod
+    def _ratios(cls, v):
+        for x in v:
+            if not 0.0 < x < 1.0:
+                raise ValueError(f"ratio {x} is outside (0, 1); use e.g. 0.5 for half the channels")
+        return sorted(set(v))
 
 
 class SearchSpace(Strict):
@@ -206,7 +246,16 @@ class SearchSpace(Strict):
     bits: BitsSearch = BitsSearch()
     quantization: QuantSearch = QuantSearch()
     distill: DistillSearch = DistillSearch()
+    sensitivity: SensitivitySearch = SensitivitySearch()
     seeds: list[SeedCandidate] = []
+
+    @model_validator(mode="after")
+    def _ranked(self):
+        wants = any(x > 0 for x in _values_of(self.bits.keep_fp32))
+        if wants and not self.bits.sensitive_layers and not (self.sensitivity.enabled and self.sensitivity.int8):
+            raise ValueError("bits.keep_fp32 keeps the most int8-sensitive layers in fp32, but nothing ranks them: set "
+                             "sensitivity: {enabled: true} or list bits.sensitive_layers")
+        return self
 
 
 # ---------------------------------------------------------------- hardware profile
@@ -358,6 +407,10 @@ class RunSpec(Strict):
     metric: str | None = None  # "file.py:fn" / "module:fn", fn(outputs, targets) -> float
     metric_direction: Literal["maximize", "minimize"] = "maximize"
     early_stop: bool = True
+    # with early_stop: a candidate's speed and size, measured before distillation, gate it (dominated -> STOPPED), and
+    # successive halving stops a distillation at its rung epochs (1, 3) when a finished candidate dominated it there;
+    # False: every candidate that meets the constraints gets its whole KD budget (search/scheduler.py)
+    multi_fidelity: bool = True
     # the final pass: front models and reference points re-timed against the baseline in this many fresh processes;
     # the spread across them is the uncertainty reported (0 = off). AUTOCOMPRESS_RETIME_WINDOWS changes the default.
     retime_windows: int = Field(default_factory=lambda: int(os.environ.get("AUTOCOMPRESS_RETIME_WINDOWS", "3")), ge=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +46,8 @@ def export_trial(run_dir: Path, number: int, to: Path, *, log: Callable[[str], N
 
         spec = RunSpec.model_validate(meta["spec"])
         prep = prepare(spec, run_dir, log=log)
-        again = run_trial(number, rec.candidate, prep.ctx)
+        # the recipe as it was run: no gate nor rungs (a run's later trials may dominate it in speed and size)
+        again = run_trial(number, rec.candidate, replace(prep.ctx, early_stopper=None))
         if again.status != TrialStatus.COMPLETE:
             raise ConfigError(f"re-creating trial {number} failed at {again.stage}: {again.message}")
         src = run_dir / again.artifact

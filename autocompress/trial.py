@@ -1,9 +1,18 @@
-"""One candidate through the stage pipeline -> a :class:`TrialRecord`.
+"""One candidate through the stage pipeline -> a :class:`TrialRecord`, speed first.
 
-student (build -> prune -> distill -> export fp32 ONNX; cached by content hash, so candidates that differ
-only in bit-width reuse it) -> quantize (per-layer bits) -> evaluate (ONNX Runtime) -> latency (measured
-interleaved with the baseline, or predicted) -> record. Any exception becomes a FAILED record naming the
-stage; a candidate that cannot be built is INFEASIBLE; one stopped early is STOPPED.
+Speed and size depend on a candidate's graph, not on its trained weights, so they are measured before any
+distillation (phase ``speed``): student (build -> prune) -> export the untrained student -> quantize it with
+the candidate's bits -> latency (measured interleaved with the baseline, predicted, or on the target node)
+and file size -> the **gate** (``ctx.early_stopper``, :mod:`.search.scheduler`): INFEASIBLE when a speed,
+size or latency constraint is missed, STOPPED when a finished candidate dominates it in (speedup, size) while
+meeting the accuracy target with margin. Then (phase ``distill``) knowledge distillation, the scheduler
+consulted after every epoch (its rungs: successive halving over the KD epochs), and (phase ``final``) the
+trained student exported into the student cache (cache/students/<student_key>/, by content hash, so
+candidates that differ only in bit-width reuse it; meta.json written last) -> quantize -> evaluate (ONNX
+Runtime) -> latency: the figure taken before training when the final graph has the same signature
+(:func:`graph_signature`), else measured again. Any exception becomes a FAILED record naming the stage; a
+candidate that cannot be built is INFEASIBLE; one stopped early is STOPPED. Records carry the phase reached,
+where the latency came from, and ``latency_pre`` in their stage times.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ import socket
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import AutocompressError, InfeasibleCandidate, StageError
-from .records import Candidate, Metrics, TrialRecord, TrialStatus
+from .records import Baseline, Candidate, Metrics, TrialRecord, TrialStatus, content_hash  # noqa: F401 (Baseline: re-exported)
+from .search.scheduler import FidelityScheduler
+from .search.scheduler import FidelityScheduler as EarlyStopper  # noqa: F401 (its first name, still imported)
 
 
 class EarlyStopped(Exception):
@@ -29,61 +40,11 @@ class EarlyStopped(Exception):
 
 
 @dataclass(frozen=True)
-class Baseline:
-    path: Path
-    accuracy: float
-    top5: float | None
-    latency_ms: float
-    latency_cv: float
-    size_mb: float
-    params: int
-    macs: int
-    predicted_ms: float | None = None  # predict mode: the baseline's predicted latency
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["path"] = str(self.path)
-        return d
-
-
-@dataclass
-class EarlyStopper:
-    """Stops a distillation that cannot reach the accuracy constraint.
-
-    Two rules, both conservative: (1) after the last epoch, a student more than ``margin`` below the
-    accuracy target is not worth quantizing and timing; (2) after an earlier epoch k, a student below
-    every candidate that went on to meet the target was at epoch k (minus ``margin``; needs
-    ``min_history`` such successes with the same epoch budget) is stopped. Collapsed students (chance
-    level after the second-to-last epoch) are stopped whatever the history.
-    """
-
-    target: float | None  # accuracy the candidate must reach (baseline - max drop), fraction
-    num_classes: int
-    margin: float = 0.02
-    min_history: int = 3
-    successes: list[tuple[int, tuple[float, ...]]] = field(default_factory=list)  # (epochs, history)
-
-    def observe(self, history: tuple[float, ...], final_accuracy: float | None) -> None:
-        if self.target is not None and final_accuracy is not None and final_accuracy >= self.target and history:
-            self.successes.append((len(history), tuple(history)))
-
-    def check(self, epoch: int, acc: float, total_epochs: int) -> str | None:
-        last = epoch == total_epochs - 1
-        if self.target is not None and last and acc < self.target - self.margin:
-            return f"accuracy {acc:.1%} after distillation is below the target {self.target:.1%}"
-        if not last and epoch >= total_epochs - 2 and epoch >= 1 and acc <= 1.5 / self.num_classes:
-            return f"collapsed to chance level ({acc:.1%}) after epoch {epoch + 1}"
-        if self.target is not None and not last:
-            peers = [h[epoch] for n, h in self.successes if n == total_epochs and len(h) > epoch]
-            if len(peers) >= self.min_history and acc < min(peers) - self.margin:
-                return (f"accuracy {acc:.1%} after epoch {epoch + 1} is below every candidate that reached the "
-                        f"target at that point (min {min(peers):.1%})")
-        return None
-
-
-@dataclass
 class TrialContext:
-    """Everything a trial reads; built once per run (teacher, data and teacher logits are shared)."""
+    """Everything a trial reads; built once per run (teacher, data and teacher logits are shared).
+
+    Frozen: a caller that needs another view (the loop's display as ``log``, a worker's own folder) makes
+    one with ``dataclasses.replace``; the services it holds (the early stopper) are objects of their own."""
 
     run_dir: Path
     data: Any  # DataBundle
@@ -98,10 +59,11 @@ class TrialContext:
     metric: Callable | None = None
     metric_direction: str = "maximize"
     lookup_table: dict | None = None
-    early_stopper: EarlyStopper | None = None
+    early_stopper: FidelityScheduler | None = None  # the gate before distillation and its rungs (search/scheduler.py)
     log: Callable[[str], None] = lambda s: None
     # where latency is taken: None = here; a backend may send it to the target's node instead
-    # (called with the final model's path, returns (latency_ms, speedup, cv))
+    # (called with an ONNX path: the untrained candidate's before distillation, the final model's when its graph
+    # changed or its student came from the cache; returns (latency_ms, speedup, cv))
     latency_fn: Callable[[Path], tuple[float, float, float | None]] | None = None
     train_device: str = "cpu"  # where distillation runs ('cpu' | 'cuda'); export and measurement stay on the CPU
 
@@ -120,27 +82,27 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _build_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], history: list[float]) -> tuple[Path, dict]:
-    """Student stage, cached under cache/students/<student_key>/ (meta.json is written last)."""
+def _cached_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], history: list[float]) -> tuple[Path, dict] | None:
+    """The distilled student from cache/students/<student_key>/ when an earlier trial made it (meta.json is
+    written last, so a killed trial leaves no half student), else None. ``meta["stopped"]``: its distillation
+    was stopped by a rule that does not depend on speed (the caller raises)."""
+    meta_path = ctx.cache_dir / cand.student_key() / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    history.extend(meta.get("history", ()))
+    times["student_cached"] = 1.0
+    return meta_path.parent / "student.onnx", meta
+
+
+def _pruned_student(cand: Candidate, ctx: TrialContext, times: dict[str, float]):
+    """Build the candidate's student (the pruned teacher or a builder's model): (model, example input, meta)."""
     import torch
 
     from .bounds import stage_bound
-    from .compress.distill import distill
-    from .compress.export import export_onnx
     from .compress.prune import prune_model
     from .compress.students import build_student
-    from .measure.cost import count_params_macs
 
-    d = ctx.cache_dir / cand.student_key()
-    meta_path = d / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        history.extend(meta.get("history", ()))
-        if meta.get("stopped"):
-            raise EarlyStopped(meta["stopped"])
-        times["student_cached"] = 1.0
-        return d / "student.onnx", meta
-    d.mkdir(parents=True, exist_ok=True)
     data = ctx.data
     torch.manual_seed(ctx.seed)
     example = torch.zeros(1, *data.input_shape)
@@ -153,42 +115,129 @@ def _build_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], 
             pr = prune_model(
                 model, cand.sparsity_map(), example, criterion=cand.criterion, round_to=ctx.profile.round_to,
                 exclude=exclude, calib=(data.take("train", range(min(128, data.size("train")))), data.y_train[:128]),
-            inplace=True, graph_timeout_s=ctx.profile.stage_timeout_s.prune and ctx.profile.stage_timeout_s.prune / 2,
+                inplace=True, graph_timeout_s=ctx.profile.stage_timeout_s.prune and ctx.profile.stage_timeout_s.prune / 2,
             )
         model = pr.model
         meta.update(params_before=pr.params_before, macs_before=pr.macs_before)
     times["prune"] = time.perf_counter() - t
+    return model, example, meta
 
-    if cand.distill is not None:
-        t = time.perf_counter()
-        stopper = ctx.early_stopper
-        reason: list[str] = []
 
-        def on_epoch(epoch: int, acc: float):
-            history.append(acc)
-            ctx.log(f"    epoch {epoch + 1}/{cand.distill.epochs}: val acc {acc:.2%}")
-            why = stopper.check(epoch, acc, cand.distill.epochs) if stopper else None
-            if why:
-                reason.append(why)
-                return False
-            return None
+def _export(model, example, path: Path, ctx: TrialContext):
+    from .bounds import stage_bound
+    from .compress.export import export_onnx
 
-        distill(model, data.train, ctx.teacher_logits, data.val, cand.distill, seed=ctx.seed,
-                on_epoch=on_epoch, device=ctx.train_device)
-        times["distill"] = time.perf_counter() - t
-        meta["history"] = list(history)
-        if reason:
-            _atomic_write_json(meta_path, {**meta, "stopped": reason[0]})
-            raise EarlyStopped(reason[0])
     model.eval()
-    t = time.perf_counter()
     with stage_bound("export", ctx.profile.stage_timeout_s.export, log=ctx.log):
-        exp = export_onnx(model, example, d / "student.onnx")
-    times["export"] = time.perf_counter() - t
+        return export_onnx(model, example, path)
+
+
+def _save_student(model, example, cand: Candidate, ctx: TrialContext, meta: dict, history: list[float]) -> tuple[Path, dict]:
+    """Export the (distilled) student into cache/students/<student_key>/, meta.json last."""
+    from .measure.cost import count_params_macs
+
+    d = ctx.cache_dir / cand.student_key()
+    d.mkdir(parents=True, exist_ok=True)
+    exp = _export(model, example, d / "student.onnx", ctx)
     params, macs = count_params_macs(model, example)
-    meta.update(params=params, macs=macs, export_max_abs_diff=exp.max_abs_diff)
-    _atomic_write_json(meta_path, meta)
+    meta = {**meta, "params": params, "macs": macs, "export_max_abs_diff": exp.max_abs_diff}
+    if cand.distill is not None:
+        meta["history"] = list(history)
+    _atomic_write_json(d / "meta.json", meta)
     return d / "student.onnx", meta
+
+
+def _distill_student(model, cand: Candidate, ctx: TrialContext, history: list[float], speed: Metrics, meta: dict) -> None:
+    """Knowledge distillation, the scheduler consulted after every epoch (its kept rules, then its rungs with the
+    speed and size measured before training). Raises EarlyStopped; a verdict of the kept rules, which do not
+    depend on speed, is cached with the student so its other bit-widths stop too."""
+    from .compress.distill import distill
+
+    stopper, total = ctx.early_stopper, cand.distill.epochs
+    reason: list[tuple[str, bool]] = []
+
+    def on_epoch(epoch: int, acc: float):
+        history.append(acc)
+        ctx.log(f"    epoch {epoch + 1}/{total}: val acc {acc:.2%}")
+        if stopper is None:
+            return None
+        why = stopper.check(epoch, acc, total)
+        if why:
+            reason.append((why, True))
+            return False
+        why = stopper.rung(epoch, acc, total, speed.speedup, speed.size_mb)
+        if why:
+            reason.append((why, False))
+            return False
+        return None
+
+    distill(model, ctx.data.train, ctx.teacher_logits, ctx.data.val, cand.distill, seed=ctx.seed,
+            on_epoch=on_epoch, device=ctx.train_device)
+    if reason:
+        why, cacheable = reason[0]
+        if cacheable:
+            d = ctx.cache_dir / cand.student_key()
+            d.mkdir(parents=True, exist_ok=True)
+            _atomic_write_json(d / "meta.json", {**meta, "history": list(history), "stopped": why})
+        raise EarlyStopped(why)
+
+
+def _quantize(src: Path, dst: Path, cand: Candidate, ctx: TrialContext) -> None:
+    from .bounds import stage_bound
+    from .compress.quantize import quantize_model
+
+    with stage_bound("quantize", ctx.profile.stage_timeout_s.quantize, log=ctx.log):
+        bits = cand.bits_map()
+        if all(v == "fp32" for v in bits.values()):
+            shutil.copyfile(src, dst)
+        else:
+            quantize_model(src, dst, bits, cand.quant, ctx.data.x_calib.numpy(), batch_size=ctx.profile.batch_size)
+
+
+def _speed(path: Path, ctx: TrialContext, number: int) -> tuple[float, float, float | None]:
+    """(latency_ms, speedup, cv) of the ONNX model at ``path``: on the target node (``ctx.latency_fn``), predicted
+    from the profile's table, or measured here interleaved with the baseline."""
+    if ctx.latency_fn is not None:
+        return ctx.latency_fn(path)
+    if ctx.profile.latency.mode == "predict":
+        from .measure.predict import predict_latency
+
+        lat_ms = predict_latency(path, ctx.profile, ctx.lookup_table, ctx.batch_shape)
+        return lat_ms, (ctx.baseline.predicted_ms or ctx.baseline.latency_ms) / lat_ms, None
+    from .measure.latency import measure_latency
+
+    lat = measure_latency(path, ctx.profile, ctx.batch_shape, baseline_path=ctx.baseline.path, seed=ctx.seed + number)
+    return lat.median_ms, lat.speedup, lat.cv
+
+
+def graph_signature(path: Path) -> str:
+    """A hash of what an ONNX model's speed and size depend on: its nodes in order (domain, op type,
+    attributes; tensor attributes by type and shape), its initializers' types and shapes, its inputs and
+    outputs, not the values of its weights. The untrained and the trained student share it unless a
+    weight-dependent rewrite (e.g. of the quantizer) changed the graph."""
+    import onnx
+    from onnx import AttributeProto, helper
+
+    m = onnx.load(str(path), load_external_data=False)
+    g = m.graph
+
+    def attr(a):
+        if a.type == AttributeProto.TENSOR:
+            return (a.name, a.t.data_type, list(a.t.dims))
+        if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS, AttributeProto.TENSORS):
+            return (a.name, int(a.type))
+        v = helper.get_attribute_value(a)
+        return (a.name, v.decode(errors="replace") if isinstance(v, bytes) else v)
+
+    def io(v):
+        t = v.type.tensor_type
+        return (t.elem_type, [d.dim_value or d.dim_param for d in t.shape.dim])
+
+    return content_hash({
+        "nodes": [(n.domain, n.op_type, len(n.input), len(n.output), [attr(a) for a in n.attribute]) for n in g.node],
+        "initializers": sorted((t.data_type, list(t.dims)) for t in g.initializer),
+        "inputs": [io(v) for v in g.input], "outputs": [io(v) for v in g.output],
+    }, n=32)
 
 
 @contextmanager
@@ -216,11 +265,9 @@ def feasibility(metrics: Metrics, constraints) -> list[float]:
 
 
 def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
-    from .bounds import stage_bound
-    from .compress.quantize import quantize_model
+    """One candidate, speed first (see the module docstring): a FAILED / INFEASIBLE / STOPPED / COMPLETE record."""
     from .measure.accuracy import evaluate_onnx
-    from .measure.cost import file_size_mb
-    from .measure.latency import measure_latency
+    from .measure.cost import count_params_macs, file_size_mb
 
     t0 = time.perf_counter()
     times: dict[str, float] = {}
@@ -229,28 +276,69 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
     if trial_dir.exists():  # a partial artifact of a killed attempt: never mistaken for a result
         shutil.rmtree(trial_dir)
     trial_dir.mkdir(parents=True)
+    final = trial_dir / "model.onnx"
+    untrained, untrained_q = trial_dir / "untrained.onnx", trial_dir / "untrained.quantized.onnx"
 
     history: list[float] = []
+    state: dict[str, Any] = {"phase": "speed", "speed": Metrics(), "source": None}
 
-    def record(status: TrialStatus, metrics=Metrics(), stage=None, message=None, artifact=None) -> TrialRecord:
+    def record(status: TrialStatus, metrics=None, stage=None, message=None, artifact=None) -> TrialRecord:
+        st = dict(times)
+        # "student" keeps the meaning reports give it: build + prune + distill + export of the student
+        st["student"] = st.get("student", 0.0) + st.get("distill", 0.0) + st.get("export", 0.0)
         return TrialRecord(
             kd_history=tuple(history), worker=f"{socket.gethostname()}:{os.getpid()}",
-            number=number, status=status, candidate=cand, metrics=metrics, stage=stage, message=message,
-            duration_s=time.perf_counter() - t0, stage_times=tuple((k, round(v, 4)) for k, v in times.items()),
-            artifact=artifact,
+            number=number, status=status, candidate=cand, metrics=metrics or state["speed"], stage=stage,
+            message=message, duration_s=time.perf_counter() - t0, stage_times=tuple((k, round(v, 4)) for k, v in st.items()),
+            artifact=artifact, phase=state["phase"], latency_source=state["source"],
         )
 
     try:
         with _stage("student", current, times):
-            student_path, meta = _build_student(cand, ctx, times, history)
-        final = trial_dir / "model.onnx"
-        with _stage("quantize", current, times), stage_bound("quantize", ctx.profile.stage_timeout_s.quantize, log=ctx.log):
-            bits = cand.bits_map()
-            if all(v == "fp32" for v in bits.values()):
-                shutil.copyfile(student_path, final)
-            else:
-                quantize_model(student_path, final, bits, cand.quant, ctx.data.x_calib.numpy(),
-                               batch_size=ctx.profile.batch_size)
+            cached = _cached_student(cand, ctx, times, history)
+            if cached is None:
+                model, example, meta = _pruned_student(cand, ctx, times)
+        pre = None  # (quantized untrained model, (latency_ms, speedup, cv))
+        if cached is not None:
+            student_path, meta = cached
+            if meta.get("stopped"):
+                state["phase"] = "distill"
+                raise EarlyStopped(meta["stopped"])
+        else:
+            # speed first: the untrained graph, exported and quantized with the candidate's bits, timed
+            kd = cand.distill is not None
+            with _stage("export", current, times):
+                if kd:
+                    _export(model, example, untrained, ctx)
+                    src = untrained
+                else:  # nothing to train: this export is the student
+                    student_path, meta = _save_student(model, example, cand, ctx, meta, history)
+                    src = student_path
+            pre_path = untrained_q if kd else final
+            with _stage("quantize", current, times):
+                _quantize(src, pre_path, cand, ctx)
+            with _stage("latency", current, times):
+                lat = _speed(pre_path, ctx, number)
+            times["latency_pre"] = times["latency"]
+            params, macs = count_params_macs(model, example)
+            state["speed"] = Metrics(latency_ms=lat[0], speedup=lat[1], size_mb=file_size_mb(pre_path), params=params,
+                                     macs=macs, latency_cv=lat[2], latency_mode=ctx.profile.latency.mode)
+            pre = (pre_path, lat)
+            current[0] = "gate"
+            speed = state["speed"]
+            verdict = ctx.early_stopper.gate(speed.speedup, speed.size_mb, speed.latency_ms) if ctx.early_stopper else None
+            if verdict is not None:
+                return record(verdict.status, stage="gate", message=verdict.message)
+            if kd:
+                state["phase"] = "distill"
+                with _stage("distill", current, times):
+                    _distill_student(model, cand, ctx, history, speed, meta)
+                with _stage("export", current, times):
+                    student_path, meta = _save_student(model, example, cand, ctx, meta, history)
+        state["phase"] = "final"
+        if pre is None or pre[0] != final:
+            with _stage("quantize", current, times):
+                _quantize(student_path, final, cand, ctx)
         with _stage("evaluate", current, times):
             acc = evaluate_onnx(final, ctx.data.val, metric=ctx.metric)
         accuracy = acc.metric if acc.metric is not None else acc.top1
@@ -259,27 +347,23 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
         if ctx.metric is not None and ctx.metric_direction == "minimize":
             drop = -drop
         size = file_size_mb(final)
-        if ctx.early_stopper is not None:
-            ctx.early_stopper.observe(tuple(history), accuracy)
-        with _stage("latency", current, times):
-            if ctx.latency_fn is not None:
-                lat_ms, speedup, cv = ctx.latency_fn(final)
-            elif ctx.profile.latency.mode == "predict":
-                from .measure.predict import predict_latency
-
-                lat_ms = predict_latency(final, ctx.profile, ctx.lookup_table, ctx.batch_shape)
-                speedup = (ctx.baseline.predicted_ms or ctx.baseline.latency_ms) / lat_ms
-                cv = None
-            else:
-                lat = measure_latency(final, ctx.profile, ctx.batch_shape, baseline_path=ctx.baseline.path,
-                                      seed=ctx.seed + number)
-                lat_ms, speedup, cv = lat.median_ms, lat.speedup, lat.cv
+        if pre is not None and (pre[0] == final or graph_signature(pre[0]) == graph_signature(final)):
+            lat, state["source"] = pre[1], "untrained graph"  # same graph: its speed was measured before training
+        else:
+            if pre is not None:
+                ctx.log(f"    trial {number}: the trained model's graph differs from the untrained one's; latency measured again")
+            with _stage("latency", current, times):
+                lat = _speed(final, ctx, number)
+            state["source"] = "trained model"
         metrics = Metrics(
-            accuracy=accuracy, top5=acc.top5, accuracy_drop=drop, latency_ms=lat_ms, speedup=speedup,
-            size_mb=size, params=meta.get("params"), macs=meta.get("macs"), latency_cv=cv,
+            accuracy=accuracy, top5=acc.top5, accuracy_drop=drop, latency_ms=lat[0], speedup=lat[1],
+            size_mb=size, params=meta.get("params"), macs=meta.get("macs"), latency_cv=lat[2],
             latency_mode=ctx.profile.latency.mode,
         )
-        return record(TrialStatus.COMPLETE, metrics, artifact=str(final.relative_to(ctx.run_dir)))
+        rec = record(TrialStatus.COMPLETE, metrics, artifact=str(final.relative_to(ctx.run_dir)))
+        if ctx.early_stopper is not None:  # the loop reports it too; the scheduler counts it once
+            ctx.early_stopper.observe_record(rec)
+        return rec
     except EarlyStopped as e:
         return record(TrialStatus.STOPPED, stage=current[0], message=str(e))
     except InfeasibleCandidate as e:
@@ -295,3 +379,6 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
         where = f" ({Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
         first = (str(e).strip().splitlines() or [""])[0][:300]
         return record(TrialStatus.FAILED, stage=current[0], message=f"{type(e).__name__}: {first}{where}")
+    finally:
+        for p in (untrained, untrained_q):
+            p.unlink(missing_ok=True)

@@ -123,9 +123,9 @@ def _patch_memory(mp):
 
 INJECTIONS = [
     ("export", _patch_export, "export", "injected export failure"),
-    ("export-crash", _patch_export_crash, "student", "RuntimeError: injected exporter crash"),
+    ("export-crash", _patch_export_crash, "export", "RuntimeError: injected exporter crash"),  # the untrained export
     ("quantizer", _patch_quantize, "quantize", "injected quantizer failure"),
-    ("ort-session", _patch_session, "evaluate", "injected ORT session failure"),
+    ("ort-session", _patch_session, "latency", "injected ORT session failure"),  # speed is measured first
     ("nan-loss", _patch_nan_loss, "distill", "NaN"),
     ("memory", _patch_memory, "student", "out of memory"),
 ]
@@ -171,6 +171,7 @@ def test_a_run_where_every_trial_fails_ends_with_a_clear_summary(env, tmp_path, 
 
 
 def test_an_impossible_constraint_ends_with_no_front_and_says_so(env, tmp_path, capsys):
+    """Speed is measured before training, so a candidate that misses a speed constraint is never distilled."""
     out = tmp_path / "run"
     rc = main(["run", "--model", f"{env / 'models.py'}:tiny_cnn", "--checkpoint", str(env / "teacher.pt"),
                "--data", "digits", "--image-size", "16", "--space", str(env / "space.yaml"),
@@ -178,7 +179,8 @@ def test_an_impossible_constraint_ends_with_no_front_and_says_so(env, tmp_path, 
                "--max-accuracy-drop", "90", "--min-speedup", "1000"])
     cap = capsys.readouterr()
     assert rc == 0 and "Traceback" not in cap.out + cap.err and cap.err.strip() == ""
-    assert "no trial met the constraints" in cap.out
+    assert "no trial completed; by stage: gate INFEASIBLE: 2" in cap.out and "min_speedup 1000x" in cap.out
     df = pd.read_csv(out / "trials.csv")
-    assert (df["status"] == "COMPLETE").all() and (df["speedup"] < 1000).all()
+    assert (df["status"] == "INFEASIBLE").all() and (df["stage"] == "gate").all() and (df["speedup"] < 1000).all()
+    assert "time.distill" not in df.columns and df["time.latency_pre"].gt(0).all()
     assert len(pd.read_csv(out / "pareto.csv")) == 0 and (out / "report.html").is_file()

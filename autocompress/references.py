@@ -25,7 +25,9 @@ FILE = "int8_reference.onnx"
 
 
 def seed_label(seed: SeedCandidate) -> str:
-    """``uniform 80% + int8, KD 8 ep`` / ``int8 alone`` / ``family + fp32``."""
+    """``uniform 80% + int8, KD 8 ep`` / ``int8 alone`` / ``family + fp32`` (or the seed's own ``label``)."""
+    if seed.label:
+        return seed.label
     if seed.student != "pruned":
         head = seed.student
     elif isinstance(seed.sparsity, dict):
@@ -34,7 +36,8 @@ def seed_label(seed: SeedCandidate) -> str:
         head = f"uniform {seed.sparsity:.0%}"
     else:
         head = ""
-    text = f"{head} + {seed.bits}" if head else f"{seed.bits} alone"
+    bits = f"{seed.bits} ({seed.keep_fp32} fp32)" if seed.bits == "int8" and seed.keep_fp32 else seed.bits
+    text = f"{head} + {bits}" if head else f"{bits} alone"
     return text + (f", KD {seed.epochs} ep" if seed.epochs and (head or seed.student != "pruned") else "")
 
 

@@ -339,6 +339,60 @@ def _hv_fig(df, spec: RunSpec, baseline: dict):
     return fig
 
 
+# ---------------------------------------------------------------------------- sensitivity of the teacher
+def _sensitivity_section(run_dir: Path, meta: dict) -> str:
+    """Accuracy of each stage pruned alone vs ratio, and each layer's int8 logit error (autocompress/sensitivity.py)."""
+    import plotly.graph_objects as go
+
+    from .sensitivity import int8_ranking, read_for_report
+
+    rec = read_for_report(run_dir, meta)
+    if rec is None:
+        return ""
+    figs = []  # plotly.js is already on the page (the first trade-off plot carries it)
+    base = rec.get("base_accuracy")
+    if rec.get("stages") and base is not None:
+        fig = go.Figure()
+        for stage, v in rec["stages"].items():
+            xs = [0.0] + list(rec["ratios"][: len(v["accuracy"])])
+            fig.add_trace(go.Scatter(
+                x=[100 * x for x in xs], y=[100 * a for a in [base, *v["accuracy"]]], mode="lines+markers", name=stage,
+                customdata=[0.0, *[100 * m for m in v["macs_removed"]]],
+                hovertemplate=stage + " pruned %{x:.0f}%: %{y:.1f}% top-1, %{customdata:.0f}% of MACs removed<extra></extra>"))
+        fig.update_layout(template="plotly_white", margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                          title={"text": "each stage pruned alone (BatchNorm recalibrated, no distillation)", "font": {"size": 12}},
+                          xaxis={"title": "channels removed in the stage (%)"}, yaxis={"title": "top-1 (%)", "range": [0, 101]})
+        figs.append(_plot(fig, "sens-prune", False, 320, modebar=False))
+    ranking = int8_ranking(rec)
+    if ranking:
+        layers = rec["int8"]["layers"]
+        k = int((meta.get("sensitivity") or {}).get("keep_fp32_max") or 0)
+        order = [n for n in layers if n in ranking]  # network order
+        fig = go.Figure(go.Bar(
+            x=[f"{i}: {n}" for i, n in enumerate(order)], y=[layers[n]["error"] for n in order],
+            marker={"color": ["#c0392b" if n in ranking[:k] else PRECISION_COLOURS["int8"] for n in order]},
+            customdata=[100 * layers[n]["accuracy"] for n in order],
+            hovertemplate="%{x}: int8 alone adds %{y:.2e} relative logit error (top-1 %{customdata:.1f}%)<extra></extra>"))
+        fig.update_layout(template="plotly_white", margin={"l": 60, "r": 10, "t": 40, "b": 10},
+                          title={"text": "int8 sensitivity: each layer quantized alone" + (f" (red: the {k} that bits.keep_fp32 may keep in fp32)" if k else ""),
+                                 "font": {"size": 12}},
+                          yaxis={"title": "logit error", "type": "log"},
+                          xaxis={"showticklabels": len(order) <= 30, "tickangle": -45, "tickfont": {"size": 9}})
+        figs.append(_plot(fig, "sens-int8", False, 320, modebar=False))
+    s = meta.get("sensitivity") or {}
+    secs = rec.get("seconds", {})
+    smp = rec.get("samples", {})
+    added = ", ".join(s.get("seeds_added") or []) or "none"
+    all8 = (rec.get("int8") or {}).get("all")
+    note = (f"Measured once on the teacher in {secs.get('total', 0):.0f} s ({smp.get('val', '?')} validation samples, "
+            f"BatchNorm re-estimated on {smp.get('calib', '?')} training samples, criterion {_e(rec.get('criterion'))}; "
+            f"int8 points on {smp.get('int8', '?')} samples)"
+            + (f"; everything int8: relative logit error {all8['error']:.2e}, top-1 {100 * all8['accuracy']:.1f}%" if all8 else "")
+            + f". Seeds it added: {_e(added)}.")
+    return (f"<h2>Sensitivity of the teacher</h2><div class='row'>{''.join(f'<div>{f}</div>' for f in figs)}</div>"
+            f"<p class='muted'>{note}</p>")
+
+
 # ---------------------------------------------------------------------------- the page
 def _cards(df, front, spec: RunSpec, baseline: dict) -> tuple[str, str]:
     """Headline cards and a one-sentence verdict."""
@@ -461,6 +515,7 @@ sparsity = mean share of channels removed; smaller = baseline file size / model 
 <h2>Front models: what was done to each layer</h2>{''.join(models) or "<p>No feasible trial yet.</p>"}
 <h2>Trials that did not complete ({len(not_done)} of {len(df)})</h2>{_table(problems, cls_col="status")}
 <details><summary>all {len(df)} trials</summary>{_table(all_rows, cls_col="status")}</details>
+{_sensitivity_section(run_dir, meta)}
 <h2>Where the time went</h2>
 <div class="row"><div>{_plot(bar, "time-plot", False, 360)}</div><div>{_plot(per, "stage-plot", False, 360)}</div></div>
 {_plot(_hv_fig(df, spec, baseline), "hv-plot", False, 320)}

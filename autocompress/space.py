@@ -1,7 +1,9 @@
 """Search space YAML -> define-by-run suggestions -> a frozen :class:`Candidate`.
 
 Parameters are conditional: per-stage sparsity is suggested only for the ``pruned`` student, width and
-depth only for family students, the int8 format only when some layer is int8. Parameter names are
+depth only for family students, the int8 format only when some layer is int8, ``bits.keep_fp32`` (how many of
+the most int8-sensitive layers stay fp32, ranked by :mod:`autocompress.sensitivity`) only for an int8 pruned
+student of a space whose layers are ranked. Parameter names are
 stable (``sparsity.layer1``, ``bits``, ``kd.epochs``...) so studies resume and tables line up.
 """
 
@@ -102,6 +104,10 @@ def sample_candidate(
             b = _suggest(t, f"bits.{stage}", precisions, params)
             bits.update({n: b for n in names})
         bits = {"_default": b, **bits}  # layers outside the stages (classifier) follow the last stage
+    if student == "pruned" and "int8" in bits.values() and space.bits.sensitive_layers:
+        # int8 with the k most int8-sensitive layers of the teacher (whose names the pruned student keeps) in fp32
+        k = int(_suggest(t, "bits.keep_fp32", space.bits.keep_fp32, params))
+        bits.update({name: "fp32" for name in space.bits.sensitive_layers[:k]})
     bits.update(space.bits.layers)
 
     q = space.quantization
@@ -160,6 +166,33 @@ def seed_params(seed: SeedCandidate, space: SearchSpace, groups: Mapping[str, Se
         out["bits"] = seed.bits
     else:
         out.update({f"bits.{stage}": seed.bits for stage in groups})
+    if seed.student == "pruned" and seed.bits == "int8" and space.bits.sensitive_layers and _searched(space.bits.keep_fp32):
+        out["bits.keep_fp32"] = seed.keep_fp32
     if seed.epochs is not None:
         out["kd.epochs"] = seed.epochs
+    # the rest of a searched KD recipe: its first choice, so a seed is the same setting in every run
+    d = space.distill
+    for name, p in (("kd.lr", d.lr), ("kd.temperature", d.temperature), ("kd.alpha", d.alpha),
+                    ("kd.batch_size", d.batch_size), ("kd.optimizer", d.optimizer)):
+        if isinstance(p, list) and len(p) > 1:
+            out[name] = p[0]
     return out
+
+
+def _searched(p) -> bool:
+    return isinstance(p, (FloatRange, IntRange)) or (isinstance(p, list) and len(p) > 1)
+
+
+def for_teacher(space: SearchSpace, family: str, log=None) -> SearchSpace:
+    """The space as it applies to this teacher: a user model has no zoo family, so ``family`` students are left
+    out (the student dimension is then what remains, e.g. just ``pruned``); a space offering nothing else stops."""
+    kinds = list(space.student.kind)
+    if family != "user" or "family" not in kinds:
+        return space
+    rest = [k for k in kinds if k != "family"]
+    if not rest:
+        raise ConfigError(f"search space '{space.name}' offers only student 'family', which needs a zoo model "
+                          "(--model resnet18, ...); add 'pruned' to student.kind for your own model")
+    if log is not None:
+        log(f"space: student 'family' left out (the teacher is a user model, with no smaller zoo member); students: {rest}")
+    return space.model_copy(update={"student": space.student.model_copy(update={"kind": rest})})

@@ -20,18 +20,27 @@ def _ask(space, profile=CPU, seed=0, n=1):
 
 def test_default_space_per_stage_parameters_are_conditional():
     space = load_space("default")
-    for t, c in _ask(space, n=10):
-        assert c.student == "pruned"
+    students = set()
+    for t, c in _ask(space, n=16):
+        students.add(c.student)
         names = set(t.params)
-        assert {"sparsity.stem", "sparsity.layer1", "sparsity.layer2", "bits"} <= names
-        assert "width_mult" not in names
-        sp = c.sparsity_map()
-        assert sp["layer1.0.conv1"] == sp["layer1.0.conv2"] == t.params["sparsity.layer1"]
-        assert all(0.1 <= v <= 0.9 for v in sp.values())
-        # quantization parameters only matter (and are only drawn) when a layer is int8
+        assert "bits" in names
+        # the profile (cpu: fp32, int8) limits the precisions the space lists (fp16 too)
         assert c.bits_map()["_default"] in ("fp32", "int8")
-        if c.distill is not None:
-            assert c.distill.epochs in (3, 5, 8)
+        if c.student == "pruned":
+            assert {"sparsity.stem", "sparsity.layer1", "sparsity.layer2"} <= names
+            assert "width_mult" not in names
+            sp = c.sparsity_map()
+            assert sp["layer1.0.conv1"] == sp["layer1.0.conv2"] == t.params["sparsity.layer1"]
+            assert all(0.1 <= v <= 0.9 for v in sp.values())
+        else:  # a smaller family member: width and depth, no per-stage sparsity
+            assert c.student == "family" and {"width_mult", "depth_mult"} <= names
+            assert not any(n.startswith("sparsity") for n in names)
+        # without a sensitivity ranking (the run's analysis fills it) nothing is kept fp32 by rank
+        assert "bits.keep_fp32" not in names
+        assert c.distill is not None and c.distill.epochs in (3, 5, 8)
+        assert c.distill.temperature in (2.0, 4.0) and c.distill.alpha in (0.7, 0.9)
+    assert students == {"pruned", "family"}
 
 
 def test_family_students_draw_width_not_sparsity():
@@ -76,7 +85,9 @@ def test_zero_sparsity_pruned_student_skips_distillation():
 def test_seeds_translate_to_enqueueable_params():
     space = load_space("default")
     p = seed_params(space.seeds[0], space, GROUPS)
-    assert p == {"sparsity.stem": 0.8, "sparsity.layer1": 0.8, "sparsity.layer2": 0.8, "bits": "int8", "kd.epochs": 8, "criterion": "l1"}
+    # the rest of the searched recipe takes its first choice, so a seed is the same setting in every run
+    assert p == {"student": "pruned", "sparsity.stem": 0.8, "sparsity.layer1": 0.8, "sparsity.layer2": 0.8, "bits": "int8",
+                 "kd.epochs": 8, "criterion": "l1", "kd.temperature": 4.0, "kd.alpha": 0.9}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial(p)
     t = study.ask()
@@ -109,3 +120,61 @@ def test_candidate_keys_share_student_across_bits():
     c1 = sample_candidate(study.ask(), space, CPU, GROUPS)
     c2 = sample_candidate(study.ask(), space, CPU, GROUPS)
     assert c1.student_key() == c2.student_key() and c1.key() != c2.key()
+
+
+RANKED = ["layer1.0.conv2", "conv1", "layer2.0.conv1", "fc"]
+
+
+def test_keep_fp32_keeps_the_most_sensitive_layers_of_an_int8_pruned_student():
+    space = parse(SearchSpace, {"bits": {"choices": ["int8"], "keep_fp32": [0, 1, 2], "sensitive_layers": RANKED},
+                                "student": {"kind": ["pruned", "family"]}}, "t")
+    seen = set()
+    for t, c in _ask(space, n=30):
+        bits = c.bits_map()
+        if c.student != "pruned":  # a family student has other layers: its bits stay uniform
+            assert "bits.keep_fp32" not in t.params and set(bits.values()) == {"int8"}
+            continue
+        k = t.params["bits.keep_fp32"]
+        seen.add(k)
+        assert bits["_default"] == "int8"
+        assert [n for n, v in bits.items() if v == "fp32"] == RANKED[:k]
+    assert seen == {0, 1, 2}
+
+
+def test_a_seed_fixes_keep_fp32_and_its_label_says_so():
+    from autocompress.config import SeedCandidate
+    from autocompress.references import seed_label
+
+    space = parse(SearchSpace, {"bits": {"choices": ["int8"], "keep_fp32": [0, 2], "sensitive_layers": RANKED}}, "t")
+    seed = SeedCandidate(sparsity=0.5, bits="int8", epochs=3, keep_fp32=2)
+    p = seed_params(seed, space, GROUPS)
+    assert p["bits.keep_fp32"] == 2
+    study = optuna.create_study()
+    study.enqueue_trial(p)
+    c = sample_candidate(study.ask(), space, CPU, GROUPS)
+    assert c.bits_map() == {"_default": "int8", "layer1.0.conv2": "fp32", "conv1": "fp32"}
+    assert seed_label(seed) == "uniform 50% + int8 (2 fp32), KD 3 ep"
+    assert seed_label(seed.model_copy(update={"label": "sensitivity 50% + int8"})) == "sensitivity 50% + int8"
+
+
+def test_keep_fp32_without_a_ranking_is_refused():
+    with pytest.raises(ConfigError, match="keep_fp32.*sensitivity"):
+        parse(SearchSpace, {"bits": {"keep_fp32": [0, 2]}}, "space.yaml")
+    # the analysis ranks them, or the user does
+    parse(SearchSpace, {"bits": {"keep_fp32": [0, 2]}, "sensitivity": {"enabled": True}}, "t")
+    parse(SearchSpace, {"bits": {"keep_fp32": 1, "sensitive_layers": ["conv1"]}}, "t")
+
+
+def test_family_students_are_left_out_for_a_user_model():
+    from autocompress.space import for_teacher
+
+    space = load_space("default")
+    said = []
+    user = for_teacher(space, "user", log=said.append)
+    assert user.student.kind == ["pruned"] and "family" in said[0]
+    assert for_teacher(space, "resnet") is space
+    for t, c in _ask(user, n=8):
+        assert c.student == "pruned" and "student" not in t.params
+    only = parse(SearchSpace, {"student": {"kind": ["family"]}, "sparsity": None}, "t")
+    with pytest.raises(ConfigError, match="add 'pruned'"):
+        for_teacher(only, "user")

@@ -86,13 +86,13 @@ def test_seeds_translate_to_enqueueable_params():
     space = load_space("default")
     p = seed_params(space.seeds[0], space, GROUPS)
     # the rest of the searched recipe takes its first choice, so a seed is the same setting in every run
-    assert p == {"student": "pruned", "sparsity.stem": 0.8, "sparsity.layer1": 0.8, "sparsity.layer2": 0.8, "bits": "int8",
+    assert p == {"student": "pruned", "sparsity.stem": 0.5, "sparsity.layer1": 0.5, "sparsity.layer2": 0.5, "bits": "int8",
                  "kd.epochs": 8, "criterion": "l1", "kd.temperature": 4.0, "kd.alpha": 0.9}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial(p)
     t = study.ask()
     c = sample_candidate(t, space, CPU, GROUPS)
-    assert set(c.sparsity_map().values()) == {0.8} and c.bits_map()["_default"] == "int8"
+    assert set(c.sparsity_map().values()) == {0.5} and c.bits_map()["_default"] == "int8"
 
 
 def test_a_seed_outside_the_range_is_sampled_without_a_warning():

@@ -202,6 +202,10 @@ class SearchLoop:
         limit = f"time budget reached (--timeout {self.prep.spec.timeout:.0f} s)"
         if self.inflight:
             self.disp.print(f"{limit}: no new trials, waiting for {len(self.inflight)} in flight")
+        elif self.timing["trials"] == 0:  # the set-up used the whole budget: say so, and how to go on
+            self.disp.print(f"{limit} before the first trial: --timeout counts the whole run and the set-up (teacher, "
+                            f"baseline, sensitivity) took it; continue with `autocompress resume {self.store.dir}` "
+                            "(the set-up is cached, the same --timeout then goes to trials) or run with a larger --timeout")
         else:
             self.disp.print(f"{limit}: stopping after {self.backend.finished()} trials")
 

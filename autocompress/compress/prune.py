@@ -39,6 +39,7 @@ from torch import nn
 
 from ..bounds import deadline
 from .rewrite import ChannelMap, linearise_channel_maps
+from .rewrite import record_inputs as _record_inputs
 from ..errors import AutocompressError, ConfigError, InfeasibleCandidate, StageError
 from ..registry import did_you_mean
 from .criteria import NEEDS_GRADIENTS, make_importance
@@ -393,23 +394,6 @@ def prune_model(
         fixed_layers=tuple(fixed),
         rewritten=tuple(rewritten),
     )
-
-
-def _record_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    """The input tensor of every module called exactly once with a single tensor in one forward pass."""
-    seen: dict[nn.Module, list] = {}
-
-    def hook(mod, args):
-        seen.setdefault(mod, []).append(args[0].detach() if len(args) == 1 and torch.is_tensor(args[0]) else None)
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-    return {m: v[0] for m, v in seen.items() if len(v) == 1 and v[0] is not None}
 
 
 def _interface_layers(part: nn.Module, x: torch.Tensor, layers: list[nn.Module]) -> set[nn.Module]:

@@ -69,12 +69,27 @@ def _as_channel_map(mod: nn.Module, x: torch.Tensor) -> ChannelMap | None:
     return conv
 
 
+def record_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    """The input tensor of every module called exactly once with a single tensor in one forward pass."""
+    seen: dict[nn.Module, list] = {}
+
+    def hook(mod, args):
+        seen.setdefault(mod, []).append(args[0].detach() if len(args) == 1 and torch.is_tensor(args[0]) else None)
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return {m: v[0] for m, v in seen.items() if len(v) == 1 and v[0] is not None}
+
+
 def linearise_channel_maps(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     """Replace (in place) every parameter-free module that maps channels linearly at a stride by an equal,
     frozen 1x1 convolution; returns the names replaced. The model's output is checked unchanged."""
-    from .prune import _record_inputs
-
-    inputs = _record_inputs(model, example_input)
+    inputs = record_inputs(model, example_input)
     with torch.no_grad():
         before = model(example_input)
     replaced: list[str] = []

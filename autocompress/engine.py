@@ -21,7 +21,8 @@ from .config import REPO_ROOT, HardwareProfile, RunSpec, SearchSpace, load_profi
 from .errors import ConfigError
 from .records import Baseline, content_hash
 from .store import RunStore, follow_folder, package_versions
-from .trial import EarlyStopper, TrialContext, feasibility
+from .search.scheduler import FidelityScheduler
+from .trial import TrialContext, feasibility
 
 if TYPE_CHECKING:
     from .report import RunResult
@@ -188,7 +189,7 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     if spec.early_stop:  # the gate before distillation and the KD rungs (search/scheduler.py), history from the log
         c = spec.constraints
         drop = None if metric is not None or c.max_accuracy_drop is None else c.max_accuracy_drop / 100.0
-        stopper = EarlyStopper(  # its accuracy rules read top-1 (the KD history): off when a metric of the user's scores
+        stopper = FidelityScheduler(  # its accuracy rules read top-1 (the KD history): off when a metric of the user's scores
             target=None if drop is None else baseline.accuracy - drop, num_classes=data.num_classes,
             multi_fidelity=spec.multi_fidelity, gate_margin=(drop or 0.0) / 2, min_speedup=c.min_speedup,
             max_size_mb=c.max_size_mb, max_latency_ms=c.max_latency_ms,

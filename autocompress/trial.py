@@ -31,7 +31,6 @@ from typing import Any, Callable
 from .errors import AutocompressError, InfeasibleCandidate, StageError
 from .records import Baseline, Candidate, Metrics, TrialRecord, TrialStatus, content_hash  # noqa: F401 (Baseline: re-exported)
 from .search.scheduler import FidelityScheduler
-from .search.scheduler import FidelityScheduler as EarlyStopper  # noqa: F401 (its first name, still imported)
 
 
 class EarlyStopped(Exception):

@@ -88,11 +88,13 @@ def record_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Modu
 
 def linearise_channel_maps(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     """Replace (in place) every parameter-free module that maps channels linearly at a stride by an equal,
-    frozen 1x1 convolution; returns the names replaced. The model's output is checked unchanged."""
+    frozen 1x1 convolution; returns the names replaced. The model's output is checked unchanged (if it is not,
+    every replacement is undone and nothing is returned: the pruner then keeps the tied widths whole)."""
     inputs = record_inputs(model, example_input)
     with torch.no_grad():
         before = model(example_input)
     replaced: list[str] = []
+    originals: list[tuple[nn.Module, str, nn.Module]] = []
     for name, mod in list(model.named_modules()):
         if not name or any(name.startswith(r + ".") for r in replaced) or isinstance(mod, ChannelMap):
             continue
@@ -102,11 +104,15 @@ def linearise_channel_maps(model: nn.Module, example_input: torch.Tensor) -> lis
         if conv is None:
             continue
         parent_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, conv)
+        parent = model.get_submodule(parent_name) if parent_name else model
+        originals.append((parent, leaf, mod))
+        setattr(parent, leaf, conv)
         replaced.append(name)
     if replaced:
         with torch.no_grad():
             after = model(example_input)
         if after.shape != before.shape or not torch.allclose(after, before, atol=1e-4, rtol=1e-4):
-            raise RuntimeError(f"rewriting {replaced} changed the model's output; report this model")
+            for parent, leaf, mod in originals:  # each map checked alone, the whole not: keep the model as it was
+                setattr(parent, leaf, mod)
+            return []
     return replaced

@@ -73,6 +73,8 @@ def run(
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="never stop a distillation early"),
     no_multi_fidelity: bool = typer.Option(False, "--no-multi-fidelity", help="no dominance gate on the speed measured before "
                                            "training and no KD rungs (constraints are still checked first; early-stop rules stay)"),
+    no_finish: bool = typer.Option(False, "--no-finish", help="no finishing: the end of the budget is not spent re-distilling "
+                                   "the fastest candidate that narrowly missed the accuracy target with a larger KD budget"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print each trial's start and every distillation epoch (else a progress bar shows them)"),
     train_device: Optional[str] = typer.Option(None, "--train-device", help="auto (default: a CUDA GPU when present), cpu or cuda: teacher training, logits, KD"),
 ):
@@ -91,6 +93,8 @@ def run(
         overrides["early_stop"] = False
     if no_multi_fidelity:
         overrides["multi_fidelity"] = False
+    if no_finish:
+        overrides["finish"] = False
     cons = {k: v for k, v in dict(max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, max_size_mb=max_size_mb).items() if v is not None}
     if cons:
         base = (read_yaml(config).get("constraints") if config else None) or {"max_accuracy_drop": 1.0}

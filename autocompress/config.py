@@ -411,6 +411,9 @@ class RunSpec(Strict):
     # successive halving stops a distillation at its rung epochs (1, 3) when a finished candidate dominated it there;
     # False: every candidate that meets the constraints gets its whole KD budget (search/scheduler.py)
     multi_fidelity: bool = True
+    # the end of the budget (the last 35% of --timeout, or the last 2 of --trials) re-distils the fastest candidate
+    # that missed the accuracy target by <= 2.5 pp with up to 8x its KD samples (search/finish.py); False: never
+    finish: bool = True
     # the final pass: front models and reference points re-timed against the baseline in this many fresh processes;
     # the spread across them is the uncertainty reported (0 = off). AUTOCOMPRESS_RETIME_WINDOWS changes the default.
     retime_windows: int = Field(default_factory=lambda: int(os.environ.get("AUTOCOMPRESS_RETIME_WINDOWS", "3")), ge=0)

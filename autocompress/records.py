@@ -195,6 +195,7 @@ class TrialRecord:
     # where latency_ms/speedup come from: "untrained graph" (measured before distillation; the trained model's graph
     # has the same signature) or "trained model" (measured on the final model); None in older records
     latency_source: str | None = None
+    finish_of: int | None = None  # a finishing trial (search/finish.py): the trial whose candidate it re-distils
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,6 +213,7 @@ class TrialRecord:
             "seed": self.seed,
             "phase": self.phase,
             "latency_source": self.latency_source,
+            "finish_of": self.finish_of,
         }
 
     @staticmethod
@@ -231,6 +233,7 @@ class TrialRecord:
             seed=d.get("seed"),
             phase=d.get("phase"),
             latency_source=d.get("latency_source"),
+            finish_of=d.get("finish_of"),
         )
 
 

@@ -106,6 +106,8 @@ def trials_frame(records: list[TrialRecord]) -> pd.DataFrame:
         row["student"] = r.candidate.student
         row["bits"] = "/".join(sorted(set(r.candidate.bits_map().values())))
         row["kd_epochs"] = r.candidate.distill.epochs if r.candidate.distill else 0
+        row["kd_samples_per_epoch"] = (r.candidate.distill.samples_per_epoch if r.candidate.distill else None)
+        row["finish_of"] = r.finish_of  # a finishing trial (search/finish.py): the trial it re-distilled
         sp = list(r.candidate.sparsity_map().values())
         row["sparsity"] = round(sum(sp) / len(sp), 4) if sp else 0.0
         row["seed"] = r.seed or ""

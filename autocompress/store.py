@@ -22,7 +22,7 @@ from .records import TrialRecord
 
 FORMAT_VERSION = 1
 # spec keys a later `run`/`resume` on the same folder may change; any other difference is another run
-MUTABLE_SPEC_KEYS = frozenset({"trials", "timeout", "workers", "address", "early_stop", "multi_fidelity", "out",
+MUTABLE_SPEC_KEYS = frozenset({"trials", "timeout", "workers", "address", "early_stop", "multi_fidelity", "finish", "out",
                                "retime_windows"})
 
 

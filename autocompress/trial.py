@@ -160,11 +160,11 @@ def _distill_student(model, cand: Candidate, ctx: TrialContext, history: list[fl
         ctx.log(f"    epoch {epoch + 1}/{total}: val acc {acc:.2%}")
         if stopper is None:
             return None
-        why = stopper.check(epoch, acc, total)
+        why = stopper.check(epoch, acc, total, cand.distill.samples_per_epoch)
         if why:
             reason.append((why, True))
             return False
-        why = stopper.rung(epoch, acc, total, speed.speedup, speed.size_mb)
+        why = stopper.rung(epoch, acc, total, speed.speedup, speed.size_mb, cand.distill.samples_per_epoch)
         if why:
             reason.append((why, False))
             return False

@@ -28,4 +28,8 @@ class Backend(Protocol):
 
     def finished(self) -> int: ...
 
+    def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None, *, unique: bool = True) -> None:
+        """Fixed parameter sets run by the next asks (seeds; a finishing trial, ``unique=False``: its parameters
+        have run before)."""
+
     def records(self) -> list[TrialRecord]: ...

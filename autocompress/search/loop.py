@@ -23,6 +23,7 @@ from ..records import Candidate, TrialRecord, TrialStatus
 from ..references import SEED_ATTR
 from ..store import RunStore, merge_records
 from ..trial import feasibility
+from .finish import FINISH_ATTR, FinishPolicy, apply_finish, finish_label
 
 if TYPE_CHECKING:
     from .base import Backend
@@ -48,6 +49,7 @@ class _InFlight:
     handle: Any
     cand: Candidate
     seed: str | None
+    finish_of: int | None = None
 
 
 def describe(c: Candidate) -> str:
@@ -100,6 +102,8 @@ class SearchLoop:
         self.records = merge_records(self.store.records(), backend.records())
         self.inflight: dict[int, _InFlight] = {}
         self._started = time.time()
+        self.finisher = finish_policy(prep)
+        self._finishing: set[int] = set()  # trials whose finishing this loop enqueued
         # engine overhead = the loop's wall time not spent waiting for trials (asks, storage, logging)
         self.timing: dict[str, Any] = {"trials": 0, "trial_s": 0.0, "wall_s": 0.0, "workers": executor.capacity}
 
@@ -118,13 +122,15 @@ class SearchLoop:
                         self._log_deadline()
                         asking = False
                         break
+                    self._maybe_finish()
                     asked = self.backend.ask()  # None once finished + in flight reach the (shared) budget
                     if asked is None:
                         asking = False
                         break
                     handle, suggest, number = asked
                     pending = handle
-                    cand = self._candidate(handle, suggest)
+                    cand = apply_finish(self._candidate(handle, suggest),
+                                        (getattr(suggest, "user_attrs", None) or {}).get(FINISH_ATTR))
                     seen = next((r for r in self.records if r.candidate.key() == cand.key()), None)
                     running = any(f.cand.key() == cand.key() for f in self.inflight.values())
                     if (seen is not None or running) and retries < MAX_DUPLICATE_RETRIES:
@@ -134,15 +140,16 @@ class SearchLoop:
                         pending = None
                         continue
                     retries = 0
-                    seed = (getattr(suggest, "user_attrs", None) or {}).get(SEED_ATTR)
-                    self.disp.started(number, describe(cand))
+                    attrs = getattr(suggest, "user_attrs", None) or {}
+                    seed, fin = attrs.get(SEED_ATTR), attrs.get(FINISH_ATTR)
+                    self.disp.started(number, (finish_label(fin) + ": " if fin else "") + describe(cand))
                     pending = None  # from here the trial is settled (its record on disk first) or in flight
                     if seen is not None:  # still a duplicate after the retries: its record, not another run
                         self._settle(replace(seen, number=number, candidate=cand, duration_s=0.0, stage_times=(),
                                              message=f"duplicate of trial {seen.number}" if seen.message is None
-                                             else seen.message), handle, seed)
+                                             else seen.message), handle, seed, fin and fin["of"])
                     else:
-                        self.inflight[number] = _InFlight(handle, cand, seed)
+                        self.inflight[number] = _InFlight(handle, cand, seed, fin and fin["of"])
                         self.executor.submit(number, cand)
                 if not self.inflight:
                     break
@@ -152,7 +159,7 @@ class SearchLoop:
                 for rec in done:
                     f = self.inflight.pop(rec.number)
                     self._observe(rec)  # a remote trial ran against a copy of the scheduler: the driver's learns here
-                    self._settle(rec, f.handle, f.seed)
+                    self._settle(rec, f.handle, f.seed, f.finish_of)
                     self.executor.settled(rec)
         except KeyboardInterrupt:
             self.executor.cancel()
@@ -184,8 +191,29 @@ class SearchLoop:
         else:
             self.stopper.observe(rec.kd_history, rec.metrics.accuracy)
 
-    def _settle(self, rec: TrialRecord, handle, seed: str | None) -> None:
-        rec = replace(rec, seed=seed)  # a trial the space's seeds enqueued carries its label
+    def _maybe_finish(self) -> None:
+        """At the end of the budget, enqueue the re-distillation of the search's best bet (search/finish.py)."""
+        if self.finisher is None:
+            return
+        now = time.time()
+        remaining_s = None if self.deadline is None else self.deadline - now
+        search_s = None if self.deadline is None else self.deadline - self._started
+        left = self.backend.budget - self.backend.finished() - len(self.inflight)
+        if left < 1 or not self.finisher.due(remaining_s=remaining_s, search_s=search_s, remaining_trials=left):
+            return
+        feasible = [r.metrics.speedup for r in self.records if r.status == TrialStatus.COMPLETE
+                    and r.metrics.speedup is not None and all(v <= 0 for v in feasibility(r.metrics, self.constraints))]
+        busy = self._finishing | {f.finish_of for f in self.inflight.values() if f.finish_of is not None}
+        fin = self.finisher.choose(self.records, feasible, remaining_s=remaining_s, busy=busy)
+        if fin is None:
+            return
+        src = next(r for r in self.records if r.number == fin.of)
+        self.backend.enqueue([dict(src.candidate.params)], [{FINISH_ATTR: fin.attrs()}], unique=False)
+        self._finishing.add(fin.of)
+        self.disp.print(f"finishing: {fin.why}")
+
+    def _settle(self, rec: TrialRecord, handle, seed: str | None, finish_of: int | None = None) -> None:
+        rec = replace(rec, seed=seed, finish_of=finish_of)  # a trial the space's seeds enqueued carries its label
         self.store.append(rec)  # on disk first: the backend may be a remote database
         self.backend.tell(handle, rec, feasibility(rec.metrics, self.constraints))
         self.records.append(rec)
@@ -208,6 +236,17 @@ class SearchLoop:
                             "(the set-up is cached, the same --timeout then goes to trials) or run with a larger --timeout")
         else:
             self.disp.print(f"{limit}: stopping after {self.backend.finished()} trials")
+
+
+def finish_policy(prep: PreparedRun) -> FinishPolicy | None:
+    """The run's finishing policy (search/finish.py), or None: off in the run spec (``finish: false``), or no
+    accuracy target to finish towards."""
+    drop = prep.spec.constraints.max_accuracy_drop
+    if not getattr(prep.spec, "finish", True) or drop is None or prep.space.distill is None or not prep.space.distill.enabled:
+        return None
+    ctx = prep.ctx
+    return FinishPolicy(baseline_accuracy=ctx.baseline.accuracy, max_drop_pp=float(drop),
+                        train_size=ctx.data.size("train"), use_history=ctx.metric is None)
 
 
 def run_search(prep: PreparedRun, backend: "Backend", executor: "Executor", disp: LoopDisplay, *,

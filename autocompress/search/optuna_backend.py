@@ -284,7 +284,9 @@ class OptunaBackend:
                 out.append(r)
         return out
 
-    def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None) -> None:
-        """Enqueue fixed parameter sets (the space's seeds); ``user_attrs[i]`` is set on the trial that runs the i-th."""
+    def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None, *, unique: bool = True) -> None:
+        """Enqueue fixed parameter sets (the space's seeds); ``user_attrs[i]`` is set on the trial that runs the i-th.
+        ``unique``: skip a set some trial already has (seeds on resume); False for a finishing trial, whose
+        parameters ran before (search/finish.py)."""
         for i, p in enumerate(params_list):
-            self.study.enqueue_trial(p, user_attrs=user_attrs[i] if user_attrs else None, skip_if_exists=True)
+            self.study.enqueue_trial(p, user_attrs=user_attrs[i] if user_attrs else None, skip_if_exists=unique)

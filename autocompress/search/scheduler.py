@@ -47,6 +47,7 @@ class Peer:
     speedup: float | None = None
     size_mb: float | None = None
     number: int | None = None  # trial number, when the caller gave it (for messages)
+    samples_per_epoch: int | None = None  # its KD samples per epoch (a finishing trial's are larger: not comparable)
 
     def name(self) -> str:
         return f"trial {self.number}" if self.number is not None else "an earlier candidate"
@@ -77,20 +78,21 @@ class FidelityScheduler:
 
     # ------------------------------------------------------------------ history
     def observe(self, history: Sequence[float], final_accuracy: float | None, *, speedup: float | None = None,
-                size_mb: float | None = None, number: int | None = None) -> None:
+                size_mb: float | None = None, number: int | None = None, samples_per_epoch: int | None = None) -> None:
         """A settled COMPLETE candidate. The same candidate may be reported twice (by the trial that ran it
         and by the loop that settled it; by a resume's replay and the loop's): an observation with the same
         history and accuracy adds nothing, except the speed, size or number it brings when the first lacked them."""
         if final_accuracy is None:
             return
-        new = Peer(tuple(float(a) for a in history), float(final_accuracy), speedup, size_mb, number)
+        new = Peer(tuple(float(a) for a in history), float(final_accuracy), speedup, size_mb, number, samples_per_epoch)
         for i, p in enumerate(self.peers):
             if p.history != new.history or p.accuracy != new.accuracy:
                 continue
             if new.speedup is None or p.speedup is None or (p.speedup, p.size_mb) == (new.speedup, new.size_mb):
                 self.peers[i] = Peer(p.history, p.accuracy, p.speedup if p.speedup is not None else new.speedup,
                                      p.size_mb if p.size_mb is not None else new.size_mb,
-                                     p.number if p.number is not None else new.number)
+                                     p.number if p.number is not None else new.number,
+                                     p.samples_per_epoch if p.samples_per_epoch is not None else new.samples_per_epoch)
                 return
         self.peers.append(new)
 
@@ -98,8 +100,9 @@ class FidelityScheduler:
         """A :class:`~autocompress.records.TrialRecord`: COMPLETE ones are peers, the others are ignored."""
         if rec.status != TrialStatus.COMPLETE:
             return
-        m = rec.metrics
-        self.observe(rec.kd_history, m.accuracy, speedup=m.speedup, size_mb=m.size_mb, number=rec.number)
+        m, d = rec.metrics, rec.candidate.distill
+        self.observe(rec.kd_history, m.accuracy, speedup=m.speedup, size_mb=m.size_mb, number=rec.number,
+                     samples_per_epoch=d.samples_per_epoch if d is not None else None)
 
     def replay(self, records: Iterable[Any]) -> "FidelityScheduler":
         """Rebuild the history from stored records (a resumed run); returns self."""
@@ -136,7 +139,7 @@ class FidelityScheduler:
         return None
 
     # ------------------------------------------------------------------ during distillation
-    def check(self, epoch: int, acc: float, total_epochs: int) -> str | None:
+    def check(self, epoch: int, acc: float, total_epochs: int, samples_per_epoch: int | None = None) -> str | None:
         """The rules kept from the first early stopper, after KD epoch ``epoch`` (0-based) of ``total_epochs``
         with validation accuracy ``acc``: a reason to stop, or None. They do not depend on the candidate's speed,
         so a student they stop is stopped for every bit-width (the trial caches the verdict with the student)."""
@@ -147,19 +150,20 @@ class FidelityScheduler:
             return f"collapsed to chance level ({acc:.1%}) after epoch {epoch + 1}"
         if self.target is None or last:
             return None
-        reached = [p.history[epoch] for p in self._same_budget(total_epochs) if p.accuracy >= self.target]
+        reached = [p.history[epoch] for p in self._same_budget(total_epochs, samples_per_epoch) if p.accuracy >= self.target]
         if len(reached) >= self.min_history and acc < min(reached) - self.margin:
             return (f"accuracy {acc:.1%} after epoch {epoch + 1} is below every candidate that reached the "
                     f"target at that point (min {min(reached):.1%})")
         return None
 
-    def rung(self, epoch: int, acc: float, total_epochs: int, speedup: float | None, size_mb: float | None) -> str | None:
+    def rung(self, epoch: int, acc: float, total_epochs: int, speedup: float | None, size_mb: float | None,
+             samples_per_epoch: int | None = None) -> str | None:
         """The rung rule after KD epoch ``epoch`` (0-based): a reason to stop, or None. ``speedup``/``size_mb``:
         the candidate's, measured before training (the verdict depends on them, so it is not cached)."""
         if (not self.multi_fidelity or self.target is None or epoch + 1 not in self.rungs or epoch >= total_epochs - 1
                 or acc >= self.target or speedup is None or size_mb is None):
             return None
-        for p in sorted(self._same_budget(total_epochs), key=lambda q: -q.history[epoch]):
+        for p in sorted(self._same_budget(total_epochs, samples_per_epoch), key=lambda q: -q.history[epoch]):
             if p.speedup is None or p.size_mb is None:
                 continue
             if (p.history[epoch] >= acc + self.margin and p.speedup >= speedup * (1 - self.speed_tolerance)
@@ -169,6 +173,8 @@ class FidelityScheduler:
                         f"({p.speedup:.2f}x, {p.size_mb:.3f} MB vs this {speedup:.2f}x, {size_mb:.3f} MB)")
         return None
 
-    def _same_budget(self, total_epochs: int) -> list[Peer]:
-        """Peers distilled for the same number of epochs (the same learning-rate schedule: comparable per epoch)."""
-        return [p for p in self.peers if len(p.history) == total_epochs]
+    def _same_budget(self, total_epochs: int, samples_per_epoch: int | None = None) -> list[Peer]:
+        """Peers distilled for the same number of epochs of the same size (the same learning-rate schedule over the
+        same samples: comparable per epoch). A peer or caller that does not say its epoch size matches any."""
+        return [p for p in self.peers if len(p.history) == total_epochs
+                and (samples_per_epoch is None or p.samples_per_epoch is None or p.samples_per_epoch == samples_per_epoch)]

@@ -1,0 +1,171 @@
+"""Finishing (search/finish.py): the end of the budget re-distils the fastest candidate that narrowly missed the
+accuracy target, with a larger KD budget, as a trial of its own.
+
+The policy is pure Python and tested directly; the loop's part (when it asks, what it enqueues, what the record
+says) runs here with the real Optuna backend, store and space, and an executor whose outcome is a fixed rule of
+the candidate (accuracy that grows with KD samples), because a real distillation cannot be made to land just
+short of a target on every CPU. The real pipeline runs finishing trials in the ResNet-20 run of benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from autocompress.config import load_profile, load_run_spec, load_space
+from autocompress.records import Candidate, DistillSpec, Metrics, TrialRecord, TrialStatus
+from autocompress.search.finish import FINISH_ATTR, FinishPolicy, apply_finish
+from autocompress.search.scheduler import FidelityScheduler
+
+
+def _rec(n, speedup, drop, *, status=TrialStatus.COMPLETE, epochs=8, samples=5000, hist=None, distill_s=100.0,
+         finish_of=None):
+    d = DistillSpec(epochs=epochs, samples_per_epoch=samples)
+    return TrialRecord(
+        number=n, status=status, candidate=Candidate.make(sparsity={"_default": 0.5}, bits={"_default": "int8"}, distill=d),
+        metrics=Metrics(accuracy=0.93 - drop / 100, accuracy_drop=drop, speedup=speedup, size_mb=0.2),
+        kd_history=tuple(hist if hist is not None else [0.9] * epochs), duration_s=distill_s + 20.0,
+        stage_times=(("distill", distill_s),), finish_of=finish_of)
+
+
+POLICY = FinishPolicy(baseline_accuracy=0.93, max_drop_pp=1.0, train_size=50_000)
+
+
+def test_it_finishes_the_fastest_candidate_within_reach_that_beats_every_feasible_model():
+    recs = [_rec(0, 2.14, 0.0), _rec(1, 2.50, 2.96), _rec(2, 2.80, 3.8), _rec(3, 2.30, 1.5)]
+    f = POLICY.choose(recs, [2.14], remaining_s=None)
+    # trial 2 is faster but 2.8 pp short (reach 2.5 pp); trial 1 is 1.96 pp short and 17% faster than int8 alone
+    assert f.of == 1 and f.factor == POLICY.default_factor and f.epochs == 8 and f.samples_per_epoch == 20_000
+    assert "trial 1" in f.why and "2.50x" in f.why
+    # a feasible model as fast as it (within the speed noise) leaves nothing worth finishing
+    assert POLICY.choose(recs, [2.45], remaining_s=None) is None
+    # each candidate once: finished already (a record says so) or asked for (busy)
+    assert POLICY.choose(recs + [_rec(9, 2.5, 0.5, finish_of=1)], [2.14], remaining_s=None).of == 3
+    assert POLICY.choose(recs, [2.14], remaining_s=None, busy={1}).of == 3
+    # a finishing trial is never finished again
+    assert POLICY.choose([_rec(9, 2.5, 2.0, finish_of=1)], [2.14], remaining_s=None) is None
+
+
+def test_only_whole_distillations_count_and_a_stopped_one_is_read_from_its_last_epoch():
+    cut_short = _rec(1, 2.5, 2.0, status=TrialStatus.STOPPED, hist=[0.5, 0.6])  # stopped at a rung: not judged
+    assert POLICY.choose([cut_short], [], remaining_s=None) is None
+    below = _rec(1, 2.5, 0.0, status=TrialStatus.STOPPED, hist=[0.8] * 7 + [0.91])  # 2 pp below the baseline's 93%
+    assert POLICY.drop_pp(below) == pytest.approx(2.0)
+    assert POLICY.choose([below], [], remaining_s=None).of == 1
+    assert replace(POLICY, use_history=False).choose([below], [], remaining_s=None) is None  # a user metric: no top-1
+
+
+def test_the_factor_is_what_the_time_left_allows():
+    r = _rec(1, 2.5, 2.5, distill_s=100.0)  # the trial took 120 s, 100 of them distilling
+    assert POLICY.choose([r], [], remaining_s=10_000).factor == 8
+    f = POLICY.choose([r], [], remaining_s=(120 + 4 * 100) * 1.15 + 1)
+    assert f.factor == 5 and f.estimate_s == pytest.approx(520) and "~9 min" in f.why
+    assert POLICY.choose([r], [], remaining_s=200) is None  # not even 2x fits
+
+
+def test_budget_grows_samples_per_epoch_then_epochs():
+    assert POLICY._budget(8, 5000, 4) == (8, 20_000)
+    assert POLICY._budget(8, 5000, 10) == (8, 50_000)  # exactly the whole split per epoch
+    assert POLICY._budget(8, 5000, 20) == (16, None)  # past the split: whole-split epochs, twice as many
+    small = replace(POLICY, train_size=1258)  # digits: each epoch is the whole split already
+    assert small._budget(8, 5000, 4) == (32, None) and small._budget(3, None, 2) == (6, None)
+
+
+def test_due_at_the_end_of_time_or_trials():
+    assert not POLICY.due(remaining_s=700, search_s=1000, remaining_trials=10)
+    assert POLICY.due(remaining_s=300, search_s=1000, remaining_trials=10)
+    assert POLICY.due(remaining_s=None, search_s=None, remaining_trials=2)
+    assert not POLICY.due(remaining_s=None, search_s=None, remaining_trials=3)
+
+
+def test_apply_finish_changes_only_the_kd_budget_so_the_student_is_a_new_one():
+    c = _rec(1, 2.5, 2.5).candidate
+    f = apply_finish(c, {"of": 1, "epochs": 8, "samples_per_epoch": 20_000, "factor": 4})
+    assert f.distill.samples_per_epoch == 20_000 and f.distill.lr == c.distill.lr and f.bits == c.bits
+    assert f.student_key() != c.student_key() and f.key() != c.key()
+    assert apply_finish(c, None) is c
+
+
+def test_rungs_compare_only_peers_with_the_same_epochs_and_epoch_size():
+    s = FidelityScheduler(target=0.92, num_classes=10)
+    s.observe_record(_rec(5, 3.0, 0.5, samples=20_000, hist=[0.9, 0.91, 0.92, 0.925]))  # a finished (4x) peer
+    # an ordinary candidate (5,000 per epoch) at 0.80 after epoch 1 is not judged against it
+    assert s.rung(0, 0.80, 4, speedup=2.0, size_mb=0.5, samples_per_epoch=5000) is None
+    assert s.rung(0, 0.80, 4, speedup=2.0, size_mb=0.5, samples_per_epoch=20_000) is not None
+
+
+class _RuleExecutor:
+    """Trials whose outcome is a rule of the candidate: speed grows with sparsity, the accuracy drop shrinks with
+    the KD samples (5 pp x sparsity at 40,000 samples)."""
+
+    capacity = 1
+
+    def __init__(self):
+        self.q = []
+
+    def submit(self, number, cand):
+        self.q.append((number, cand))
+
+    def wait(self):
+        number, cand = self.q.pop(0)
+        s = sum(cand.sparsity_map().values()) / max(1, len(cand.sparsity_map()))
+        d = cand.distill
+        total = (d.epochs * (d.samples_per_epoch or 50_000)) if d else 1
+        drop = 5.0 * s * 40_000 / total if d else 0.3
+        m = Metrics(accuracy=0.93 - drop / 100, accuracy_drop=drop, speedup=2.0 + 2 * s, size_mb=1 - s)
+        return [TrialRecord(number=number, status=TrialStatus.COMPLETE, candidate=cand, metrics=m,
+                            kd_history=(0.9,) * (d.epochs if d else 0), duration_s=1.0, stage_times=(("distill", 0.5),))]
+
+    def cancel(self):
+        self.q.clear()
+
+    def settled(self, rec):
+        pass
+
+
+def test_the_loop_enqueues_a_finishing_trial_in_its_last_trials_and_the_record_names_its_source(tmp_path):
+    from autocompress.progress import LoopDisplay
+    from autocompress.search.loop import SearchLoop
+    from autocompress.search.optuna_backend import OptunaBackend
+    from autocompress.space import seed_params
+    from autocompress.store import RunStore
+
+    space, profile = load_space("default"), load_profile("cpu")[0]
+    space = space.model_copy(update={"sensitivity": space.sensitivity.model_copy(update={"enabled": False}),
+                                     "bits": space.bits.model_copy(update={"keep_fp32": [0]})})
+    groups = {"layer1": ["l1"], "layer2": ["l2"]}
+    spec = load_run_spec(None, trials=5, constraints={"max_accuracy_drop": 1.0})
+    store = RunStore(tmp_path)
+    store.create()
+    backend = OptunaBackend.open(url=f"sqlite:///{tmp_path}/study.db", study_name="s", objectives=spec.objectives,
+                                 sampler="random", seed=0, budget=5, constraints_len=1)
+    seeds = [space.seeds[0]] + [s for s in space.seeds if s.sparsity == 0]  # 50% + int8 + KD 8; int8 alone
+    backend.enqueue([seed_params(s, space, groups) for s in seeds])
+    ctx = SimpleNamespace(early_stopper=None, baseline=SimpleNamespace(accuracy=0.93), metric=None,
+                          data=SimpleNamespace(size=lambda split: 50_000))
+    prep = SimpleNamespace(spec=spec, space=space, profile=profile, ctx=ctx, groups=groups, layer_names=[], store=store)
+    lines = []
+    SearchLoop(prep, backend, _RuleExecutor(), LoopDisplay(lines.append, total=5, done=0, live=False, verbose=False),
+               deadline=None).run()
+
+    recs = sorted(store.records(), key=lambda r: r.number)
+    assert len(recs) == 5  # the finishing trial is one of the budget, not an extra
+    fin = [r for r in recs if r.finish_of is not None]
+    assert len(fin) >= 1, lines
+    f = fin[0]
+    src = next(r for r in recs if r.number == f.finish_of)
+    assert f.number >= 3  # asked once 2 trials were left
+    assert f.candidate.sparsity == src.candidate.sparsity and f.candidate.bits == src.candidate.bits
+    assert f.candidate.distill.samples_per_epoch == 4 * src.candidate.distill.samples_per_epoch
+    assert 1.0 < src.metrics.accuracy_drop <= 3.5 and f.metrics.accuracy_drop == pytest.approx(src.metrics.accuracy_drop / 4)
+    assert any(line.startswith("finishing: trial") for line in lines)
+    # the Optuna trial carries the finishing attribute (a resume re-runs it as the same finishing trial)
+    t = next(t for t in backend.study.get_trials() if t.number == f.number)
+    assert t.user_attrs[FINISH_ATTR]["of"] == f.finish_of
+
+
+def test_finish_is_a_run_option_and_the_cli_turns_it_off():
+    assert load_run_spec(None).finish is True
+    assert load_run_spec(None, finish=False).finish is False

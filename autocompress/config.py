@@ -302,6 +302,9 @@ class HardwareProfile(Strict):
     precisions: list[Precision] = ["fp32", "int8"]
     int8_format: Literal["qdq", "qoperator"] | None = None  # preferred int8 format on this target
     int8_types: Literal["u8s8", "s8s8"] | None = None
+    # U8S8 weights in 7 bits (ORT reduce_range) against the int16 saturation of x86 CPUs without VNNI; null: on when
+    # the CPU that quantizes is x86 without VNNI (compress/quantize.reduce_range_for). Set it for another target.
+    int8_reduce_range: bool | None = None
     round_to: int | None = Field(default=None, ge=1)
     latency: LatencySpec = LatencySpec()
     lookup_table: str | None = None  # path (relative to the profile file) of a predict-mode table

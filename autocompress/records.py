@@ -55,6 +55,9 @@ class QuantSpec:
     types: str = "u8s8"  # u8s8 | s8s8  (activations / weights)
     per_channel: bool = True
     calibration: str = "minmax"  # minmax | entropy | percentile
+    # U8S8 weights in 7 bits, against the int16 saturation of x86 CPUs without VNNI (compress/quantize.py);
+    # None: decided by the CPU that quantizes (on when it is x86 without VNNI)
+    reduce_range: bool | None = None
 
 
 def _frozen_items(m: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:

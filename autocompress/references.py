@@ -62,7 +62,11 @@ def int8_reference(store, baseline, data, profile, shape4, *, seed: int, metric=
     if ref.get("error"):
         log(f"int8 alone (reference): not measured ({ref['error']})")
     else:
-        log(f"int8 alone (reference, ORT static {ref['quant']['format']} {ref['quant']['types']}): accuracy "
+        q = ref["quant"]
+        if q.get("reduce_range") and profile.int8_reduce_range is None:
+            log("int8: this CPU is x86 without VNNI, where ONNX Runtime's U8S8 kernels saturate (VPMADDUBSW int16 sums): "
+                "int8 weights go in 7 bits (reduce_range; set the profile's int8_reduce_range to decide it yourself)")
+        log(f"int8 alone (reference, ORT static {q['format']} {q['types']}{', 7-bit weights' if q.get('reduce_range') else ''}): accuracy "
             f"{ref['accuracy']:.2%} (drop {ref['accuracy_drop']:+.2f}), {ref['speedup']:.2f}x vs the baseline, "
             f"{ref['size_mb']:.2f} MB ({ref['seconds']:.0f} s)")
     return ref
@@ -76,7 +80,8 @@ def _measure(baseline, data, profile, shape4, out_path: Path, *, seed: int, metr
     from .measure.latency import measure_latency
 
     t0 = time.perf_counter()
-    quant = QuantSpec(format=profile.int8_format or "qdq", types=profile.int8_types or "u8s8")
+    quant = QuantSpec(format=profile.int8_format or "qdq", types=profile.int8_types or "u8s8",
+                      reduce_range=profile.int8_reduce_range)
     try:
         quantize_model(baseline.path, out_path, {"_default": "int8"}, quant, data.x_calib.numpy(),
                        batch_size=profile.batch_size)
@@ -93,8 +98,11 @@ def _measure(baseline, data, profile, shape4, out_path: Path, *, seed: int, metr
     except (AutocompressError, RuntimeError, OSError, ValueError) as e:
         return {"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}", "quant": asdict(quant)}
     scale = 1.0 if acc.metric is not None else 100.0
+    from .compress.quantize import reduce_range_for
+
     return {
-        "path": str(out_path.relative_to(out_path.parent.parent)), "quant": asdict(quant),
+        "path": str(out_path.relative_to(out_path.parent.parent)),
+        "quant": {**asdict(quant), "reduce_range": reduce_range_for(quant)},  # as applied on this machine
         "accuracy": accuracy, "top5": acc.top5, "accuracy_drop": sign * (baseline.accuracy - accuracy) * scale,
         "latency_ms": latency_ms, "speedup": speedup, "latency_cv": cv, "size_mb": file_size_mb(out_path),
         "seconds": round(time.perf_counter() - t0, 2),

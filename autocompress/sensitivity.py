@@ -185,7 +185,8 @@ def analyse(teacher, groups, data, space: SearchSpace, profile: HardwareProfile,
         t1 = time.perf_counter()
         q = space.quantization
         quant = QuantSpec(format=profile.int8_format or q.format[0], types=profile.int8_types or q.types[0],
-                          per_channel=q.per_channel[0], calibration=q.calibration[0])
+                          per_channel=q.per_channel[0], calibration=q.calibration[0],
+                          reduce_range=profile.int8_reduce_range)
         n = s.int8_samples
         try:
             measured = int8_errors(fp32_path, quant_layers(fp32_path, teacher), quant, calib_x[:n].numpy(),

@@ -114,7 +114,7 @@ def sample_candidate(
     # a single format/type in the space defers to the profile's preferred int8 form for its target
     formats = list(q.format) if len(q.format) > 1 else [profile.int8_format or q.format[0]]
     types = list(q.types) if len(q.types) > 1 else [profile.int8_types or q.types[0]]
-    quant = QuantSpec(mode=q.mode[0], format=formats[0], types=types[0],
+    quant = QuantSpec(mode=q.mode[0], format=formats[0], types=types[0], reduce_range=profile.int8_reduce_range,
                       per_channel=q.per_channel[0], calibration=q.calibration[0])
     if "int8" in bits.values():
         quant = QuantSpec(
@@ -123,6 +123,7 @@ def sample_candidate(
             types=_suggest(t, "quant.types", types, params),
             per_channel=_suggest(t, "quant.per_channel", list(q.per_channel), params),
             calibration=_suggest(t, "quant.calibration", list(q.calibration), params),
+            reduce_range=profile.int8_reduce_range,
         )
 
     distill = None

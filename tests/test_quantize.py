@@ -154,3 +154,32 @@ def test_check_runs_rejects_non_finite(tmp_path):
     assert e.value.stage == "quantize"
     with pytest.raises(StageError, match="does not run"):
         check_runs(path, np.ones((1, 5), np.float32))
+
+
+def _weight_int8_extremes(path):
+    """(min, max) over the int8 weight initializers that DequantizeLinear nodes read."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    vals = [numpy_helper.to_array(inits[n.input[0]]) for n in m.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.INT8]
+    return min(int(v.min()) for v in vals), max(int(v.max()) for v in vals)
+
+
+def test_reduce_range_puts_weights_in_7_bits_and_is_decided_by_the_cpu(tiny_onnx, tmp_path):
+    from autocompress.compress.quantize import reduce_range_for
+
+    full = quantize_model(tiny_onnx, tmp_path / "f.onnx", {"_default": "int8"}, QuantSpec(reduce_range=False), CALIB)
+    red = quantize_model(tiny_onnx, tmp_path / "r.onnx", {"_default": "int8"}, QuantSpec(reduce_range=True), CALIB)
+    lo, hi = _weight_int8_extremes(full.path)
+    assert hi - lo > 200  # per-channel symmetric 8 bits uses the range
+    lo, hi = _weight_int8_extremes(red.path)
+    assert -64 <= lo and hi <= 64  # 7 bits: VPMADDUBSW's int16 pair sums cannot saturate
+    # None: the quantizing CPU decides: U8S8 on x86 without VNNI (AVX2 only) -> 7 bits; VNNI, S8S8 or ARM -> 8
+    assert reduce_range_for(QuantSpec(), ["avx2"]) is True
+    assert reduce_range_for(QuantSpec(), ["avx2", "avx512f", "avx512_vnni"]) is False
+    assert reduce_range_for(QuantSpec(), ["avx2", "avx_vnni"]) is False
+    assert reduce_range_for(QuantSpec(), ["neon", "asimd"]) is False
+    assert reduce_range_for(QuantSpec(types="s8s8"), ["avx2"]) is False
+    assert reduce_range_for(QuantSpec(reduce_range=False), ["avx2"]) is False

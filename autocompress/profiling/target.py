@@ -194,6 +194,11 @@ def _cpuinfo() -> tuple[str, list[str]]:
     return model, flags
 
 
+def cpu_flags() -> list[str]:
+    """This machine's CPU flags among those a latency or int8 kernel choice depends on (``_FLAGS``)."""
+    return _cpuinfo()[1]
+
+
 def _ram_gb() -> float | None:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)

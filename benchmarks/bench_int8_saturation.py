@@ -45,8 +45,9 @@ def main() -> None:
                      mean=sp.get("mean"), std=sp.get("std"))
     base = run_dir / "models" / "baseline.onnx"
     n = min(a.val, len(data.val))
-    xv = data.val.take(range(n)).numpy().astype(np.float32)
-    yv = data.val.labels[:n].numpy()
+    idx = np.sort(np.random.default_rng(0).permutation(len(data.val))[:n])  # a seeded subset: folders are class-ordered
+    xv = data.val.take(idx).numpy().astype(np.float32)
+    yv = data.val.labels[idx].numpy()
     name = ort.InferenceSession(str(base), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     def accuracy(path: Path) -> float:

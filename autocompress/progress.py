@@ -13,16 +13,15 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from .records import TrialRecord, TrialStatus
+from .records import TrialRecord
 
 
 def best_tradeoffs(records: Sequence[TrialRecord], constraints) -> str:
     """``fastest 9.60x (drop +0.41 pp, 3.20 MB; trial 7) | smallest 0.50 MB (...) | most accurate ...`` over the trials
     that meet the constraints; empty when none does."""
-    from .trial import feasibility
+    from .trial import feasible_records
 
-    ok = [r for r in records if r.status == TrialStatus.COMPLETE
-          and all(v <= 0 for v in feasibility(r.metrics, constraints))]
+    ok = feasible_records(records, constraints)
     if not ok:
         return ""
     fast = max(ok, key=lambda r: r.metrics.speedup or 0.0)

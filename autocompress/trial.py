@@ -263,6 +263,11 @@ def feasibility(metrics: Metrics, constraints) -> list[float]:
     return out
 
 
+def feasible_records(records, constraints) -> list[TrialRecord]:
+    """The COMPLETE records that meet every constraint."""
+    return [r for r in records if r.status == TrialStatus.COMPLETE and all(v <= 0 for v in feasibility(r.metrics, constraints))]
+
+
 def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
     """One candidate, speed first (see the module docstring): a FAILED / INFEASIBLE / STOPPED / COMPLETE record."""
     from .measure.accuracy import evaluate_onnx

@@ -22,7 +22,7 @@ from ..progress import LoopDisplay, best_tradeoffs
 from ..records import Candidate, TrialRecord, TrialStatus
 from ..references import SEED_ATTR
 from ..store import RunStore, merge_records
-from ..trial import feasibility
+from ..trial import feasibility, feasible_records
 from .finish import FINISH_ATTR, FinishPolicy, apply_finish, finish_label
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def summary_line(rec: TrialRecord, done: int, budget: int, best: str, elapsed: f
 
 
 def best_so_far(records: list[TrialRecord], constraints) -> str:
-    ok = [r for r in records if r.status == TrialStatus.COMPLETE and all(v <= 0 for v in feasibility(r.metrics, constraints))]
+    ok = feasible_records(records, constraints)
     if not ok:
         return ""
     fast = max(ok, key=lambda r: r.metrics.speedup or 0)
@@ -129,8 +129,9 @@ class SearchLoop:
                         break
                     handle, suggest, number = asked
                     pending = handle
-                    cand = apply_finish(self._candidate(handle, suggest),
-                                        (getattr(suggest, "user_attrs", None) or {}).get(FINISH_ATTR))
+                    attrs = getattr(suggest, "user_attrs", None) or {}
+                    seed, fin = attrs.get(SEED_ATTR), attrs.get(FINISH_ATTR)  # a seed's label; a finishing trial's budget
+                    cand = apply_finish(self._candidate(handle, suggest), fin)
                     seen = next((r for r in self.records if r.candidate.key() == cand.key()), None)
                     running = any(f.cand.key() == cand.key() for f in self.inflight.values())
                     if (seen is not None or running) and retries < MAX_DUPLICATE_RETRIES:
@@ -140,8 +141,6 @@ class SearchLoop:
                         pending = None
                         continue
                     retries = 0
-                    attrs = getattr(suggest, "user_attrs", None) or {}
-                    seed, fin = attrs.get(SEED_ATTR), attrs.get(FINISH_ATTR)
                     self.disp.started(number, (finish_label(fin) + ": " if fin else "") + describe(cand))
                     pending = None  # from here the trial is settled (its record on disk first) or in flight
                     if seen is not None:  # still a duplicate after the retries: its record, not another run
@@ -201,8 +200,7 @@ class SearchLoop:
         left = self.backend.budget - self.backend.finished() - len(self.inflight)
         if left < 1 or not self.finisher.due(remaining_s=remaining_s, search_s=search_s, remaining_trials=left):
             return
-        feasible = [r.metrics.speedup for r in self.records if r.status == TrialStatus.COMPLETE
-                    and r.metrics.speedup is not None and all(v <= 0 for v in feasibility(r.metrics, self.constraints))]
+        feasible = [r.metrics.speedup for r in feasible_records(self.records, self.constraints) if r.metrics.speedup is not None]
         busy = self._finishing | {f.finish_of for f in self.inflight.values() if f.finish_of is not None}
         fin = self.finisher.choose(self.records, feasible, remaining_s=remaining_s, busy=busy)
         if fin is None:

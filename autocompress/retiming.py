@@ -91,7 +91,8 @@ def summary_lines(models: dict | None) -> list[str]:
     out = []
     for label, m in models.items():
         sp = ", ".join(f"{v:.2f}" for v in m["speedups"])
-        flag = "" if m["agree"] else "  <- windows disagree: treat this speedup as uncertain"
+        moved = f" ({m['moved']} moved between windows)" if m.get("moved") else ""
+        flag = "" if m["agree"] else f"  <- windows disagree{moved}: treat this speedup as uncertain"
         dist = sum(m["disturbed"])
         out.append(f"  {label}: {m['speedup']:.2f}x (windows {sp}; CV {100 * m['cv']:.1f}%"
                    + (f"; {dist} disturbed window(s) left out" if dist and m["used"] < len(m["speedups"]) else "")

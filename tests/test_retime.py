@@ -25,6 +25,17 @@ def test_disturbed_windows_are_left_out_when_two_quiet_ones_remain():
     assert one.used == 1 and not one.agree and math.isnan(one.cv)
 
 
+def test_a_disagreement_says_which_side_moved():
+    # the model's time steady (0.50 ms), the baseline's 1.0 -> 1.6 ms: the speedup moved because the baseline did
+    r = summarise("m", "m.onnx", [2.0, 3.2, 2.1], [False] * 3, latency_ms=[0.5, 0.5, 0.5], baseline_ms=[1.0, 1.6, 1.05])
+    assert not r.agree and r.moved == "the baseline" and r.baseline_ms == (1.0, 1.6, 1.05)
+    r = summarise("m", "m.onnx", [2.0, 3.0, 2.0], [False] * 3, latency_ms=[0.5, 0.33, 0.5], baseline_ms=[1.0, 1.0, 1.0])
+    assert r.moved == "the model"
+    r = summarise("m", "m.onnx", [2.0, 2.05, 2.0], [False] * 3, latency_ms=[0.5, 0.8, 0.5], baseline_ms=[1.0, 1.64, 1.0])
+    assert r.agree and r.moved is None  # both slowed together (a loaded stretch): the ratio held
+    assert summarise("m", "m.onnx", [2.0, 3.2], [False] * 2).moved is None  # no absolute times: nothing said
+
+
 def test_retime_measures_each_model_in_fresh_processes(tmp_path):
     from autocompress.compress.export import export_onnx
 
@@ -43,6 +54,7 @@ def test_retime_measures_each_model_in_fresh_processes(tmp_path):
                  log=lines.append)
     r = out["small"]
     assert len(r.speedups) == 2 and len(r.disturbed) == 2 and r.used == 2
+    assert len(r.latency_ms) == len(r.baseline_ms) == 2 and all(b > m > 0 for b, m in zip(r.baseline_ms, r.latency_ms))
     assert all(s > 1.5 for s in r.speedups), r  # 64x fewer conv MACs: faster in every window, however noisy
     assert len(lines) == 2 and lines[0].startswith("re-timing window 1/2")
 

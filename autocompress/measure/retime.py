@@ -38,22 +38,38 @@ class Retimed:
     spread: tuple[float, float]  # min and max over the windows used
     used: int  # windows used (undisturbed ones when at least two, else all)
     agree: bool  # cv <= target_cv over >= 2 windows
+    latency_ms: tuple[float, ...] = ()  # per window: the model's median (ms), to see which side moved
+    baseline_ms: tuple[float, ...] = ()  # per window: the baseline's median, timed beside it
+    moved: str | None = None  # when the windows disagree: "the baseline", "the model" or "both" moved (> target_cv)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _rel_spread(v: Sequence[float]) -> float:
+    a = np.asarray([x for x in v if x is not None], float)
+    return float(np.std(a) / np.mean(a)) if len(a) >= 2 and np.mean(a) > 0 else 0.0
+
+
 def summarise(label: str, path: str, speedups: Sequence[float], disturbed: Sequence[bool],
-              target_cv: float = TARGET_CV) -> Retimed:
-    """Pure: combine per-window speedups into the figure and its spread (tested)."""
+              target_cv: float = TARGET_CV, latency_ms: Sequence[float] = (), baseline_ms: Sequence[float] = ()) -> Retimed:
+    """Pure: combine per-window speedups into the figure and its spread (tested). With the per-window absolute
+    times, a disagreement says which side moved: the baseline's or the model's time varying by more than
+    ``target_cv`` across the windows."""
     s = np.asarray(speedups, float)
     quiet = ~np.asarray(disturbed, bool)
     use = s[quiet] if quiet.sum() >= 2 else s
     cv = float(np.std(use) / np.mean(use)) if len(use) >= 2 and np.mean(use) > 0 else float("nan")
+    agree = bool(len(use) >= 2 and cv <= target_cv)
+    moved = None
+    if not agree and len(latency_ms) == len(s) == len(baseline_ms) and len(s) >= 2:
+        b, m = _rel_spread(baseline_ms) > target_cv, _rel_spread(latency_ms) > target_cv
+        moved = "both" if b and m else "the baseline" if b else "the model" if m else None
     return Retimed(label=label, path=path, speedups=tuple(float(v) for v in s),
                    disturbed=tuple(bool(v) for v in disturbed), speedup=float(np.median(use)), cv=cv,
-                   spread=(float(use.min()), float(use.max())), used=int(len(use)),
-                   agree=bool(len(use) >= 2 and cv <= target_cv))
+                   spread=(float(use.min()), float(use.max())), used=int(len(use)), agree=agree,
+                   latency_ms=tuple(float(v) for v in latency_ms), baseline_ms=tuple(float(v) for v in baseline_ms),
+                   moved=moved)
 
 
 def _window(job: dict) -> dict:
@@ -65,8 +81,8 @@ def _window(job: dict) -> dict:
     out = {}
     for label, path in job["models"].items():
         r = measure_latency(path, profile, job["shape"], baseline_path=job["baseline"], seed=job["seed"])
-        out[label] = {"speedup": r.speedup, "latency_ms": r.median_ms, "ci": r.speedup_ci, "stop": r.stop_reason,
-                      "machine": r.machine}
+        out[label] = {"speedup": r.speedup, "latency_ms": r.median_ms, "baseline_ms": r.baseline_median_ms,
+                      "ci": r.speedup_ci, "stop": r.stop_reason, "machine": r.machine}
     return out
 
 
@@ -101,7 +117,8 @@ def retime(models: Mapping[str, str | Path], baseline: str | Path, profile, shap
     for label, path in job["models"].items():
         sp = [w[label]["speedup"] for w in per_window]
         dist = [bool(w[label]["machine"] and w[label]["machine"].get("disturbed")) for w in per_window]
-        out[label] = summarise(label, path, sp, dist, target_cv)
+        out[label] = summarise(label, path, sp, dist, target_cv, latency_ms=[w[label]["latency_ms"] for w in per_window],
+                               baseline_ms=[w[label]["baseline_ms"] for w in per_window])
     return out
 
 

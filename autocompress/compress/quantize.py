@@ -168,8 +168,8 @@ def reduce_range_for(quant: QuantSpec, flags: list[str] | None = None) -> bool:
     """Whether int8 weights go in 7 bits (ORT's ``reduce_range``). On x86 CPUs without VNNI, ONNX Runtime's U8S8
     kernels multiply with VPMADDUBSW, whose int16 pair sums saturate when both operands use their full range;
     ORT's documentation prescribes ``reduce_range`` there. Measured on an AMD EPYC with AVX2 only
-    (benchmarks/README.md), a ResNet-20 at 93.80% fp32 gave 90.85% in U8S8, 93.95% with 7-bit weights (as fast:
-    1.56x vs 1.57x) and 93.80% in S8S8 (0.80x: slower than fp32). ``quant.reduce_range`` decides when set; else
+    (benchmarks/bench_int8_saturation.py, benchmarks/README.md), a ResNet-20 at 93.00% fp32 gave 90.25% in U8S8,
+    92.80% with 7-bit weights (1-thread speed within the spread of 8-bit) and 92.80% in S8S8 (slower than fp32). ``quant.reduce_range`` decides when set; else
     this machine's CPU flags (``flags``: those of another machine) do: on for U8S8 on x86 without VNNI."""
     if quant.reduce_range is not None:
         return bool(quant.reduce_range)

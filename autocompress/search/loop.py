@@ -240,7 +240,7 @@ def finish_policy(prep: PreparedRun) -> FinishPolicy | None:
     """The run's finishing policy (search/finish.py), or None: off in the run spec (``finish: false``), or no
     accuracy target to finish towards."""
     drop = prep.spec.constraints.max_accuracy_drop
-    if not getattr(prep.spec, "finish", True) or drop is None or prep.space.distill is None or not prep.space.distill.enabled:
+    if not prep.spec.finish or drop is None or prep.space.distill is None or not prep.space.distill.enabled:
         return None
     ctx = prep.ctx
     return FinishPolicy(baseline_accuracy=ctx.baseline.accuracy, max_drop_pp=float(drop),

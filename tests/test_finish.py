@@ -73,6 +73,14 @@ def test_budget_grows_samples_per_epoch_then_epochs():
     assert small._budget(8, 5000, 4) == (32, None) and small._budget(3, None, 2) == (6, None)
 
 
+def test_the_reason_names_the_samples_really_used():
+    small = replace(POLICY, train_size=1258)  # 5,000 asked per epoch, 1,258 there: the run used 1,258
+    why = small.choose([_rec(1, 2.5, 2.0)], [], remaining_s=None).why
+    assert "8 x 1258 KD samples" in why and "4x the samples (32 epochs)" in why
+    assert "8 x 5000 KD samples" in POLICY.choose([_rec(1, 2.5, 2.0)], [], remaining_s=None).why
+    assert "(20000 samples per epoch)" in POLICY.choose([_rec(1, 2.5, 2.0)], [], remaining_s=None).why
+
+
 def test_due_at_the_end_of_time_or_trials():
     assert not POLICY.due(remaining_s=700, search_s=1000, remaining_trials=10)
     assert POLICY.due(remaining_s=300, search_s=1000, remaining_trials=10)

@@ -76,6 +76,14 @@ def test_a_rung_stops_a_candidate_dominated_there_by_one_that_went_on():
     assert _sched(rungs=(1, 4), peers=list(s.peers)).rung(3, 0.60, 4, speedup=2.0, size_mb=0.5) is None
 
 
+def test_a_rung_reads_nothing_from_a_peer_still_near_chance_there():
+    # digits, ResNet-20 pruned 60% vs 70%: 10.0% and 17.3% after epoch 1 of 8; the 70% one ended at 98%
+    s = _sched()
+    s.observe((0.173, 0.6, 0.9, 0.95, 0.97, 0.98, 0.98, 0.98), 0.98, speedup=2.04, size_mb=0.07, number=1)
+    assert s.rung(0, 0.10, 8, speedup=1.83, size_mb=0.09) is None  # 17.3% is not half way from 10% to 98%
+    assert s.rung(2, 0.60, 8, speedup=1.83, size_mb=0.09) is not None  # at epoch 3 it was (90%): that rung counts
+
+
 def test_the_first_early_stoppers_rules_are_kept():
     s = _sched(multi_fidelity=False)
     assert "below the target" in s.check(2, 0.85, 3)  # after the last epoch, more than the margin below

@@ -126,9 +126,11 @@ class FinishPolicy:
             factor = max(fits)
             estimate = rec.duration_s + (factor - 1) * distill_s
         epochs, samples = self._budget(d.epochs, d.samples_per_epoch, factor)
+        per = min(int(d.samples_per_epoch), self.train_size) if d.samples_per_epoch else self.train_size
+        grown = f"{epochs} epochs" if epochs > d.epochs else f"{samples or self.train_size} samples per epoch"
         why = (f"trial {rec.number} ({rec.metrics.speedup:.2f}x, {-neg_drop:+.2f} pp after {d.epochs} x "
-               f"{d.samples_per_epoch or 'all'} KD samples) is faster than every model meeting the constraints "
-               f"({best:.2f}x) and within {self.reach_pp:g} pp of the target: distilled again with {factor}x the samples"
+               f"{per} KD samples) is faster than every model meeting the constraints "
+               f"({best:.2f}x) and within {self.reach_pp:g} pp of the target: distilled again with {factor}x the samples ({grown})"
                + (f" (~{estimate / 60:.0f} min)" if estimate else ""))
         return Finish(rec.number, epochs, samples, factor, estimate, why)
 

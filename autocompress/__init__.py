@@ -33,13 +33,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'autocompress' has no attribute {name!r}")
 
 
-def _compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space: str = "default", profile: str = "cpu",
-             trials: int = 24, out: str | Path | None = None, log=None, **options):
+def _compress(model: Any = "resnet18_x0_5", data: str = "digits", *, space: str = "default", profile: str = "cpu",
+             trials: int | None = None, out: str | Path | None = None, log=None, **options):
     """Run a search and return a RunResult (``.front`` DataFrame, ``.model_paths()``, ``.report``).
 
     ``model`` is a zoo name, ``"file.py:fn"``/``"module:fn"``, or an ``nn.Module`` instance (used as the
     teacher as is: give its trained weights). Other options are RunSpec fields (``checkpoint``,
-    ``constraints={"max_accuracy_drop": 1.0}``, ``sampler``, ``seed``, ``timeout``, ...).
+    ``constraints={"max_accuracy_drop": 1.0}``, ``sampler``, ``seed``, ``timeout``, ...). Given neither ``trials``
+    nor ``timeout``, the budget is the command line's default: 24 trials or 7 minutes, whichever ends first.
     """
     from .config import RunSpec, parse
     from .engine import run
@@ -48,7 +49,8 @@ def _compress(model: Any = "mobilenet_v3_small", data: str = "digits", *, space:
         from .models.loader import register_instance
 
         model = register_instance(model)
-    spec = parse(RunSpec, {"model": model, "data": data, "space": space, "profile": profile, "trials": trials,
+    given = {"trials": trials} if trials is not None else {}
+    spec = parse(RunSpec, {"model": model, "data": data, "space": space, "profile": profile, **given,
                            "out": str(out) if out else None, **options}, "compress()")
     kwargs = {"log": log} if log else {}
     return run(spec, **kwargs)

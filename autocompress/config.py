@@ -371,9 +371,15 @@ class TeacherSpec(Strict):
     target_accuracy: float = Field(default=0.995, gt=0, le=1)  # stop early once reached
 
 
+# The time budget of a run that names neither trials nor timeout, set-up (teacher training) included: with the
+# final re-timing and the report the one-click default ends within 10 minutes on a 2-core CPU (benchmarks/README.md,
+# "One-click default"). Name --trials or --timeout to size a run yourself.
+DEFAULT_TIMEOUT_S = 420.0
+
+
 class RunSpec(Strict):
     kind: Literal["run"] = "run"
-    model: str = "mobilenet_v3_small"
+    model: str = "resnet18_x0_5"  # the one-click default, chosen by measurement (see models/zoo.py)
     checkpoint: str | None = None
     trust_checkpoint: bool = False  # allow a full pickle (weights_only=False): only for files you trust
     data: str = "digits"
@@ -391,6 +397,8 @@ class RunSpec(Strict):
         Objective(name="size_mb"),
     ]
     constraints: Constraints = Constraints(max_accuracy_drop=1.0)
+    # the budget: `trials`, and `timeout` seconds for the whole run (set-up included) when given. A run that names
+    # neither gets both defaults: 24 trials or DEFAULT_TIMEOUT_S, whichever ends first (the one-click's 10 minutes)
     trials: int = Field(default=24, ge=1)
     timeout: float | None = Field(default=None, gt=0)
     sampler: str = "nsga2"
@@ -420,6 +428,17 @@ class RunSpec(Strict):
     # the final pass: front models and reference points re-timed against the baseline in this many fresh processes;
     # the spread across them is the uncertainty reported (0 = off). AUTOCOMPRESS_RETIME_WINDOWS changes the default.
     retime_windows: int = Field(default_factory=lambda: int(os.environ.get("AUTOCOMPRESS_RETIME_WINDOWS", "3")), ge=0)
+
+    @model_validator(mode="after")
+    def _default_budget(self):
+        if self.timeout is None and not {"trials", "timeout"} & self.model_fields_set:
+            object.__setattr__(self, "timeout", DEFAULT_TIMEOUT_S)  # frozen model: set once, while validating
+        return self
+
+    @property
+    def default_budget(self) -> bool:
+        """True when the run named neither ``trials`` nor ``timeout`` (the one-click budget applies)."""
+        return not {"trials", "timeout"} & self.model_fields_set
 
     @property
     def search_seed(self) -> int:

@@ -239,6 +239,17 @@ def _resolved(spec: RunSpec, run_dir: Path, url: str, name: str) -> dict:
     return d
 
 
+def budget_line(spec: RunSpec, *, resume: bool = False) -> str:
+    """What bounds this run, in one line (the default budget says how to change it)."""
+    if spec.timeout is None:
+        return f"budget: {spec.trials} trials (no time limit)"
+    t = f"{spec.timeout:.0f} s" if spec.timeout < 120 else f"{spec.timeout / 60:.3g} min"
+    line = f"budget: {spec.trials} trials or {t} for the whole run, set-up included, whichever ends first"
+    if spec.default_budget and not resume:
+        line += " (the default for a run that names neither; set --trials and/or --timeout)"
+    return line
+
+
 def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: bool = False, progress: bool = False,
         verbose: bool = True) -> RunResult:
     from .measure.hardware import fingerprint
@@ -261,6 +272,7 @@ def run(spec: RunSpec, *, log: Callable[[str], None] = _log_default, resume: boo
             "versions": package_versions(), "machine": fingerprint(), "started": datetime.now().isoformat(timespec="seconds"),
         })
         log(f"run folder: {run_dir}")
+        log(budget_line(spec, resume=resume))
         deadline = time.time() + spec.timeout if spec.timeout else None
         if spec.backend == "ray":
             from .search.ray_backend import RayExecutor, ray_started

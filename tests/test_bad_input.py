@@ -441,3 +441,22 @@ def test_names_from_configs_stay_inside_the_run_folder(finished):
 
     d = default_run_dir(RunSpec(model="../../../evil/../x y.py:tiny_cnn", data="../../d/../etc.npz"))
     assert ".." not in d.name and "/" not in d.name and d.parent.name == "results"
+
+
+def test_the_budget_is_said_and_a_run_naming_neither_trials_nor_timeout_gets_the_one_click_budget(env, tmp_path, capsys):
+    from autocompress.config import DEFAULT_TIMEOUT_S, RunSpec, load_run_spec
+    from autocompress.engine import budget_line
+
+    default = load_run_spec()
+    assert default.timeout == DEFAULT_TIMEOUT_S and default.trials == 24 and default.default_budget
+    assert RunSpec().timeout == DEFAULT_TIMEOUT_S
+    assert load_run_spec(trials=40).timeout is None  # a trial budget of your own: no time limit added
+    assert load_run_spec(timeout=900).trials == 24 and load_run_spec(timeout=900).timeout == 900
+    assert "7 min" in budget_line(default) and "names neither" in budget_line(default)
+    assert "names neither" not in budget_line(default, resume=True)
+    assert budget_line(load_run_spec(trials=40)) == "budget: 40 trials (no time limit)"
+    # the deadline counts the set-up: a 1-second budget ends before the first trial and says how to go on
+    main(run_args(env, tmp_path / "o", timeout=1, trials=3))
+    out = capsys.readouterr().out
+    assert "budget: 3 trials or 1 s for the whole run" in out
+    assert "time budget reached (timeout 1 s) before the first trial" in out and "autocompress resume" in out

@@ -65,6 +65,15 @@ def test_resnet_keeps_spatial_size_on_32px():
     assert 10e6 < n_params(m) < 12e6  # ~11.2 M like torchvision's resnet18
 
 
+def test_half_width_resnet18_is_resnet18_at_width_half_and_its_family_scales_from_there():
+    half = build_model("resnet18_x0_5", 10, (3, 32, 32))
+    assert [half.get_submodule(f"layer{i}")[0].conv1.out_channels for i in (1, 2, 3, 4)] == [32, 64, 128, 256]
+    assert n_params(half) == n_params(build_model("resnet18", 10, (3, 32, 32), width_mult=0.5))
+    assert family_of("resnet18_x0_5") == "resnet"
+    quarter = build_model("resnet18_x0_5", 10, (3, 32, 32), width_mult=0.5)  # a family student: half of the half
+    assert quarter.layer4[0].conv1.out_channels == 128
+
+
 def test_build_model_errors():
     with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
         build_model("resnet81", 10)

@@ -1,0 +1,96 @@
+"""Which zoo model can be the one-click default: speed before training, measured (issue 16).
+
+A candidate's speed depends on its graph, not on its weights, so each model here is built untrained, pruned
+uniformly (50% and 70% of every prunable layer's channels, the default space's first seeds), exported, quantized
+to int8 as the cpu profile does, and timed with the product's own ``measure_latency`` interleaved with its fp32
+baseline in the same process. A one-click default must be compute-bound enough at 32 px and batch 1 for these
+ratios to be large, and small enough for its teacher to train in a few minutes (the run's own log says how long:
+``teacher ...: val accuracy ... in N s``).
+
+    python benchmarks/bench_default_model.py --profile cpu --tag avx2
+    python benchmarks/bench_default_model.py --models resnet18_x0_5,mobilenet_v3_small
+
+Writes ``results/default-model-<tag>.csv`` (one row per model and setting, with the machine fingerprint and the
+1-minute load average at its start) and prints a line per model. Figures: benchmarks/README.md "One-click default".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autocompress.compress.export import export_onnx
+from autocompress.compress.prune import prune_model
+from autocompress.compress.quantize import quantize_model
+from autocompress.config import load_profile
+from autocompress.profiling.target import fingerprint
+from autocompress.measure.latency import measure_latency
+from autocompress.models.zoo import build_model
+from autocompress.records import QuantSpec
+
+HERE = Path(__file__).resolve().parent
+MODELS = "resnet18_x0_5,mobilenet_v3_small,resnet18,mobilenet_v2,shufflenet_v2_x1_0"
+SETTINGS = ((0.0, "int8"), (0.5, "fp32"), (0.5, "int8"), (0.7, "fp32"), (0.7, "int8"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--models", default=MODELS, help="comma-separated zoo names")
+    ap.add_argument("--size", type=int, default=32, help="input side, px (digits: 32)")
+    ap.add_argument("--tag", default="run")
+    args = ap.parse_args(argv)
+
+    profile, _ = load_profile(args.profile)
+    shape = (3, args.size, args.size)
+    x = torch.zeros(1, *shape)
+    calib = np.random.default_rng(0).standard_normal((32, *shape)).astype(np.float32)
+    machine = json.dumps(fingerprint(), sort_keys=True)
+    out = HERE / "results" / f"default-model-{args.tag}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in args.models.split(","):
+            torch.manual_seed(0)
+            base = tmp / "baseline.onnx"
+            export_onnx(build_model(name, 10, shape).eval(), x, base, check=False)
+            line = []
+            for sparsity, bits in SETTINGS:
+                torch.manual_seed(0)
+                model = build_model(name, 10, shape).eval()
+                if sparsity:
+                    model = prune_model(model, {"_default": sparsity}, x, inplace=True).model.eval()
+                fp32 = tmp / "cand.onnx"
+                export_onnx(model, x, fp32, check=False)
+                path = fp32
+                if bits == "int8":
+                    path = tmp / "cand_int8.onnx"
+                    quantize_model(fp32, path, {"_default": "int8"}, QuantSpec(), calib)
+                load = os.getloadavg()[0]
+                r = measure_latency(path, profile, (1, *shape), baseline_path=base)
+                rows.append({"model": name, "sparsity": sparsity, "bits": bits, "speedup": round(r.speedup, 3),
+                             "baseline_ms": round(r.baseline_median_ms, 3), "candidate_ms": round(r.median_ms, 3),
+                             "stop": r.stop_reason, "load_1min": round(load, 2), "profile": args.profile,
+                             "machine": machine})
+                line.append(f"{sparsity:.0%} {bits} {r.speedup:.2f}x")
+            print(f"{name}: fp32 baseline {rows[-1]['baseline_ms']:.2f} ms | " + " | ".join(line), flush=True)
+    new = not out.exists()
+    with out.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,6 +9,7 @@ ratios to be large, and small enough for its teacher to train in a few minutes (
 
     python benchmarks/bench_default_model.py --profile cpu --tag avx2
     python benchmarks/bench_default_model.py --models resnet18_x0_5,mobilenet_v3_small
+    python benchmarks/bench_default_model.py --models benchmarks/models/cifar_resnet.py:resnet20 --repeats 3 --tag r20
 
 Writes ``results/default-model-<tag>.csv`` (one row per model and setting, with the machine fingerprint and the
 1-minute load average at its start) and prints a line per model. Figures: benchmarks/README.md "One-click default".
@@ -32,7 +33,7 @@ from autocompress.compress.quantize import quantize_model
 from autocompress.config import load_profile
 from autocompress.profiling.target import fingerprint
 from autocompress.measure.latency import measure_latency
-from autocompress.models.zoo import build_model
+from autocompress.models.loader import resolve_model
 from autocompress.records import QuantSpec
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +44,8 @@ SETTINGS = ((0.0, "int8"), (0.5, "fp32"), (0.5, "int8"), (0.7, "fp32"), (0.7, "i
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--models", default=MODELS, help="comma-separated zoo names")
+    ap.add_argument("--models", default=MODELS, help="comma-separated zoo names or file.py:fn (a user model file)")
+    ap.add_argument("--repeats", type=int, default=1, help="times each setting is timed (each against the baseline)")
     ap.add_argument("--size", type=int, default=32, help="input side, px (digits: 32)")
     ap.add_argument("--tag", default="run")
     args = ap.parse_args(argv)
@@ -61,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             torch.manual_seed(0)
             base = tmp / "baseline.onnx"
-            export_onnx(build_model(name, 10, shape).eval(), x, base, check=False)
+            export_onnx(resolve_model(name, 10, shape)[0].eval(), x, base, check=False)
             line = []
             for sparsity, bits in SETTINGS:
                 torch.manual_seed(0)
-                model = build_model(name, 10, shape).eval()
+                model = resolve_model(name, 10, shape)[0].eval()
                 if sparsity:
                     model = prune_model(model, {"_default": sparsity}, x, inplace=True).model.eval()
                 fp32 = tmp / "cand.onnx"
@@ -74,13 +76,16 @@ def main(argv: list[str] | None = None) -> int:
                 if bits == "int8":
                     path = tmp / "cand_int8.onnx"
                     quantize_model(fp32, path, {"_default": "int8"}, QuantSpec(), calib)
-                load = os.getloadavg()[0]
-                r = measure_latency(path, profile, (1, *shape), baseline_path=base)
-                rows.append({"model": name, "sparsity": sparsity, "bits": bits, "speedup": round(r.speedup, 3),
-                             "baseline_ms": round(r.baseline_median_ms, 3), "candidate_ms": round(r.median_ms, 3),
-                             "stop": r.stop_reason, "load_1min": round(load, 2), "profile": args.profile,
-                             "machine": machine})
-                line.append(f"{sparsity:.0%} {bits} {r.speedup:.2f}x")
+                got = []
+                for rep in range(args.repeats):
+                    load = os.getloadavg()[0]
+                    r = measure_latency(path, profile, (1, *shape), baseline_path=base)
+                    rows.append({"model": name, "sparsity": sparsity, "bits": bits, "repeat": rep,
+                                 "speedup": round(r.speedup, 3), "baseline_ms": round(r.baseline_median_ms, 3),
+                                 "candidate_ms": round(r.median_ms, 3), "stop": r.stop_reason,
+                                 "load_1min": round(load, 2), "profile": args.profile, "machine": machine})
+                    got.append(f"{r.speedup:.2f}")
+                line.append(f"{sparsity:.0%} {bits} {'/'.join(got)}x")
             print(f"{name}: fp32 baseline {rows[-1]['baseline_ms']:.2f} ms | " + " | ".join(line), flush=True)
     new = not out.exists()
     with out.open("a", newline="") as f:

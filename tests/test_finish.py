@@ -16,7 +16,7 @@ import pytest
 
 from autocompress.config import load_profile, load_run_spec, load_space
 from autocompress.records import Candidate, DistillSpec, Metrics, TrialRecord, TrialStatus
-from autocompress.search.finish import FINISH_ATTR, FinishPolicy, apply_finish
+from autocompress.search.finish import FINISH_ATTR, FinishPolicy, apply_finish, finish_label, fp32_twin
 from autocompress.search.scheduler import FidelityScheduler
 
 
@@ -172,6 +172,21 @@ def test_the_loop_enqueues_a_finishing_trial_in_its_last_trials_and_the_record_n
     # the Optuna trial carries the finishing attribute (a resume re-runs it as the same finishing trial)
     t = next(t for t in backend.study.get_trials() if t.number == f.number)
     assert t.user_attrs[FINISH_ATTR]["of"] == f.finish_of
+    # an int8 candidate's fp32 twin follows it: the same student and KD budget (so the student cache serves it), fp32
+    assert src.candidate.bits_map()["_default"] == "int8"
+    twin = next(r for r in fin if r.number == f.number + 1)
+    assert twin.finish_of == f.finish_of and set(twin.candidate.bits_map().values()) == {"fp32"}
+    assert twin.candidate.student_key() == f.candidate.student_key() and twin.candidate.key() != f.candidate.key()
+    assert any("then its fp32 twin from the same student" in line for line in lines)
+    assert "its fp32 twin (the same distilled student)" in finish_label(t.user_attrs[FINISH_ATTR] | {"twin": "fp32"})
+
+
+def test_the_fp32_twin_of_a_candidate():
+    p = {"student": "pruned", "sparsity": 0.5, "bits": "int8", "bits.keep_fp32": 2, "quant.mode": "static", "kd.epochs": 8}
+    assert fp32_twin(p, ["fp32", "int8"]) == {"student": "pruned", "sparsity": 0.5, "bits": "fp32", "kd.epochs": 8}
+    assert fp32_twin({**p, "bits": "fp32"}, ["fp32", "int8"]) is None  # fp32 already
+    assert fp32_twin(p, ["int8"]) is None  # a profile without fp32
+    assert fp32_twin({"bits.layer1": "int8"}, ["fp32", "int8"]) is None  # per-stage bits: not a single switch
 
 
 def test_finish_is_a_run_option_and_the_cli_turns_it_off():

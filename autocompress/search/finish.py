@@ -18,19 +18,21 @@ training, not of capacity. So the last part of the budget goes to the candidate 
 
 The finishing trial is an ordinary trial of the same Optuna parameters (enqueued with :data:`FINISH_ATTR`, which
 the loop applies to the candidate): it is gated, distilled, exported and stored like any other, and its record
-names the trial it finishes (``TrialRecord.finish_of``). Nothing is promised: a finished candidate that still
-misses the target is STOPPED like any other. Pure Python: no torch here.
+names the trial it finishes (``TrialRecord.finish_of``). An int8 candidate's fp32 twin follows it (:func:`fp32_twin`):
+the same distilled student from the student cache, exported in fp32, so the front gets whichever the target runs
+faster. Nothing is promised: a finished candidate that still misses the target is STOPPED like any other. Pure
+Python: no torch here.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..records import Candidate, TrialRecord, TrialStatus
 
-FINISH_ATTR = "finish"  # Optuna user attribute: {"of": trial number, "epochs", "samples_per_epoch", "factor"}
+FINISH_ATTR = "finish"  # Optuna user attribute: {"of": trial number, "epochs", "samples_per_epoch", "factor"[, "twin"]}
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,21 @@ def apply_finish(cand: Candidate, attrs: Mapping[str, Any] | None) -> Candidate:
 
 
 def finish_label(attrs: Mapping[str, Any]) -> str:
-    return f"finishing of trial {attrs['of']}: {attrs['factor']}x its KD samples"
+    twin = f", its {attrs['twin']} twin (the same distilled student)" if attrs.get("twin") else ""
+    return f"finishing of trial {attrs['of']}: {attrs['factor']}x its KD samples{twin}"
+
+
+def fp32_twin(params: Mapping[str, Any], precisions: Sequence[str]) -> dict[str, Any] | None:
+    """The parameters of an int8 candidate (uniform bits) with every layer in fp32, or None (not int8, per-stage bits, or
+    no fp32 on the profile). A finishing trial's twin: its student comes from the student cache (the distillation does
+    not depend on the bits), so it costs an export and a measurement, and on a CPU whose int8 kernels are slow for
+    small layers it is the faster model (AVX2 without VNNI, CIFAR ResNet-20 pruned 50%: fp32 2.57-3.07x vs int8
+    2.12-2.39x; benchmarks/README.md "One-click default")."""
+    if params.get("bits") != "int8" or "fp32" not in precisions:
+        return None
+    twin = {k: v for k, v in params.items() if not (k.startswith("bits.") or k.startswith("quant."))}
+    twin["bits"] = "fp32"
+    return twin
 
 
 @dataclass(frozen=True)

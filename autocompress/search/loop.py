@@ -23,7 +23,8 @@ from ..records import Candidate, TrialRecord, TrialStatus
 from ..references import SEED_ATTR
 from ..store import RunStore, merge_records
 from ..trial import feasibility, feasible_records
-from .finish import FINISH_ATTR, FinishPolicy, apply_finish, finish_label
+from ..space import allowed_precisions
+from .finish import FINISH_ATTR, FinishPolicy, apply_finish, finish_label, fp32_twin
 
 if TYPE_CHECKING:
     from .base import Backend
@@ -206,9 +207,14 @@ class SearchLoop:
         if fin is None:
             return
         src = next(r for r in self.records if r.number == fin.of)
-        self.backend.enqueue([dict(src.candidate.params)], [{FINISH_ATTR: fin.attrs()}], unique=False)
+        params, attrs = [dict(src.candidate.params)], [{FINISH_ATTR: fin.attrs()}]
+        twin = fp32_twin(params[0], allowed_precisions(self.prep.space, self.prep.profile)) if left >= 2 else None
+        if twin is not None:  # the same distilled student (cached by the first) in fp32: seconds
+            params.append(twin)
+            attrs.append({FINISH_ATTR: {**fin.attrs(), "twin": "fp32"}})
+        self.backend.enqueue(params, attrs, unique=False)
         self._finishing.add(fin.of)
-        self.disp.print(f"finishing: {fin.why}")
+        self.disp.print(f"finishing: {fin.why}" + ("; then its fp32 twin from the same student" if twin else ""))
 
     def _settle(self, rec: TrialRecord, handle, seed: str | None, finish_of: int | None = None) -> None:
         rec = replace(rec, seed=seed, finish_of=finish_of)  # a trial the space's seeds enqueued carries its label

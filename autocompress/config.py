@@ -431,7 +431,7 @@ class RunSpec(Strict):
 
     @model_validator(mode="after")
     def _default_budget(self):
-        if self.timeout is None and not {"trials", "timeout"} & self.model_fields_set:
+        if self.timeout is None and self.default_budget:
             object.__setattr__(self, "timeout", DEFAULT_TIMEOUT_S)  # frozen model: set once, while validating
         return self
 

@@ -147,7 +147,7 @@ def _resnet(block, layers, base_width: float = 1.0):
 _register("resnet18", "resnet")(_resnet(tv_resnet.BasicBlock, [2, 2, 2, 2]))
 # half-width ResNet-18 (stages 32/64/128/256; named like torchvision's shufflenet_v2_x0_5): the one-click default,
 # chosen by measurement (benchmarks/README.md "One-click default"): at 32 px and batch 1 it is compute-bound enough
-# on a 2-core CPU for pruning and int8 to show (6-8x), and its teacher trains on digits in ~3.5 minutes there
+# on a 2-core CPU for pruning and int8 to show (6-8x), and its teacher trains on digits in ~3 minutes there
 _register("resnet18_x0_5", "resnet")(_resnet(tv_resnet.BasicBlock, [2, 2, 2, 2], 0.5))
 _register("resnet34", "resnet")(_resnet(tv_resnet.BasicBlock, [3, 4, 6, 3]))
 _register("resnet50", "resnet")(_resnet(tv_resnet.Bottleneck, [3, 4, 6, 3]))

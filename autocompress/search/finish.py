@@ -67,8 +67,8 @@ def fp32_twin(params: Mapping[str, Any], precisions: Sequence[str]) -> dict[str,
     """The parameters of an int8 candidate (uniform bits) with every layer in fp32, or None (not int8, per-stage bits, or
     no fp32 on the profile). A finishing trial's twin: its student comes from the student cache (the distillation does
     not depend on the bits), so it costs an export and a measurement, and on a CPU whose int8 kernels are slow for
-    small layers it is the faster model (AVX2 without VNNI, CIFAR ResNet-20 pruned 50%: fp32 2.57-3.07x vs int8
-    2.12-2.39x; benchmarks/README.md "One-click default")."""
+    small layers it can be the faster model (AVX2 without VNNI, CIFAR ResNet-20 pruned 50%, untrained graphs: fp32
+    2.57-3.07x vs int8 2.12-2.39x; benchmarks/README.md "int8 on a CPU without VNNI")."""
     if params.get("bits") != "int8" or "fp32" not in precisions:
         return None
     twin = {k: v for k, v in params.items() if not (k.startswith("bits.") or k.startswith("quant."))}

@@ -243,7 +243,7 @@ def budget_line(spec: RunSpec, *, resume: bool = False) -> str:
     """What bounds this run, in one line (the default budget says how to change it)."""
     if spec.timeout is None:
         return f"budget: {spec.trials} trials (no time limit)"
-    t = f"{spec.timeout:.0f} s" if spec.timeout < 120 else f"{spec.timeout / 60:.3g} min"
+    t = f"{spec.timeout:.3g} s" if spec.timeout < 120 else f"{spec.timeout / 60:.3g} min"
     line = f"budget: {spec.trials} trials or {t} for the whole run, set-up included, whichever ends first"
     if spec.default_budget and not resume:
         line += " (the default for a run that names neither; set --trials and/or --timeout)"

@@ -231,7 +231,7 @@ class SearchLoop:
                            done, best_tradeoffs(self.records, self.constraints))
 
     def _log_deadline(self) -> None:
-        limit = f"time budget reached (timeout {self.prep.spec.timeout:.0f} s)"
+        limit = f"time budget reached (timeout {self.prep.spec.timeout:.4g} s)"
         if self.inflight:
             self.disp.print(f"{limit}: no new trials, waiting for {len(self.inflight)} in flight")
         elif self.timing["trials"] == 0:  # the set-up used the whole budget: say so, and how to go on

@@ -277,7 +277,7 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None,
         (models / f"trial_{int(n)}.json").write_text(json.dumps(cards[int(n)], indent=2, default=str))
         (models / f"trial_{int(n)}.recipe.yaml").write_text(yaml.safe_dump(_recipe(r, meta["spec"]), sort_keys=False))
     front = front.assign(model=paths) if len(front) else front
-    from .retiming import retime_run, summary_lines, with_retimed
+    from .retiming import retime_run, summary_lines, threads_of, with_retimed
 
     try:
         timed = retime_run(run_dir, front, df, meta, windows=retime, log=log)
@@ -285,7 +285,7 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None,
         log(f"note: the final re-timing was skipped ({type(e).__name__}: {e})")
         timed = None
     if retime and timed:
-        for line in summary_lines(timed):
+        for line in summary_lines(timed, threads_of(spec.profile)):
             log(line)
     front = with_retimed(front, timed)
     front.to_csv(run_dir / "pareto.csv", index=False)

@@ -10,6 +10,7 @@ them while the same files are on the front; ``autocompress report RUN --retime N
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -56,12 +57,14 @@ def retime_run(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame, meta: dict,
     if profile.latency.mode != "measure" or not targets:
         return None
     from .measure.hardware import check_available, fingerprint, input_shape_for
-    from .measure.retime import retime
+    from .measure.retime import extra_windows_up_to, retime
 
     check_available(profile)
     shape = input_shape_for(profile, tuple(meta["data"]["input_shape"]))
-    log(f"re-timing {len(targets)} models against the baseline in {windows} fresh processes (the spread across "
-        "them is the uncertainty reported)")
+    more = (f", up to {extra_windows_up_to(windows)} for a model whose windows disagree"
+            if extra_windows_up_to(windows) > windows else "")
+    log(f"re-timing {len(targets)} models against the baseline in {windows} fresh processes{more} (the spread "
+        "across them is the uncertainty reported)")
     res = retime(targets, run_dir / "models" / "baseline.onnx", profile, shape, windows=windows, seed=spec.seed,
                  log=log)
     models = {k: v.to_dict() for k, v in res.items()}
@@ -85,7 +88,26 @@ def with_retimed(front: pd.DataFrame, models: dict | None) -> pd.DataFrame:
     return front.assign(**cols)
 
 
-def summary_lines(models: dict | None) -> list[str]:
+def threads_of(profile: str) -> int:
+    """The intra-op threads a profile times with (0 in the profile: ONNX Runtime's default, every core)."""
+    from .config import load_profile
+
+    return load_profile(profile)[0].intra_op_threads or os.cpu_count() or 1
+
+
+def why_disagree(threads: int | None) -> str:
+    """Why windows disagree, said plainly under the figures (measured: benchmarks/README.md, issue 14)."""
+    if threads and threads > 1:
+        return (f"  why: with {threads} intra-op threads on a shared or virtual machine the speedup moves with time "
+                "(how well the threads' parallel sections run together changes from one stretch of seconds to the "
+                "next; +-10-15% measured on 2 vCPUs with nothing else running); the median over the windows is the "
+                "figure shown; --profile cpu-1thread repeats within a few %")
+    return ("  why: one stretch of seconds in which a model timed differently (seen on 2-vCPU virtual machines: one "
+            "window in five 25-40% off while the other models stayed put); the median over the windows is the "
+            "figure shown, and it is not moved by one such window")
+
+
+def summary_lines(models: dict | None, threads: int | None = None) -> list[str]:
     if not models:
         return []
     out = []
@@ -97,4 +119,6 @@ def summary_lines(models: dict | None) -> list[str]:
         out.append(f"  {label}: {m['speedup']:.2f}x (windows {sp}; CV {100 * m['cv']:.1f}%"
                    + (f"; {dist} disturbed window(s) left out" if dist and m["used"] < len(m["speedups"]) else "")
                    + f"){flag}")
+    if not all(m["agree"] for m in models.values()):
+        out.append(why_disagree(threads))
     return out

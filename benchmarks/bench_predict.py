@@ -3,7 +3,9 @@
 1. The lookup table, built on this machine (``predict.build_table``: the torch-free grid of
    ``autocompress.profiling``, keyed on the kernels ORT runs after graph optimisation, plus its in-network
    scale), at ``benchmarks/results/<profile>.table.jsonl`` (resumable: rerun continues it), or ``--table``.
-   ``--calibrate`` adds the torch-side whole-model calibration on zoo models (disjoint from the candidates).
+   The torch-side whole-model calibration on zoo models (disjoint from the candidates) is fitted as
+   ``profile-device`` does where torch is installed (``--no-calibrate``: not); the same predictions without it
+   are scored beside, on the same measurements.
 2. Held-out candidates: zoo models (resnet18, mobilenet_v2, efficientnet_b0, regnet_x_400mf, shufflenet_v2_x1_0;
    ``build_model(name, 10, (3, S, S))``, S = 32 or 64) pruned uniformly at a random ratio in 0-0.8 (2 decimals,
    seeds < 1000) with the product's stages, each in fp32 and int8 (static QDQ U8S8, the product's quantizer).
@@ -66,7 +68,8 @@ def main():
     ap.add_argument("--profile", default="cpu-1thread")
     ap.add_argument("--table", help="reuse a table (JSON Lines) instead of building benchmarks/results/<profile>.table.jsonl")
     ap.add_argument("--quick", action="store_true", help="small grid (the tests' table)")
-    ap.add_argument("--calibrate", action="store_true", help="also fit the torch-side whole-model calibration")
+    ap.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                    help="leave out the torch-side whole-model calibration (profile-device fits it where torch is)")
     ap.add_argument("--n", type=int, default=20, help="pruned models (each in fp32 and int8)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--windows", type=int, default=None, help="fresh processes per candidate (default 1 with one "
@@ -95,6 +98,7 @@ def main():
         table = predict.build_table(profile, path, quick=args.quick, calibrate=args.calibrate)
     predict.check_table(table, profile)
     t_table = time.perf_counter() - t0
+    uncalibrated = {k: v for k, v in table.items() if k != "calibration"}  # the same table, without it: compared
     rng = random.Random(args.seed)
     rows, cands = [], []
     with tempfile.TemporaryDirectory() as d:
@@ -121,10 +125,13 @@ def main():
             ms = [pw[i]["ms"] for pw in per_window]
             meas = float(np.median(ms))
             pred = predict.predict_latency(c["path"], profile, table, c["shape"])
+            raw = (predict.predict_latency(c["path"], profile, uncalibrated, c["shape"])
+                   if table.get("calibration") else None)
             cpu = per_window[0][i]["cpu_ms"]
             rows.append({k: c[k] for k in ("arch", "ratio", "size", "precision")} | {
                 "measured_ms": round(meas, 4), "windows_ms": [round(v, 4) for v in ms], "predicted_ms": round(pred, 4),
-                "error": round(pred / meas - 1, 4), "measured_cpu_ms": round(cpu, 4) if cpu else None,
+                "error": round(pred / meas - 1, 4),
+                "predicted_uncalibrated_ms": round(raw, 4) if raw else None, "measured_cpu_ms": round(cpu, 4) if cpu else None,
                 "error_vs_cpu": round(pred / cpu - 1, 4) if cpu else None,
                 "cv": round(per_window[0][i]["cv"], 3), "load_avg": per_window[0][i]["load_avg"],
                 "disturbed": any(pw[i]["disturbed"] for pw in per_window)})
@@ -145,6 +152,10 @@ def main():
         s = summary([r["predicted_ms"] for r in sel], [r["measured_ms"] for r in sel])
         res["summary"][name] = s
         print(f"{name:19s} {format_summary(s)}")
+        if sel[0]["predicted_uncalibrated_ms"] is not None:
+            su = summary([r["predicted_uncalibrated_ms"] for r in sel], [r["measured_ms"] for r in sel])
+            res["summary"][name + " (no calibration)"] = su
+            print(f"{'':19s} without the whole-model calibration: {format_summary(su)}")
         if sel[0]["measured_cpu_ms"] is not None:
             sc = summary([r["predicted_ms"] for r in sel], [r["measured_cpu_ms"] for r in sel])
             res["summary"][name + " (cpu clock)"] = sc

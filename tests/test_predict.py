@@ -130,6 +130,14 @@ def test_profile_device_writes_a_valid_predict_profile(tmp_path, monkeypatch, mo
     assert prof.fingerprint["onnxruntime"] and prof.intra_op_threads == 1
     t = predict.load_table(prof, path, log=lambda *a: None)
     assert predict.predict_latency(models[0], prof, t, (1, 3, 32, 32)) > 0
+    # torch is installed here: the whole-model calibration is fitted by default
+    assert set(t["calibration"]["fits"]) == {"fp32", "int8"} and any(m.startswith("calibration int8: ") for m in logs)
+    # on a target without torch (an edge box) it is skipped, and the build says so
+    monkeypatch.setattr(predict, "_torch_available", lambda: False)
+    logs.clear()
+    predict.profile_device("cpu-1thread", tmp_path / "edge.yaml", quick=True, log=logs.append)
+    assert predict.read_table(tmp_path / "edge.table.jsonl").get("calibration") is None
+    assert any("calibration skipped: torch is not installed" in m for m in logs)
 
 
 def _write(table: dict, path: Path, **header) -> Path:

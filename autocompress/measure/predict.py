@@ -10,9 +10,9 @@ execution provider, or other session settings, are refused with how to rebuild i
 announced; and the fusion rules recorded on the target (what ORT there made of Conv+Relu, DQ-Conv-Q, a residual
 block...) are compared with this machine's, each difference printed.
 
-Whole-model calibration (optional, needs torch): a few zoo models pruned uniformly, fp32 and int8, built with the
-product's own stages and measured with ``measure_latency``; per dtype ``log(measured) = alpha + beta * log(sum of
-kernels + overhead)``, appended to the table as a ``calibration`` line.
+Whole-model calibration (by default where torch is installed): a few zoo models pruned uniformly, fp32 and
+int8, built with the product's own stages and measured with ``measure_latency``; per dtype
+``log(measured) = alpha + beta * log(sum of kernels + overhead)``, appended to the table as a ``calibration`` line.
 """
 
 from __future__ import annotations
@@ -294,17 +294,22 @@ def _torch_available() -> bool:
 
 # ---------------------------------------------------------------- profile-device
 def build_table(profile: HardwareProfile, path, *, quick: bool = False, log: Callable = print,
-                calibrate: bool = False) -> dict:
-    """Build (or continue) the table at ``path`` on this machine; with ``calibrate`` (needs torch), also fit and
-    append the whole-model calibration on zoo models."""
+                calibrate: bool | None = None) -> dict:
+    """Build (or continue) the table at ``path`` on this machine, and fit and append the whole-model calibration on
+    zoo models: by default where torch is installed (``calibrate=None``), never with False; True without torch is
+    refused. Measured on held-out candidates, it closes most of the table's common bias (benchmarks/README.md)."""
     hardware.check_available(profile)
+    if calibrate is None:
+        calibrate = _torch_available()
+        if not calibrate:
+            log("whole-model calibration skipped: torch is not installed here (the table's in-network scale stands)")
     try:
         table = ptable.build(Target.from_profile(profile), path, quick=quick, log=log)
     except TargetError as e:
         raise ConfigError(str(e)) from None
     if calibrate and not _torch_available():
         raise ConfigError("--calibrate builds zoo models with torch, which is not installed here; "
-                          "leave it out (the table's in-network factors are measured without torch)")
+                          "use --no-calibrate (the table's in-network factors are measured without torch)")
     if calibrate and table.get("calibration") is None:
         dts = ["fp32"] + (["int8"] if "int8" in hardware.supported_precisions(profile) else [])
         table = append_calibration(table, calibrate_table(table, profile, quick=quick, log=log, dtypes=dts))
@@ -312,7 +317,7 @@ def build_table(profile: HardwareProfile, path, *, quick: bool = False, log: Cal
 
 
 def profile_device(profile_name_or_path: str, out_path, *, quick: bool = False, log: Callable = print,
-                   calibrate: bool = False) -> Path:
+                   calibrate: bool | None = None) -> Path:
     """Build the table on this machine and write ``<out>.yaml`` (mode predict) + ``<out>.table.jsonl``; rerun
     the same command to continue an interrupted build."""
     profile, src = load_profile(profile_name_or_path)

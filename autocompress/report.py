@@ -277,7 +277,7 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None,
         (models / f"trial_{int(n)}.json").write_text(json.dumps(cards[int(n)], indent=2, default=str))
         (models / f"trial_{int(n)}.recipe.yaml").write_text(yaml.safe_dump(_recipe(r, meta["spec"]), sort_keys=False))
     front = front.assign(model=paths) if len(front) else front
-    from .retiming import retime_run, summary_lines, threads_of, with_retimed
+    from .retiming import retime_run, summary_lines, with_retimed
 
     try:
         timed = retime_run(run_dir, front, df, meta, windows=retime, log=log)
@@ -285,7 +285,7 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None,
         log(f"note: the final re-timing was skipped ({type(e).__name__}: {e})")
         timed = None
     if retime and timed:
-        for line in summary_lines(timed, threads_of(spec.profile)):
+        for line in summary_lines(timed):
             log(line)
     front = with_retimed(front, timed)
     front.to_csv(run_dir / "pareto.csv", index=False)
@@ -293,7 +293,7 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None,
     if baseline is not None:
         from .report_html import write_html
 
-        report = write_html(run_dir, df, front, spec, baseline, meta, cards)
+        report = write_html(run_dir, df, front, spec, baseline, meta, cards, timed)
     _print_summary(df, front, report, baseline, spec, log)
     return RunResult(run_dir=run_dir, records=records, front=front, report=report,
                      baseline=Baseline.from_dict(baseline) if baseline else None)

@@ -445,22 +445,23 @@ def _cards(df, front, spec: RunSpec, baseline: dict) -> tuple[str, str]:
     return "<div class='cards'>" + "".join(cards) + "</div>", verdict
 
 
-def _retimed_note(front: pd.DataFrame, spec: RunSpec) -> str:
+def _retimed_note(front: pd.DataFrame, timed: dict | None) -> str:
     """The legend of the re-timed column, and why windows disagree when some did."""
-    if "speedup_retimed" not in front.columns:
+    if "speedup_retimed" not in front.columns or not timed:
         return ""
-    from .retiming import threads_of, why_disagree
+    from .retiming import threads_timed, why_disagree
 
     note = (" re-timed = the speedup measured again after the search against the baseline in several fresh "
             "processes: the median, and the range across them.")
     if not front["speedup_agree"].map(lambda v: str(v).lower() in ("true", "1")).all():
-        why = why_disagree(threads_of(spec.profile)).strip().removeprefix("why: ")
+        why = why_disagree(threads_timed(timed)).strip().removeprefix("why: ")
         note += f" ? = those processes disagree by more than 5% (CV): {_e(why)}."
     return note
 
 
 def write_html(run_dir: Path, df: pd.DataFrame, front: pd.DataFrame, spec: RunSpec, baseline: dict, meta: dict,
-               cards: dict[int, dict] | None = None) -> Path:
+               cards: dict[int, dict] | None = None, timed: dict | None = None) -> Path:
+    """``timed``: the final re-timing's models (retiming.py), for the legend of the re-timed column."""
     cards = cards or {}
     pct = percent_metric(spec)
     spec_d = meta.get("spec", {})
@@ -526,7 +527,7 @@ absolute times hold only on the machine they were taken on.</p>
 <h2>Pareto front (accuracy, speedup, size)</h2>{front_tbl}
 <p class="muted">drop = baseline accuracy minus the model's, in percentage points (negative: more accurate than the baseline);
 sparsity = mean share of channels removed; smaller = baseline file size / model file size; the files are
-<code>models/trial_N.onnx</code> with their cards (<code>.json</code>) and recipes (<code>.recipe.yaml</code>).{_retimed_note(front, spec)}</p>
+<code>models/trial_N.onnx</code> with their cards (<code>.json</code>) and recipes (<code>.recipe.yaml</code>).{_retimed_note(front, timed)}</p>
 <h2>Reference points (measured in this run)</h2>{refs_tbl}
 <h2>Front models: what was done to each layer</h2>{''.join(models) or "<p>No feasible trial yet.</p>"}
 <h2>Trials that did not complete ({len(not_done)} of {len(df)})</h2>{_table(problems, cls_col="status")}

@@ -10,7 +10,6 @@ them while the same files are on the front; ``autocompress report RUN --retime N
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -88,13 +87,6 @@ def with_retimed(front: pd.DataFrame, models: dict | None) -> pd.DataFrame:
     return front.assign(**cols)
 
 
-def threads_of(profile: str) -> int:
-    """The intra-op threads a profile times with (0 in the profile: ONNX Runtime's default, every core)."""
-    from .config import load_profile
-
-    return load_profile(profile)[0].intra_op_threads or os.cpu_count() or 1
-
-
 def why_disagree(threads: int | None) -> str:
     """Why windows disagree, said plainly under the figures (measured: benchmarks/README.md, issue 14)."""
     if threads and threads > 1:
@@ -107,7 +99,12 @@ def why_disagree(threads: int | None) -> str:
             "figure shown, and it is not moved by one such window")
 
 
-def summary_lines(models: dict | None, threads: int | None = None) -> list[str]:
+def threads_timed(models: dict) -> int | None:
+    """The intra-op threads the re-timing used (recorded with each model; None in an older retime.json)."""
+    return max((m.get("threads") or 0 for m in models.values()), default=0) or None
+
+
+def summary_lines(models: dict | None) -> list[str]:
     if not models:
         return []
     out = []
@@ -120,5 +117,5 @@ def summary_lines(models: dict | None, threads: int | None = None) -> list[str]:
                    + (f"; {dist} disturbed window(s) left out" if dist and m["used"] < len(m["speedups"]) else "")
                    + f"){flag}")
     if not all(m["agree"] for m in models.values()):
-        out.append(why_disagree(threads))
+        out.append(why_disagree(threads_timed(models)))
     return out

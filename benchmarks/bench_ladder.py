@@ -25,7 +25,6 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -95,6 +94,10 @@ def main() -> None:
     targets.update({f"ladder {r.seed}": lad / "run" / r.model for r in ladder.itertuples()})
     if ours.empty or ladder.empty:
         print(f"nothing to compare within {a.bound} pp: run {len(ours)} model(s), ladder {len(ladder)}")
+        return
+    ref = run_dir / "models" / "int8_reference.onnx"  # the simplest rival, timed in the same windows
+    if ref.is_file():
+        targets["int8 alone"] = ref
     profile, _ = load_profile(meta["spec"]["profile"])
     shape = input_shape_for(profile, tuple(meta["data"]["input_shape"]))
     res = retime(targets, run_dir / "models" / "baseline.onnx", profile, shape, windows=a.windows,
@@ -102,6 +105,8 @@ def main() -> None:
     acc = {f"run trial {int(r.number)}": (r.accuracy_drop, r.seed if isinstance(r.seed, str) else "searched")
            for r in ours.itertuples()}
     acc.update({f"ladder {r.seed}": (r.accuracy_drop, "ladder") for r in ladder.itertuples()})
+    ref_rec = json.loads((run_dir / "baseline.json").read_text()).get("int8_reference") or {}
+    acc["int8 alone"] = (float(ref_rec.get("accuracy_drop") or 0.0), "reference")
     rows = [{"model": k, "drop_pp": round(float(acc[k][0]), 2), "origin": acc[k][1], "speedup": r.speedup,
              "windows": list(r.speedups), "cv": r.cv} for k, r in res.items()]
     best_run = max((r for r in rows if r["model"].startswith("run")), key=lambda r: r["speedup"], default=None)

@@ -90,6 +90,7 @@ def test_retime_measures_each_model_in_fresh_processes(tmp_path):
     assert len(r.latency_ms) == len(r.baseline_ms) == 2 and all(b > m > 0 for b, m in zip(r.baseline_ms, r.latency_ms))
     assert all(s > 1.5 for s in r.speedups), r  # 64x fewer conv MACs: faster in every window, however noisy
     assert len(lines) == 2 and lines[0].startswith("re-timing window 1/2")
+    assert r.threads == 1  # recorded: why windows disagree depends on it
 
 
 def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path, monkeypatch):
@@ -129,14 +130,21 @@ def test_only_front_models_seeds_and_int8_alone_are_retimed(tmp_path):
     assert sorted(_targets(tmp_path, front, df)) == ["int8 alone", "trial 0", "trial 2", "trial 3"]
 
 
-def test_the_summary_says_why_windows_disagree_for_the_profile_timed():
+def test_the_summary_says_why_windows_disagree_for_the_threads_timed():
+    from dataclasses import replace
+
     from autocompress.retiming import summary_lines
 
-    steady = summarise("trial 1", "a.onnx", [2.0, 2.02, 1.98], [False] * 3).to_dict()
-    jumpy = summarise("trial 2", "b.onnx", [1.9, 2.66, 1.92, 1.93, 1.91], [False] * 5).to_dict()
-    assert not any("why:" in ln for ln in summary_lines({"trial 1": steady}, 2))  # all agree: nothing to explain
-    two = summary_lines({"trial 1": steady, "trial 2": jumpy}, 2)
+    def timed(threads):
+        steady = replace(summarise("trial 1", "a.onnx", [2.0, 2.02, 1.98], [False] * 3), threads=threads).to_dict()
+        jumpy = replace(summarise("trial 2", "b.onnx", [1.9, 2.66, 1.92, 1.93, 1.91], [False] * 5),
+                        threads=threads).to_dict()
+        return steady, jumpy
+
+    steady, jumpy = timed(2)
+    assert not any("why:" in ln for ln in summary_lines({"trial 1": steady}))  # all agree: nothing to explain
+    two = summary_lines({"trial 1": steady, "trial 2": jumpy})
     assert "treat this speedup as uncertain" in two[1] and "1.92x" in two[1]
     assert two[-1].startswith("  why: with 2 intra-op threads") and "cpu-1thread" in two[-1]
-    one = summary_lines({"trial 2": jumpy}, 1)
+    one = summary_lines({"trial 2": timed(1)[1]})
     assert one[-1].startswith("  why: one stretch of seconds") and "not moved by one such window" in one[-1]

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -46,6 +46,7 @@ class Retimed:
     latency_ms: tuple[float, ...] = ()  # per window: the model's median (ms), to see which side moved
     baseline_ms: tuple[float, ...] = ()  # per window: the baseline's median, timed beside it
     moved: str | None = None  # when the windows disagree: "the baseline", "the model" or "both" moved (> target_cv)
+    threads: int | None = None  # intra-op threads the windows timed with (why windows disagree depends on it)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,7 +138,8 @@ def retime(models: Mapping[str, str | Path], baseline: str | Path, profile, shap
             w += 1
             if w >= windows:
                 todo = [k for k in todo if not _summary(k, job["models"][k], runs[k], target_cv).agree]
-    return {k: _summary(k, job["models"][k], runs[k], target_cv) for k in job["models"]}
+    threads = profile.intra_op_threads or os.cpu_count() or 1  # 0 in a profile: ONNX Runtime's default, every core
+    return {k: replace(_summary(k, job["models"][k], runs[k], target_cv), threads=threads) for k in job["models"]}
 
 
 def _summary(label: str, path: str, per_window: list[dict], target_cv: float) -> Retimed:

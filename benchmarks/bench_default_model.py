@@ -10,6 +10,10 @@ ratios to be large, and small enough for its teacher to train in a few minutes (
     python benchmarks/bench_default_model.py --profile cpu --tag avx2
     python benchmarks/bench_default_model.py --models resnet18_x0_5,mobilenet_v3_small
     python benchmarks/bench_default_model.py --models benchmarks/models/cifar_resnet.py:resnet20 --repeats 3 --tag r20
+    python benchmarks/bench_default_model.py --models resnet18 --ratios 0.5,0.6,0.7,0.8,0.9 --round-to 0,8,16 --tag align
+
+``--round-to`` (the profile's ``round_to``: kept channels rounded down to a multiple) shows what channel counts the
+CPU's kernels favour: pruning to counts that are not multiples of 8/16 can make a sparser model slower.
 
 Writes ``results/default-model-<tag>.csv`` (one row per model and setting, with the machine fingerprint and the
 1-minute load average at its start) and prints a line per model. Figures: benchmarks/README.md "One-click default".
@@ -31,6 +35,7 @@ from autocompress.compress.export import export_onnx
 from autocompress.compress.prune import prune_model
 from autocompress.compress.quantize import quantize_model
 from autocompress.config import load_profile
+from autocompress.errors import InfeasibleCandidate
 from autocompress.profiling.target import fingerprint
 from autocompress.measure.latency import measure_latency
 from autocompress.models.loader import resolve_model
@@ -48,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="times each setting is timed (each against the baseline)")
     ap.add_argument("--size", type=int, default=32, help="input side, px (digits: 32)")
     ap.add_argument("--tag", default="run")
+    ap.add_argument("--ratios", default=None, help="comma-separated sparsities (default: int8 alone, 50%% and 70%%)")
+    ap.add_argument("--bits", default="fp32,int8", help="with --ratios: the precisions to time")
+    ap.add_argument("--round-to", default="0", help="comma-separated round_to values (0: none) to compare")
     args = ap.parse_args(argv)
+    settings = SETTINGS if args.ratios is None else \
+        [(float(r), b) for r in args.ratios.split(",") for b in args.bits.split(",")]
+    roundings = [int(v) or None for v in args.round_to.split(",")]
 
     profile, _ = load_profile(args.profile)
     shape = (3, args.size, args.size)
@@ -65,11 +76,17 @@ def main(argv: list[str] | None = None) -> int:
             base = tmp / "baseline.onnx"
             export_onnx(resolve_model(name, 10, shape)[0].eval(), x, base, check=False)
             line = []
-            for sparsity, bits in SETTINGS:
+            for (sparsity, bits), round_to in ((s, r) for s in settings for r in roundings):
+                if round_to and not sparsity:
+                    continue
                 torch.manual_seed(0)
                 model = resolve_model(name, 10, shape)[0].eval()
                 if sparsity:
-                    model = prune_model(model, {"_default": sparsity}, x, inplace=True).model.eval()
+                    try:
+                        model = prune_model(model, {"_default": sparsity}, x, inplace=True, round_to=round_to).model.eval()
+                    except InfeasibleCandidate as e:
+                        line.append(f"{sparsity:.0%} {bits} r{round_to}: infeasible ({e})")
+                        continue
                 fp32 = tmp / "cand.onnx"
                 export_onnx(model, x, fp32, check=False)
                 path = fp32
@@ -80,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                 for rep in range(args.repeats):
                     load = os.getloadavg()[0]
                     r = measure_latency(path, profile, (1, *shape), baseline_path=base)
-                    rows.append({"model": name, "sparsity": sparsity, "bits": bits, "repeat": rep,
+                    rows.append({"model": name, "sparsity": sparsity, "bits": bits, "round_to": round_to or 0,
+                                 "repeat": rep,
                                  "speedup": round(r.speedup, 3), "baseline_ms": round(r.baseline_median_ms, 3),
                                  "candidate_ms": round(r.median_ms, 3), "stop": r.stop_reason,
                                  "load_1min": round(load, 2), "profile": args.profile, "machine": machine})
                     got.append(f"{r.speedup:.2f}")
-                line.append(f"{sparsity:.0%} {bits} {'/'.join(got)}x")
+                line.append(f"{sparsity:.0%} {bits}{f' r{round_to}' if round_to else ''} {'/'.join(got)}x")
             print(f"{name}: fp32 baseline {rows[-1]['baseline_ms']:.2f} ms | " + " | ".join(line), flush=True)
     new = not out.exists()
     with out.open("a", newline="") as f:

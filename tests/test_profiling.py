@@ -177,6 +177,19 @@ def test_missing_alignment_class_falls_back_to_the_nearest_one(tiny_table):
     assert idx.lookup("NoSuchKernel/fp32", [1.0], 10)[1] == "node"
 
 
+def test_kernels_the_table_lacks_are_costed_by_their_kin(tiny_table):
+    idx = lookup.Index(tiny_table)
+    gap = [g for g in idx.groups if g.startswith("GlobalAveragePool/")]
+    assert gap and not any(g.startswith("GlobalAveragePool-nhwc/") for g in idx.groups)
+    ms, how = idx.lookup("GlobalAveragePool-nhwc/int8", [np.log(64), np.log(16)], 64 * 16)
+    assert how == "scaled" and ms > idx.node_ms  # from the NCHW pool's points, not the per-node cost
+    assert lookup._kin("com.microsoft:QLinearConcat") == ["Concat"]
+    # QLinearConcat's first inputs are the output's scale / zero point: its dtype is the data's
+    ins = [{"float": []}, {"uint8": []}, {"uint8": [1, 8, 4, 4]}, {"float": []}, {"uint8": []}]
+    f = kernels.features("com.microsoft", "QLinearConcat", {"axis": 1}, ins, [{"uint8": [1, 16, 4, 4]}])
+    assert f["group"] == "com.microsoft:QLinearConcat/int8"
+
+
 def test_kendall_tau_without_scipy_matches_scipy(monkeypatch):
     x, y = [1, 2, 3, 4, 5, 6], [1.5, 1.0, 3.3, 4.1, 6.0, 5.5]
     with_scipy = pcheck.kendall_tau(x, y)

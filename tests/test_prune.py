@@ -9,6 +9,8 @@ from torch import nn
 
 from autocompress.compress.criteria import CRITERIA
 from autocompress.compress.prune import (
+    _kept,
+    aligned_ratios,
     find_classifier,
     prunable_layers,
     prune_model,
@@ -114,9 +116,10 @@ def test_zero_channels_is_infeasible(tiny):
     # 16 channels at 0.95 keep int(0.8) = 0
     with pytest.raises(InfeasibleCandidate, match="'stem.0'"):
         prune_model(tiny, {"stem": 0.95}, X)
-    # round_to rounds the 8 channels left (of 16 at 0.5) down... to a multiple of 16: zero
-    with pytest.raises(InfeasibleCandidate, match="round"):
-        prune_model(tiny, {"_default": 0.5}, X, round_to=16)
+    # round_to keeps the nearest multiple, at least one: a 16-channel layer at 0.5 with round_to 16 stays whole, and
+    # when every layer would, the candidate is refused (not silently left unpruned)
+    with pytest.raises(InfeasibleCandidate, match="round_to 16 keeps every layer whole"):
+        prune_model(tiny, {"stem": 0.5}, X, round_to=16)
 
 
 def test_prune_tiny_model_runs_and_shrinks(tiny):
@@ -140,6 +143,29 @@ def test_round_to_and_exclude(tiny):
     for name in ("stem.0", "pw.0", "branch_a.0"):
         assert dict(m.named_modules())[name].out_channels % 4 == 0
     assert res.layer_ratios["stem.0"] > 0
+    assert res.requested_ratios["stem.0"] == pytest.approx(0.4)
+
+
+def test_round_to_keeps_the_nearest_multiple():
+    # int(w * (1 - r)) rounded to the nearest multiple, at least one, at most the width
+    assert [_kept(64, 0.8, 16), _kept(64, 0.8, 8), _kept(64, 0.75, 16), _kept(16, 0.5, 16), _kept(16, 0.9, 8)] == \
+        [16, 16, 16, 16, 8]
+    assert _kept(256, 0.7, 16) == 80 and _kept(256, 0.7, None) == 76
+    r = aligned_ratios({"a": 0.7, "b": 0.5, "c": 0.0}, {"a": 256, "b": 16, "c": 64}, 16)
+    assert int(256 * (1 - r["a"])) == 80 and r["b"] == 0.0 and r["c"] == 0.0
+
+
+def test_round_to_prunes_to_multiples_in_a_real_network():
+    from autocompress.models.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, (3, 32, 32)).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    res = prune_model(model, {"_default": 0.7}, x, round_to=16)
+    convs = [m for m in res.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.out_channels % 16 == 0 for c in convs), [c.out_channels for c in convs]
+    assert res.model(x).shape == (1, 10)
+    assert 0.6 < res.layer_ratios["layer4.0.conv1"] < 0.75
 
 
 @pytest.mark.parametrize("criterion", CRITERIA.names())

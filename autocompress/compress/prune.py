@@ -266,13 +266,27 @@ def _count_ops(model: nn.Module, example_input) -> tuple[int, int]:
 
 
 def _kept(channels: int, ratio: float, round_to: int | None) -> int:
-    """Channels Torch-Pruning keeps for a layer pruned alone at ``ratio`` (same arithmetic)."""
+    """Channels a layer pruned alone at ``ratio`` keeps: Torch-Pruning's int(channels * (1 - ratio)), or with
+    ``round_to`` the nearest multiple of it (at least one multiple, at most the layer's width)."""
     if ratio <= 0:
         return channels
     keep = int(channels * (1 - ratio))
     if round_to:
-        keep -= keep % round_to
+        keep = min(channels, round_to * max(1, round(keep / round_to)))
     return keep
+
+
+def aligned_ratios(ratios: Mapping[str, float], widths: Mapping[str, int], round_to: int) -> dict[str, float]:
+    """The ratios that make Torch-Pruning keep ``_kept(width, ratio, round_to)`` channels in each layer: CPU kernels
+    run channel counts that are multiples of 8/16 much faster (NCHWc blocks, int8 GEMM panels; measured in
+    benchmarks/README.md, bench_default_model --round-to), so a target's profile can ask for them. A layer whose
+    rounded count is its whole width is left whole (ratio 0)."""
+    out = {}
+    for name, r in ratios.items():
+        w = widths[name]
+        keep = _kept(w, r, round_to)
+        out[name] = 0.0 if r <= 0 or keep >= w else 1.0 - (keep + 0.5) / w
+    return out
 
 
 def prune_model(
@@ -290,8 +304,8 @@ def prune_model(
     """Remove output channels per ``sparsity`` (pattern -> ratio); returns the pruned model and its cost.
 
     ``calib`` = (inputs, labels) is needed by gradient criteria ("taylor"). A layer that would keep no
-    channel (ratio >= 1, or ``round_to`` rounding its remainder down to 0) raises InfeasibleCandidate:
-    Torch-Pruning would otherwise silently leave it unpruned. ``graph_timeout_s`` bounds Torch-Pruning's
+    channel (ratio >= 1) raises InfeasibleCandidate (Torch-Pruning would otherwise silently leave it unpruned);
+    ``round_to`` keeps the nearest multiple of it in every layer (``aligned_ratios``). ``graph_timeout_s`` bounds Torch-Pruning's
     whole-graph attempt (its dependency-graph build can run for many minutes, e.g. on timm's ReXNet); past
     it the model is pruned part by part (where an alarm can be set, see :mod:`autocompress.bounds`).
     """
@@ -312,11 +326,16 @@ def prune_model(
     widths_before = {n: _width(mods[n]) for n in ratios}
     for name, r in ratios.items():
         if r > 0 and _kept(widths_before[name], r, round_to) <= 0:
-            how = f" after rounding to a multiple of {round_to}" if round_to else ""
-            raise InfeasibleCandidate(
-                f"sparsity {r} leaves layer '{name}' with 0 of {widths_before[name]} channels{how}; "
-                "lower its ratio" + (" or round_to" if round_to else "")
-            )
+            raise InfeasibleCandidate(f"sparsity {r} leaves layer '{name}' with 0 of {widths_before[name]} channels; "
+                                      "lower its ratio")
+    requested = dict(ratios)
+    if round_to:
+        ratios = aligned_ratios(ratios, widths_before, round_to)
+        if any(r > 0 for r in requested.values()) and not any(r > 0 for r in ratios.values()):
+            raise InfeasibleCandidate(f"round_to {round_to} keeps every layer whole at sparsity "
+                                      f"{max(requested.values()):g} (no layer is wide enough to lose a multiple of "
+                                      f"{round_to} channels); raise the sparsity or lower the profile's round_to")
+        round_to = None  # the counts are already multiples: Torch-Pruning's own rounding (down) is not wanted
     macs_before, params_before = _count_ops(model, example_input)
     with torch.no_grad():
         want = tuple(model(example_input).shape)
@@ -379,7 +398,7 @@ def prune_model(
             "prune other layers or use a family student"
         )
     mods = dict(model.named_modules())
-    measured = {n: 1.0 - _width(mods[n]) / widths_before[n] for n in ratios}
+    measured = {n: 1.0 - _width(mods[n]) / widths_before[n] for n in requested}
     if was_training:
         model.train()
     return PruneResult(
@@ -390,7 +409,7 @@ def prune_model(
         macs_after=macs_after,
         layer_ratios=measured,
         seconds=time.perf_counter() - t0,
-        requested_ratios=dict(ratios),
+        requested_ratios=requested,
         fixed_layers=tuple(fixed),
         rewritten=tuple(rewritten),
     )

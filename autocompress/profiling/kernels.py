@@ -57,7 +57,8 @@ def _numel(shape) -> int:
 
 def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
     """group, log-features and work of one kernel; ``ins``/``outs`` are the trace's [{dtype: shape}] lists."""
-    dt = _dtype(ins[0] if ins else None)
+    first = 2 if op == "QLinearConcat" else 0  # QLinearConcat's inputs open with the output's scale and zero point
+    dt = _dtype(ins[first] if len(ins) > first else None)
     ish = _shape(ins[0]) if ins else []
     osh = _shape(outs[0]) if outs else []
     conv = _CONV.get((domain, op))

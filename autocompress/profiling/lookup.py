@@ -78,9 +78,26 @@ class Index:
         impl, dt = (group.split("/") + [""])[:2]
         cands = [k for k in self.groups if k.startswith(f"{impl}/{dt}/") or k == f"{impl}/{dt}"] or \
                 [k for k in self.groups if k.split("/")[0] == impl]
+        for other in _kin(impl):  # an NHWC pool by its NCHW entries, a QLinear op by its float op
+            if cands:
+                break
+            cands = [k for k in self.groups if k.split("/")[0] == other]
         if not cands:
             return None
         return (None, np.concatenate([self.groups[k][1] for k in cands]), np.concatenate([self.groups[k][2] for k in cands]))
+
+
+def _kin(impl: str) -> list[str]:
+    """Implementations that cost about the same as ``impl`` when the table has none of it: the same pool in the
+    other layout ('GlobalAveragePool-nhwc' -> 'GlobalAveragePool'), the float op of a QLinear one
+    ('com.microsoft:QLinearConcat' -> 'Concat')."""
+    out = []
+    if impl.endswith("-nhwc"):
+        out.append(impl[: -len("-nhwc")])
+    op = impl.split(":")[-1]
+    if op.startswith("QLinear"):
+        out.append(op[len("QLinear"):])
+    return out
 
 
 _INDEX_CACHE: dict[int, tuple[dict, Index]] = {}

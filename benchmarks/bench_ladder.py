@@ -8,7 +8,7 @@ re-timed side by side against the run's baseline with the product's re-timing (f
 they disagree) and the goal is checked on those figures: the run's fastest within 1 pp is >= 1.2x faster than the
 ladder's fastest within 1 pp. The ratio is also taken window by window (both timed in the same process).
 
-    python benchmarks/bench_ladder.py RUN --tag oneclick [--windows 3] [--bound 1.0]
+    python benchmarks/bench_ladder.py RUN --tag oneclick [--windows 3] [--bound 1.0] [--profile cpu-1thread]
 
 Writes benchmarks/results/ladder-<tag>.json and prints a markdown table. The ladder run goes to RUN-ladder
 (reused when it exists). Times things: run it with nothing else running.
@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--windows", type=int, default=3, help="re-timing windows (more where they disagree)")
     ap.add_argument("--bound", type=float, default=1.0, help="accuracy drop allowed, pp")
+    ap.add_argument("--profile", default=None, help="re-time under this profile instead of the run's (e.g. cpu-1thread, "
+                    "whose figures repeat better); the ladder run is reused")
     a = ap.parse_args()
 
     from autocompress.config import load_profile
@@ -98,7 +100,7 @@ def main() -> None:
     ref = run_dir / "models" / "int8_reference.onnx"  # the simplest rival, timed in the same windows
     if ref.is_file():
         targets["int8 alone"] = ref
-    profile, _ = load_profile(meta["spec"]["profile"])
+    profile, _ = load_profile(a.profile or meta["spec"]["profile"])
     shape = input_shape_for(profile, tuple(meta["data"]["input_shape"]))
     res = retime(targets, run_dir / "models" / "baseline.onnx", profile, shape, windows=a.windows,
                  seed=int(meta["spec"].get("seed", 0)), log=print)
@@ -130,6 +132,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     dest = RESULTS / f"ladder{'-' + a.tag if a.tag else ''}.json"
     dest.write_text(json.dumps({"run": str(run_dir), "ladder": str(lad / "run"), "bound_pp": a.bound,
+                                "profile": profile.name,
                                 "rows": rows, "ratio": ratio, "ratio_per_window": per_window,
                                 "ladder_trials": lad_all[["number", "status", "seed", "accuracy_drop", "speedup"]]
                                 .to_dict("records"), "machine": fingerprint()}, indent=2, default=str))

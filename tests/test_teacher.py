@@ -120,3 +120,55 @@ def test_run_refuses_cuda_without_a_gpu_before_making_a_folder(tmp_path):
     with pytest.raises(ConfigError, match="--train-device cuda: no CUDA GPU"):
         run(RunSpec(train_device="cuda", out=str(tmp_path / "run")), log=lambda s: None)
     assert not (tmp_path / "run").exists()
+
+
+MULTI_CLASS_MODEL = '''
+import torch
+from torch import nn
+
+class SE(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Conv2d(c, c, 1)
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv, self.se = nn.Conv2d(c, c, 3, padding=1), SE(c)
+    def forward(self, x):
+        return x + self.se(self.conv(x))
+
+class Head(nn.Module):
+    def __init__(self, c, n):
+        super().__init__()
+        self.fc = nn.Linear(c, n)
+    def forward(self, x):
+        return self.fc(x.mean((2, 3)))
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Conv2d(3, 8, 3, padding=1), Block(8), Head(8, num_classes)
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)))
+
+def net(num_classes=10):
+    return Net(num_classes)
+'''
+
+
+def test_a_user_model_has_the_same_signature_in_every_process(tmp_path):
+    # the teacher's cache key: with several user classes it once depended on their order in a set (ids), so a
+    # user's teacher was retrained by every run
+    import subprocess
+    import sys
+
+    f = tmp_path / "multi.py"
+    f.write_text(MULTI_CLASS_MODEL)
+    code = ("import sys; from autocompress.models.loader import architecture_signature, import_callable; "
+            f"print(architecture_signature(import_callable('{f}:net')[0]()))")
+    sigs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+            for _ in range(3)}
+    assert len(sigs) == 1 and len(next(iter(sigs))) == 16, sigs

@@ -165,7 +165,9 @@ def architecture_signature(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
         h.update(f"{k}:{tuple(v.shape)};".encode())
-    for m in {type(m) for m in model.modules()}:
+    # in a fixed order: a set of classes iterates in id order, which differs between processes (the cached teacher
+    # of a model with two user classes was never found again)
+    for m in sorted({type(m) for m in model.modules()}, key=lambda c: (c.__module__, c.__qualname__)):
         if not m.__module__.startswith(("torch", "torchvision")):
             try:
                 h.update(inspect.getsource(m).encode())

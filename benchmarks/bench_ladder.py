@@ -62,7 +62,7 @@ def run_ladder(run_dir: Path, out: Path) -> None:
     (out / "run-spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     cmd = [sys.executable, "-m", "autocompress.cli", "run", "-c", str(out / "run-spec.yaml")]
     print("ladder run:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=run_dir.parent)
+    subprocess.run(cmd, check=True)  # from here, as the run was started: its model and data paths may be relative
 
 
 def within(run_dir: Path, bound: float) -> pd.DataFrame:

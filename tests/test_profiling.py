@@ -182,7 +182,10 @@ def test_kernels_the_table_lacks_are_costed_by_their_kin(tiny_table):
     gap = [g for g in idx.groups if g.startswith("GlobalAveragePool/")]
     assert gap and not any(g.startswith("GlobalAveragePool-nhwc/") for g in idx.groups)
     ms, how = idx.lookup("GlobalAveragePool-nhwc/int8", [np.log(64), np.log(16)], 64 * 16)
-    assert how == "scaled" and ms > idx.node_ms  # from the NCHW pool's points, not the per-node cost
+    assert how == "scaled" and ms > 0  # from the NCHW pool's points ("node", the per-node cost, before)
+    no_pool = {**tiny_table, "lines": [{**ln, "kernels": [k for k in ln["kernels"] if "GlobalAveragePool" not in k["group"]]}
+                                       for ln in tiny_table["lines"]]}
+    assert lookup.Index(no_pool).lookup("GlobalAveragePool-nhwc/int8", [np.log(64), np.log(16)], 64 * 16)[1] == "node"
     assert lookup._kin("com.microsoft:QLinearConcat") == ["Concat"]
     # QLinearConcat's first inputs are the output's scale / zero point: its dtype is the data's
     ins = [{"float": []}, {"uint8": []}, {"uint8": [1, 8, 4, 4]}, {"float": []}, {"uint8": []}]

@@ -305,8 +305,8 @@ def prune_model(
 
     ``calib`` = (inputs, labels) is needed by gradient criteria ("taylor"). A layer that would keep no
     channel (ratio >= 1) raises InfeasibleCandidate (Torch-Pruning would otherwise silently leave it unpruned);
-    ``round_to`` keeps the nearest multiple of it in every layer (``aligned_ratios``). ``graph_timeout_s`` bounds Torch-Pruning's
-    whole-graph attempt (its dependency-graph build can run for many minutes, e.g. on timm's ReXNet); past
+    ``round_to`` keeps the nearest multiple of it in every layer (``aligned_ratios``). ``graph_timeout_s`` bounds
+    Torch-Pruning's whole-graph attempt (its dependency-graph build can run for many minutes, e.g. on timm's ReXNet); past
     it the model is pruned part by part (where an alarm can be set, see :mod:`autocompress.bounds`).
     """
     import torch_pruning as tp

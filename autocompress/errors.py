@@ -34,6 +34,10 @@ class InfeasibleCandidate(AutocompressError):
     exit_code = 3
 
 
+class LeftWhole(InfeasibleCandidate):
+    """Channel rounding (``round_to``) leaves every requested layer at its full width: nothing would be pruned."""
+
+
 class UnavailableError(AutocompressError):
     """What the hardware profile asks for is not present here (no GPU, EP not installed)."""
 

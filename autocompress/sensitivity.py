@@ -99,7 +99,7 @@ def prune_curves(teacher, groups: Mapping[str, Sequence[str]], calib_x, val_x, v
                  graph_timeout_s: float | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Each stage pruned alone at each ratio: top-1 after BatchNorm recalibration and the MACs share removed."""
     from .compress.prune import prune_model, stage_mapping
-    from .errors import AutocompressError
+    from .errors import AutocompressError, LeftWhole
 
     model = copy.deepcopy(teacher).eval()
     recalibrate_bn(model, calib_x)
@@ -112,6 +112,10 @@ def prune_curves(teacher, groups: Mapping[str, Sequence[str]], calib_x, val_x, v
             try:
                 res = prune_model(teacher, stage_mapping({stage: r}, groups), example, criterion=criterion,
                                   round_to=round_to, exclude=exclude, graph_timeout_s=graph_timeout_s)
+            except LeftWhole:  # channel rounding keeps this stage whole at r: unchanged, a higher ratio may prune it
+                accs.append(base)
+                removed.append(0.0)
+                continue
             except AutocompressError as e:
                 error = f"{type(e).__name__}: {e}"
                 break

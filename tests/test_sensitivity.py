@@ -184,3 +184,17 @@ def test_a_run_with_the_analysis_enqueues_its_twin_and_reports_it(tmp_path, monk
     assert recs[1].seed.startswith("sensitivity 50% + int8")
     page = (out / "report.html").read_text()
     assert "Sensitivity of the teacher" in page and "sens-prune" in page and "sens-int8" in page
+
+
+def test_a_stage_rounding_keeps_whole_at_a_low_ratio_is_unchanged_there_and_measured_above():
+    # round_to 16: 32 channels at 25% keep 24 -> the nearest multiple is 32 (whole); at 50% they keep 16
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+    x = torch.randn(16, 3, 8, 8)
+    y = np.arange(16) % 10
+    rec = S.prune_curves(net, {"s": ["0"]}, x, x, y, [0.25, 0.5], round_to=16)
+    st = rec["stages"]["s"]
+    assert st["error"] is None and len(st["accuracy"]) == 2
+    assert st["accuracy"][0] == rec["base_accuracy"] and st["macs_removed"][0] == 0.0
+    assert st["macs_removed"][1] > 0.3

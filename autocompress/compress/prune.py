@@ -40,7 +40,7 @@ from torch import nn
 from ..bounds import deadline
 from .rewrite import ChannelMap, linearise_channel_maps
 from .rewrite import record_inputs as _record_inputs
-from ..errors import AutocompressError, ConfigError, InfeasibleCandidate, StageError
+from ..errors import AutocompressError, ConfigError, InfeasibleCandidate, LeftWhole, StageError
 from ..registry import did_you_mean
 from .criteria import NEEDS_GRADIENTS, make_importance
 from .export import _first_line
@@ -332,7 +332,7 @@ def prune_model(
     if round_to:
         ratios = aligned_ratios(ratios, widths_before, round_to)
         if any(r > 0 for r in requested.values()) and not any(r > 0 for r in ratios.values()):
-            raise InfeasibleCandidate(f"round_to {round_to} keeps every layer whole at sparsity "
+            raise LeftWhole(f"round_to {round_to} keeps every layer whole at sparsity "
                                       f"{max(requested.values()):g} (no layer is wide enough to lose a multiple of "
                                       f"{round_to} channels); raise the sparsity or lower the profile's round_to")
         round_to = None  # the counts are already multiples: Torch-Pruning's own rounding (down) is not wanted

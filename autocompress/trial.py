@@ -147,9 +147,9 @@ def _save_student(model, example, cand: Candidate, ctx: TrialContext, meta: dict
 
 
 def _distill_student(model, cand: Candidate, ctx: TrialContext, history: list[float], speed: Metrics, meta: dict) -> None:
-    """Knowledge distillation, the scheduler consulted after every epoch (its kept rules, then its rungs with the
-    speed and size measured before training). Raises EarlyStopped; a verdict of the kept rules, which do not
-    depend on speed, is cached with the student so its other bit-widths stop too."""
+    """Knowledge distillation, the scheduler consulted after every epoch (its speed-blind rules, then the
+    peer-lag rule and the rungs with the speed and size measured before training). Raises EarlyStopped; a verdict
+    of the speed-blind rules is cached with the student so its other bit-widths stop too."""
     from .compress.distill import distill
 
     stopper, total = ctx.early_stopper, cand.distill.epochs
@@ -164,7 +164,8 @@ def _distill_student(model, cand: Candidate, ctx: TrialContext, history: list[fl
         if why:
             reason.append((why, True))
             return False
-        why = stopper.rung(epoch, acc, total, speed.speedup, speed.size_mb, cand.distill.samples_per_epoch)
+        why = (stopper.lagging(epoch, acc, total, speed.speedup, cand.distill.samples_per_epoch)
+               or stopper.rung(epoch, acc, total, speed.speedup, speed.size_mb, cand.distill.samples_per_epoch))
         if why:
             reason.append((why, False))
             return False

@@ -91,8 +91,20 @@ def test_the_first_early_stoppers_rules_are_kept():
     assert "collapsed" in s.check(1, 0.10, 3)
     for acc in (0.95, 0.96, 0.97):
         s.observe((0.70, 0.90, acc), acc)
-    assert "below every candidate" in s.check(0, 0.60, 3)
-    assert s.check(0, 0.69, 3) is None
+    assert s.check(0, 0.60, 3) is None  # the peer rule is lagging(): speed-aware, not cached
+    assert "below every candidate" in s.lagging(0, 0.60, 3)
+    assert s.lagging(0, 0.69, 3) is None
+
+
+def test_the_fastest_candidate_is_not_stopped_for_lagging_slower_peers():
+    # custom CNN: the uniform 90% seed had 62% after epoch 2 of 8 while the 50-80% seeds had >= 83% there
+    s = _sched(multi_fidelity=False)
+    for acc, sp in ((0.95, 4.1), (0.96, 5.9), (0.97, 6.7)):
+        s.observe((0.85, 0.90, acc), acc, speedup=sp, size_mb=0.3)
+    assert s.lagging(1, 0.62, 3, speedup=8.0) is None  # faster than every peer that reached the target
+    assert s.lagging(1, 0.62, 3, speedup=6.8) is None  # one peer at least as fast (6.7x): fewer than min_history
+    assert "at least as fast" in s.lagging(1, 0.62, 3, speedup=4.0)  # slower than all three: stopped
+    assert "below every candidate" in s.lagging(1, 0.62, 3)  # speed unknown: all peers count
 
 
 def _rec(n, status, hist, acc, speedup, size, **kw) -> TrialRecord:

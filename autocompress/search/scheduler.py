@@ -22,10 +22,11 @@ same candidate twice counts once), and a resumed run rebuilds it from the stored
    peer counts at a rung only once it had come half the way from chance to its final accuracy there: before
    that, the rung's accuracies rank noise.
 
-Kept from the first early stopper (:meth:`check`; on also with ``multi_fidelity=False``): after the last
-epoch a student more than ``margin`` below the target stops; a student at chance level after the
-second-to-last epoch stops; after an earlier epoch, a student below every one of ``min_history`` candidates
-that reached the target (with the same budget) was at that epoch, minus ``margin``, stops.
+Kept from the first early stopper (on also with ``multi_fidelity=False``): after the last epoch a student
+more than ``margin`` below the target stops and a student at chance level after the second-to-last epoch stops
+(:meth:`check`, speed-blind: cached with the student); after an earlier epoch, a student below every one of
+``min_history`` candidates at least as fast that reached the target (with the same budget) was at that epoch,
+minus ``margin``, stops (:meth:`lagging`).
 
 All accuracies are fractions (0..1) of top-1, as the KD history records them. Pure Python: no torch here.
 """
@@ -142,20 +143,32 @@ class FidelityScheduler:
 
     # ------------------------------------------------------------------ during distillation
     def check(self, epoch: int, acc: float, total_epochs: int, samples_per_epoch: int | None = None) -> str | None:
-        """The rules kept from the first early stopper, after KD epoch ``epoch`` (0-based) of ``total_epochs``
-        with validation accuracy ``acc``: a reason to stop, or None. They do not depend on the candidate's speed,
-        so a student they stop is stopped for every bit-width (the trial caches the verdict with the student)."""
+        """The speed-blind rules kept from the first early stopper, after KD epoch ``epoch`` (0-based) of
+        ``total_epochs`` with validation accuracy ``acc``: a reason to stop, or None. They do not depend on the
+        candidate's speed, so a student they stop is stopped for every bit-width (the trial caches the verdict)."""
         last = epoch == total_epochs - 1
         if self.target is not None and last and acc < self.target - self.margin:
             return f"accuracy {acc:.1%} after distillation is below the target {self.target:.1%}"
         if not last and epoch >= total_epochs - 2 and epoch >= 1 and acc <= 1.5 / self.num_classes:
             return f"collapsed to chance level ({acc:.1%}) after epoch {epoch + 1}"
-        if self.target is None or last:
+        return None
+
+    def lagging(self, epoch: int, acc: float, total_epochs: int, speedup: float | None = None,
+                samples_per_epoch: int | None = None) -> str | None:
+        """The first early stopper's peer rule after KD epoch ``epoch`` (0-based): a student below every one of
+        ``min_history`` candidates that reached the target, at that epoch, minus ``margin``, stops; a reason or
+        None. Only peers at least as fast (within ``speed_tolerance``) count when the candidate's ``speedup`` is
+        known: a student pruned harder than every finished one recovers later in its schedule, and stopping the
+        fastest candidate for lagging slower ones loses the front's fast end (the custom CNN's uniform 90% seed
+        was stopped at epoch 2 of 8 at 62% while slower peers had 83%; run alone for 8 epochs it ended within
+        1 pp, the fastest model of the ladder). The verdict depends on speed, so it is not cached with the student."""
+        if self.target is None or epoch == total_epochs - 1:
             return None
-        reached = [p.history[epoch] for p in self._same_budget(total_epochs, samples_per_epoch) if p.accuracy >= self.target]
+        reached = [p.history[epoch] for p in self._same_budget(total_epochs, samples_per_epoch) if p.accuracy >= self.target
+                   and (speedup is None or p.speedup is None or p.speedup >= speedup * (1 - self.speed_tolerance))]
         if len(reached) >= self.min_history and acc < min(reached) - self.margin:
-            return (f"accuracy {acc:.1%} after epoch {epoch + 1} is below every candidate that reached the "
-                    f"target at that point (min {min(reached):.1%})")
+            return (f"accuracy {acc:.1%} after epoch {epoch + 1} is below every candidate at least as fast that "
+                    f"reached the target at that point (min {min(reached):.1%})")
         return None
 
     def rung(self, epoch: int, acc: float, total_epochs: int, speedup: float | None, size_mb: float | None,

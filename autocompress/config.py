@@ -248,6 +248,9 @@ class SearchSpace(Strict):
     distill: DistillSearch = DistillSearch()
     sensitivity: SensitivitySearch = SensitivitySearch()
     seeds: list[SeedCandidate] = []
+    # share of the trials after the seeds that mutate the fastest candidate meeting the constraints (one stage's
+    # sparsity up a step or two, another's down one; search/explore.py) instead of asking the sampler; 0: sampler only
+    explore: float = Field(default=0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ranked(self):

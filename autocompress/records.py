@@ -199,6 +199,7 @@ class TrialRecord:
     # has the same signature) or "trained model" (measured on the final model); None in older records
     latency_source: str | None = None
     finish_of: int | None = None  # a finishing trial (search/finish.py): the trial whose candidate it re-distils
+    parent: int | None = None  # a mutation (search/explore.py): the trial whose candidate it mutates
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -217,6 +218,7 @@ class TrialRecord:
             "phase": self.phase,
             "latency_source": self.latency_source,
             "finish_of": self.finish_of,
+            "parent": self.parent,
         }
 
     @staticmethod
@@ -237,6 +239,7 @@ class TrialRecord:
             phase=d.get("phase"),
             latency_source=d.get("latency_source"),
             finish_of=d.get("finish_of"),
+            parent=d.get("parent"),
         )
 
 

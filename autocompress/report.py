@@ -108,6 +108,7 @@ def trials_frame(records: list[TrialRecord]) -> pd.DataFrame:
         row["kd_epochs"] = r.candidate.distill.epochs if r.candidate.distill else 0
         row["kd_samples_per_epoch"] = (r.candidate.distill.samples_per_epoch if r.candidate.distill else None)
         row["finish_of"] = r.finish_of  # a finishing trial (search/finish.py): the trial it re-distilled
+        row["parent"] = r.parent  # a mutation (search/explore.py): the trial it mutated
         sp = list(r.candidate.sparsity_map().values())
         row["sparsity"] = round(sum(sp) / len(sp), 4) if sp else 0.0
         row["seed"] = r.seed or ""

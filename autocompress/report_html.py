@@ -493,7 +493,9 @@ def write_html(run_dir: Path, df: pd.DataFrame, front: pd.DataFrame, spec: RunSp
         what = (f"bits {_e(r['bits'])}, mean sparsity {float(r['sparsity']):.0%}, criterion {_e(cand.get('criterion', '-'))}, "
                 + (f"KD {int(r['kd_epochs'])} epochs" if int(r["kd_epochs"]) else "no distillation") + (f", seed setting <b>{_e(r['seed'])}</b>" if r["seed"] else "")
                 + (f", <b>finishing of trial {int(r['finish_of'])}</b> (its candidate distilled again with a larger KD budget)"
-                   if pd.notna(r.get("finish_of")) else ""))
+                   if pd.notna(r.get("finish_of")) else "")
+                + (f", <b>mutation of trial {int(r['parent'])}</b> (one stage pruned further than that model's, which met "
+                   "the constraints)" if pd.notna(r.get("parent")) else ""))
         models.append(
             f"<h3>trial {n}: {_e(fmt_speedup(r['speedup']))} faster, {_e(fmt_acc(r['accuracy'], pct))} "
             f"(drop {_e(fmt_drop(r['accuracy_drop']))}), {_e(fmt_mb(r['size_mb']))}</h3><p class='muted'>{what}; "

@@ -28,6 +28,10 @@ class Backend(Protocol):
 
     def finished(self) -> int: ...
 
+    def waiting(self) -> int:
+        """Enqueued trials not asked yet."""
+        ...
+
     def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None, *, unique: bool = True) -> None:
         """Fixed parameter sets run by the next asks (seeds; a finishing trial, ``unique=False``: its parameters
         have run before)."""

@@ -13,6 +13,7 @@ by a later ask (the same parameters and seed label); the finished ones stay stor
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,6 +25,8 @@ from ..references import SEED_ATTR
 from ..store import RunStore, merge_records
 from ..trial import feasibility, feasible_records
 from ..space import allowed_precisions
+from . import explore
+from .explore import EXPLORE_ATTR
 from .finish import FINISH_ATTR, FinishPolicy, apply_finish, finish_label, fp32_twin
 
 if TYPE_CHECKING:
@@ -51,6 +54,7 @@ class _InFlight:
     cand: Candidate
     seed: str | None
     finish_of: int | None = None
+    parent: int | None = None
 
 
 def describe(c: Candidate) -> str:
@@ -72,7 +76,8 @@ def describe(c: Candidate) -> str:
 def summary_line(rec: TrialRecord, done: int, budget: int, best: str, elapsed: float, what: str = "") -> str:
     m = rec.metrics
     head = f"[{done}/{budget} {int(elapsed // 60):d}:{int(elapsed % 60):02d}] trial {rec.number}"
-    head += f" ({what}{'; seed' if rec.seed else ''})" if what else ""
+    tag = "; seed" if rec.seed else f"; mutation of trial {rec.parent}" if rec.parent is not None else ""
+    head += f" ({what}{tag})" if what else ""
     if rec.status == TrialStatus.COMPLETE:
         body = (f"[green]COMPLETE[/] acc {m.accuracy:.2%} (drop {m.accuracy_drop:+.2f}) speedup {m.speedup:.2f}x "
                 f"{m.size_mb:.2f} MB")
@@ -124,6 +129,7 @@ class SearchLoop:
                         asking = False
                         break
                     self._maybe_finish()
+                    self._maybe_explore()
                     asked = self.backend.ask()  # None once finished + in flight reach the (shared) budget
                     if asked is None:
                         asking = False
@@ -132,6 +138,7 @@ class SearchLoop:
                     pending = handle
                     attrs = getattr(suggest, "user_attrs", None) or {}
                     seed, fin = attrs.get(SEED_ATTR), attrs.get(FINISH_ATTR)  # a seed's label; a finishing trial's budget
+                    parent = attrs.get(EXPLORE_ATTR)  # a mutation: the trial it mutates
                     cand = apply_finish(self._candidate(handle, suggest), fin)
                     seen = next((r for r in self.records if r.candidate.key() == cand.key()), None)
                     running = any(f.cand.key() == cand.key() for f in self.inflight.values())
@@ -142,14 +149,15 @@ class SearchLoop:
                         pending = None
                         continue
                     retries = 0
-                    self.disp.started(number, (finish_label(fin) + ": " if fin else "") + describe(cand))
+                    self.disp.started(number, (finish_label(fin) + ": " if fin else "")
+                                      + (f"mutation of trial {parent}: " if parent is not None else "") + describe(cand))
                     pending = None  # from here the trial is settled (its record on disk first) or in flight
                     if seen is not None:  # still a duplicate after the retries: its record, not another run
                         self._settle(replace(seen, number=number, candidate=cand, duration_s=0.0, stage_times=(),
                                              message=f"duplicate of trial {seen.number}" if seen.message is None
-                                             else seen.message), handle, seed, fin and fin["of"])
+                                             else seen.message), handle, seed, fin and fin["of"], parent)
                     else:
-                        self.inflight[number] = _InFlight(handle, cand, seed, fin and fin["of"])
+                        self.inflight[number] = _InFlight(handle, cand, seed, fin and fin["of"], parent)
                         self.executor.submit(number, cand)
                 if not self.inflight:
                     break
@@ -159,7 +167,7 @@ class SearchLoop:
                 for rec in done:
                     f = self.inflight.pop(rec.number)
                     self._observe(rec)  # a remote trial ran against a copy of the scheduler: the driver's learns here
-                    self._settle(rec, f.handle, f.seed, f.finish_of)
+                    self._settle(rec, f.handle, f.seed, f.finish_of, f.parent)
                     self.executor.settled(rec)
         except KeyboardInterrupt:
             self.executor.cancel()
@@ -216,8 +224,34 @@ class SearchLoop:
         self._finishing.add(fin.of)
         self.disp.print(f"finishing: {fin.why}" + ("; then its fp32 twin from the same student" if twin else ""))
 
-    def _settle(self, rec: TrialRecord, handle, seed: str | None, finish_of: int | None = None) -> None:
-        rec = replace(rec, seed=seed, finish_of=finish_of)  # a trial the space's seeds enqueued carries its label
+    def _maybe_explore(self) -> None:
+        """After the seeds, keep the space's ``explore`` share of the trials as mutations of the fastest candidates
+        that meet the constraints (search/explore.py), enqueued ahead of the sampler's next proposal."""
+        sp = self.prep.space
+        if sp.explore <= 0 or sp.sparsity is None or self.backend.waiting():
+            return
+        runs = [(r.seed, r.finish_of, r.parent) for r in self.records] + \
+               [(f.seed, f.finish_of, f.parent) for f in self.inflight.values()]
+        mutations = sum(1 for s, fo, p in runs if p is not None)
+        sampled = sum(1 for s, fo, p in runs if s is None and fo is None and p is None)
+        if not explore.due(sp.explore, mutations, sampled):
+            return
+        rng = random.Random(self.prep.spec.seed * 7919 + len(runs))
+        parents = [(r.number, dict(r.candidate.params)) for r in sorted(
+            (r for r in feasible_records(self.records, self.constraints)
+             if r.candidate.student == "pruned" and r.metrics.speedup is not None), key=lambda r: -r.metrics.speedup)]
+        known = [dict(r.candidate.params) for r in self.records] + [dict(f.cand.params) for f in self.inflight.values()]
+        rg = sp.sparsity.range
+        names = {"sparsity"} | {f"sparsity.{g}" for g in self.prep.groups} | {f"sparsity.{n}" for n in self.prep.layer_names}
+        got = explore.propose(parents, known, rg.low, rg.high, rg.step, rng, names=names)
+        if got is None:
+            return
+        parent, params = got
+        self.backend.enqueue([params], [{EXPLORE_ATTR: parent}], unique=False)
+
+    def _settle(self, rec: TrialRecord, handle, seed: str | None, finish_of: int | None = None,
+                parent: int | None = None) -> None:
+        rec = replace(rec, seed=seed, finish_of=finish_of, parent=parent)  # a seed's trial carries its label
         self.store.append(rec)  # on disk first: the backend may be a remote database
         self.backend.tell(handle, rec, feasibility(rec.metrics, self.constraints))
         self.records.append(rec)

@@ -180,6 +180,10 @@ class OptunaBackend:
         # a FAIL with no record: a killed process's trial, failed by heartbeat or resume
         return ft.state == TrialState.FAIL and RECORD_ATTR not in ft.user_attrs
 
+    def waiting(self) -> int:
+        """Enqueued trials not asked yet (seeds, a finishing trial, a mutation)."""
+        return sum(1 for t in self._trials() if t.state == TrialState.WAITING)
+
     def finished(self) -> int:
         return sum(1 for t in self._trials() if RECORD_ATTR in t.user_attrs and not t.user_attrs.get(DISCARDED_ATTR))
 

@@ -1,0 +1,137 @@
+"""Mutations around the front's fast end (search/explore.py) and the loop that enqueues them."""
+
+import random
+from types import SimpleNamespace
+
+from autocompress.config import load_profile, load_run_spec, load_space
+from autocompress.records import Metrics, TrialRecord, TrialStatus
+from autocompress.search import explore
+
+P = {"sparsity.layer1": 0.9, "sparsity.layer2": 0.5, "sparsity.layer3": 0.1, "bits": "int8", "kd.epochs": 8}
+
+
+def test_a_mutation_raises_one_stage_and_may_lower_another_on_the_grid():
+    rng = random.Random(0)
+    seen_exchange = False
+    for _ in range(200):
+        m = explore.mutate(P, 0.1, 0.95, 0.05, rng)
+        assert {k: v for k, v in m.items() if not k.startswith("sparsity")} == {"bits": "int8", "kd.epochs": 8}
+        diff = {k: round(m[k] - P[k], 6) for k in explore.sparsity_names(P) if m[k] != P[k]}
+        ups = [k for k, d in diff.items() if d > 0]
+        downs = [k for k, d in diff.items() if d < 0]
+        assert len(ups) == 1 and len(downs) <= 1, diff
+        assert diff[ups[0]] in (0.05, 0.1) or m[ups[0]] == 0.95  # one or two steps, never above the range
+        assert all(diff[k] == -0.05 for k in downs) and all(m[k] >= 0.1 for k in m if k.startswith("sparsity"))
+        assert all(abs(round((m[k] - 0.1) / 0.05) * 0.05 + 0.1 - m[k]) < 1e-9 for k in explore.sparsity_names(m))
+        seen_exchange |= bool(downs)
+    assert seen_exchange
+    # nothing left to raise: no mutation; a stage the main range does not govern is left alone
+    assert explore.mutate({"sparsity.a": 0.95, "sparsity.b": 0.95}, 0.1, 0.95, 0.05, rng) is None
+    m = explore.mutate({"sparsity.a": 0.95, "sparsity.fc*": 0.2}, 0.1, 0.95, 0.05, rng, names={"sparsity.a"})
+    assert m is None
+    # the int8-alone seed (sparsity 0, below the range) mutates into the range
+    assert explore.mutate({"sparsity": 0.0}, 0.1, 0.95, 0.05, rng)["sparsity"] >= 0.1
+
+
+def test_propose_skips_mutations_already_run_and_moves_on_to_the_next_parent():
+    rng = random.Random(1)
+    top = {"sparsity": 0.9}
+    known = [{"sparsity": 0.95}, top]  # the only mutation of 0.9 (one sparsity: no exchange) has run
+    # 0.9 can only go to 0.95 (run); 0.8 to 0.85 or 0.9 (0.9 has run)
+    assert explore.propose([(7, top), (3, {"sparsity": 0.8})], known, 0.1, 0.95, 0.05, rng) == (3, {"sparsity": 0.85})
+    assert explore.propose([(7, top)], known, 0.1, 0.95, 0.05, rng) is None
+    assert explore.propose([(2, {"bits": "int8"})], [], 0.1, 0.95, 0.05, rng) is None  # a family student: no sparsity
+
+
+def test_mutations_keep_their_share_of_the_trials_after_the_seeds():
+    assert explore.due(0.5, 0, 0) and not explore.due(0.5, 1, 0) and explore.due(0.5, 1, 1)
+    assert not explore.due(0.0, 0, 5)
+    runs, mut = [], 0
+    for _ in range(10):
+        if explore.due(0.5, mut, len(runs) - mut):
+            mut += 1
+        runs.append(1)
+    assert mut == 5
+
+
+class _Rule:
+    """Trials whose outcome is a rule of the candidate: speed grows with mean sparsity, the accuracy drop is 1.2 pp
+    per unit of mean sparsity, plus 0.5 pp per unit of layer1's (the sensitive stage)."""
+
+    capacity = 1
+
+    def __init__(self):
+        self.q = []
+
+    def submit(self, number, cand):
+        self.q.append((number, cand))
+
+    def wait(self):
+        number, cand = self.q.pop(0)
+        sp = cand.sparsity_map()
+        s = sum(sp.values()) / max(1, len(sp))
+        drop = 1.2 * s + 0.5 * sp.get("l1", 0.0)
+        m = Metrics(accuracy=0.93 - drop / 100, accuracy_drop=drop, speedup=1.0 + 8 * s, size_mb=1 - s)
+        return [TrialRecord(number=number, status=TrialStatus.COMPLETE, candidate=cand, metrics=m,
+                            kd_history=(0.9,), duration_s=1.0)]
+
+    def cancel(self):
+        self.q.clear()
+
+    def settled(self, rec):
+        pass
+
+
+def _run(tmp_path, share, trials=10):
+    from autocompress.progress import LoopDisplay
+    from autocompress.references import SEED_ATTR, seed_label
+    from autocompress.search.loop import SearchLoop
+    from autocompress.search.optuna_backend import OptunaBackend
+    from autocompress.space import seed_params
+    from autocompress.store import RunStore
+
+    space, profile = load_space("default"), load_profile("cpu")[0]
+    space = space.model_copy(update={"sensitivity": space.sensitivity.model_copy(update={"enabled": False}),
+                                     "bits": space.bits.model_copy(update={"keep_fp32": [0], "choices": ["int8"]}),
+                                     "student": space.student.model_copy(update={"kind": ["pruned"]}),
+                                     "distill": space.distill.model_copy(update={"epochs": [1]}), "explore": share})
+    groups = {"layer1": ["l1"], "layer2": ["l2"], "layer3": ["l3"]}
+    spec = load_run_spec(None, trials=trials, constraints={"max_accuracy_drop": 1.0}, finish=False)
+    store = RunStore(tmp_path)
+    store.create()
+    backend = OptunaBackend.open(url=f"sqlite:///{tmp_path}/study.db", study_name="s", objectives=spec.objectives,
+                                 sampler="random", seed=0, budget=trials, constraints_len=1)
+    seeds = [s.model_copy(update={"epochs": 1}) for s in space.seeds if s.sparsity in (0.5, 0.6)]
+    backend.enqueue([seed_params(s, space, groups) for s in seeds], [{SEED_ATTR: seed_label(s)} for s in seeds])
+    ctx = SimpleNamespace(early_stopper=None, baseline=SimpleNamespace(accuracy=0.93), metric=None,
+                          data=SimpleNamespace(size=lambda split: 1000))
+    prep = SimpleNamespace(spec=spec, space=space, profile=profile, ctx=ctx, groups=groups, layer_names=[], store=store)
+    lines = []
+    SearchLoop(prep, backend, _Rule(), LoopDisplay(lines.append, total=trials, done=0, live=False, verbose=False),
+               deadline=None).run()
+    return sorted(store.records(), key=lambda r: r.number), backend, lines
+
+
+def test_the_loop_mutates_the_fastest_feasible_candidate_after_the_seeds(tmp_path):
+    recs, backend, lines = _run(tmp_path, 0.5)
+    assert [r.seed is not None for r in recs[:2]] == [True, True]  # the seeds run first
+    muts = [r for r in recs if r.parent is not None]
+    assert 3 <= len(muts) <= 5, [(r.number, r.parent) for r in recs]
+    by = {r.number: r for r in recs}
+    for m in muts:
+        parent = by[m.parent]
+        assert parent.number < m.number and parent.metrics.accuracy_drop <= 1.0  # a feasible parent, finished before
+        ps, ms = parent.candidate.sparsity_map(), m.candidate.sparsity_map()
+        assert sum(ms[k] > ps[k] for k in ps) == 1, (ps, ms)  # one stage raised
+        t = next(t for t in backend.study.get_trials() if t.number == m.number)
+        assert t.user_attrs[explore.EXPLORE_ATTR] == m.parent  # a resume knows it for a mutation
+    assert any(f"mutation of trial {muts[0].parent}" in ln for ln in lines), lines
+    # the climb: the fastest feasible model is faster than the fastest feasible seed
+    feas = [r for r in recs if r.metrics.accuracy_drop <= 1.0]
+    best_seed = max(r.metrics.speedup for r in feas if r.seed is not None)
+    assert max(r.metrics.speedup for r in feas) > best_seed
+
+
+def test_no_mutations_when_the_space_does_not_ask_for_them(tmp_path):
+    recs, _, _ = _run(tmp_path, 0.0, trials=5)
+    assert all(r.parent is None for r in recs)

@@ -1,6 +1,7 @@
 """Mutations around the front's fast end (search/explore.py) and the loop that enqueues them."""
 
 import random
+from dataclasses import replace
 from types import SimpleNamespace
 
 from autocompress.config import load_profile, load_run_spec, load_space
@@ -41,6 +42,25 @@ def test_propose_skips_mutations_already_run_and_moves_on_to_the_next_parent():
     assert explore.propose([(7, top), (3, {"sparsity": 0.8})], known, 0.1, 0.95, 0.05, rng) == (3, {"sparsity": 0.85})
     assert explore.propose([(7, top)], known, 0.1, 0.95, 0.05, rng) is None
     assert explore.propose([(2, {"bits": "int8"})], [], 0.1, 0.95, 0.05, rng) is None  # a family student: no sparsity
+
+
+def test_parents_are_the_fastest_feasible_pruned_students_not_finishing_trials():
+    from autocompress.records import Candidate
+
+    def rec(n, speedup, student="pruned", finish_of=None):
+        return TrialRecord(number=n, status=TrialStatus.COMPLETE, finish_of=finish_of,
+                           candidate=Candidate.make(student=student, sparsity={"_default": 0.5}, params={"sparsity": 0.5}),
+                           metrics=Metrics(accuracy=0.9, speedup=speedup))
+
+    got = explore.parents([rec(0, 4.0), rec(1, 9.0, finish_of=0), rec(2, 6.0), rec(3, 8.0, student="family")])
+    assert [n for n, _, _ in got] == [2, 0] and got[0][1] == {"sparsity": 0.5} and got[0][2] == 2
+    # the step grows with the accuracy drop the parent left unused: 2 steps at the bound, 6 with all of it left
+    a, b = rec(4, 3.0), rec(5, 3.5)
+    a = replace(a, metrics=replace(a.metrics, accuracy_drop=0.0))
+    b = replace(b, metrics=replace(b.metrics, accuracy_drop=1.0))
+    assert [(n, k) for n, _, k in explore.parents([a, b], 1.0)] == [(5, 2), (4, 6)]
+    big = [explore.mutate({"sparsity": 0.1}, 0.1, 0.95, 0.05, random.Random(i), max_steps=6)["sparsity"] for i in range(60)]
+    assert max(big) == 0.4 and min(big) == 0.15
 
 
 def test_mutations_keep_their_share_of_the_trials_after_the_seeds():
@@ -135,3 +155,59 @@ def test_the_loop_mutates_the_fastest_feasible_candidate_after_the_seeds(tmp_pat
 def test_no_mutations_when_the_space_does_not_ask_for_them(tmp_path):
     recs, _, _ = _run(tmp_path, 0.0, trials=5)
     assert all(r.parent is None for r in recs)
+
+
+def test_two_ratios_that_round_to_one_network_share_its_distilled_student(tmp_path):
+    """90% and 95% of 64 channels both keep 16 at round_to 16: the second candidate reuses the first's student."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from autocompress.compress.prune import prune_model
+    from autocompress.records import Candidate, DistillSpec
+    from autocompress.trial import _same_network
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
+                        nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    ex = torch.zeros(1, 3, 16, 16)
+
+    def pruned(r):
+        return prune_model(copy.deepcopy(net), {"_default": r}, ex, round_to=16, inplace=True).model
+
+    ctx = SimpleNamespace(cache_dir=tmp_path)
+    a, b = Candidate.make(sparsity={"_default": 0.9}), Candidate.make(sparsity={"_default": 0.95})
+    assert a.student_key() != b.student_key()
+    assert _same_network(pruned(0.9), a, ctx, 3) is None  # new: indexed under trial 3
+    assert _same_network(pruned(0.95), b, ctx, 8) is None  # the same network, but trial 3 has no student yet
+    (tmp_path / a.student_key()).mkdir()
+    (tmp_path / a.student_key() / "meta.json").write_text("{}")
+    assert _same_network(pruned(0.9), a, ctx, 3) is None  # b took the index over; a is itself
+    (tmp_path / b.student_key()).mkdir()
+    (tmp_path / b.student_key() / "meta.json").write_text("{}")
+    assert _same_network(pruned(0.95), b, ctx, 8) == (a.student_key(), 3)
+    assert _same_network(pruned(0.5), Candidate.make(sparsity={"_default": 0.5}), ctx, 9) is None  # another network
+    longer = Candidate.make(sparsity={"_default": 0.95}, distill=DistillSpec(epochs=8))
+    assert _same_network(pruned(0.95), longer, ctx, 10) is None  # another KD recipe: another student
+
+
+def test_a_mutation_that_rounds_to_a_network_already_run_is_not_proposed():
+    groups = {"s1": ["a"], "s2": ["b"]}
+    widths = {"a": 64, "b": 256}
+
+    def key(p):
+        return explore.network_key(p, groups, widths, 16)
+
+    # 90% and 95% of 64 channels both keep 16; of 256: 32 vs 16
+    assert key({"sparsity.s1": 0.9, "sparsity.s2": 0.5}) == key({"sparsity.s1": 0.95, "sparsity.s2": 0.5})
+    assert key({"sparsity.s1": 0.9, "sparsity.s2": 0.9}) != key({"sparsity.s1": 0.9, "sparsity.s2": 0.95})
+    assert key({"sparsity.s1": 0.9, "bits": "int8"}) != key({"sparsity.s1": 0.9, "bits": "fp32"})
+    assert key({"sparsity": 0.9}) == key({"sparsity.s1": 0.9, "sparsity.s2": 0.9})  # uniform = every stage alike
+    top = {"sparsity.s1": 0.9, "sparsity.s2": 0.9}
+    rng = random.Random(0)
+    for _ in range(20):  # raising s1 changes nothing; only s2 up (with s1 down or not) is a new network
+        n, new = explore.propose([(4, top)], [top], 0.1, 0.95, 0.05, rng, key=key)
+        assert new["sparsity.s2"] == 0.95
+    assert explore.propose([(4, top)], [top, {"sparsity.s1": 0.9, "sparsity.s2": 0.95},
+                                         {"sparsity.s1": 0.85, "sparsity.s2": 0.95}], 0.1, 0.95, 0.05, rng, key=key) is None

@@ -46,6 +46,7 @@ class PreparedRun(Protocol):
     groups: dict[str, list[str]]
     layer_names: list[str]
     store: RunStore
+    widths: dict[str, int]  # output channels of each prunable layer of the teacher
 
 
 @dataclass(frozen=True)
@@ -237,13 +238,13 @@ class SearchLoop:
         if not explore.due(sp.explore, mutations, sampled):
             return
         rng = random.Random(self.prep.spec.seed * 7919 + len(runs))
-        parents = [(r.number, dict(r.candidate.params)) for r in sorted(
-            (r for r in feasible_records(self.records, self.constraints)
-             if r.candidate.student == "pruned" and r.metrics.speedup is not None), key=lambda r: -r.metrics.speedup)]
+        parents = explore.parents(feasible_records(self.records, self.constraints), self.constraints.max_accuracy_drop)
         known = [dict(r.candidate.params) for r in self.records] + [dict(f.cand.params) for f in self.inflight.values()]
         rg = sp.sparsity.range
         names = {"sparsity"} | {f"sparsity.{g}" for g in self.prep.groups} | {f"sparsity.{n}" for n in self.prep.layer_names}
-        got = explore.propose(parents, known, rg.low, rg.high, rg.step, rng, names=names)
+        widths, round_to = getattr(self.prep, "widths", None) or {}, getattr(self.prep.profile, "round_to", None)
+        got = explore.propose(parents, known, rg.low, rg.high, rg.step, rng, names=names,
+                              key=lambda p: explore.network_key(p, self.prep.groups, widths, round_to))
         if got is None:
             return
         parent, params = got

@@ -60,6 +60,7 @@ class Prepared:
     groups: dict[str, list[str]]
     layer_names: list[str]
     store: RunStore
+    widths: dict[str, int]  # output channels of each prunable layer of the teacher (search/explore.network_key)
 
 
 def _log_default(msg: str) -> None:
@@ -74,7 +75,7 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     from .compress.distill import logits_on_disk
     from .devices import resolve_train_device
     from .compress.export import export_onnx
-    from .compress.prune import resolve_ratios, stage_groups
+    from .compress.prune import layer_width, resolve_ratios, stage_groups
     from .data import load_data
     from .preprocessing import Preprocessing, stamp_onnx
     from .measure.accuracy import evaluate_onnx, load_metric
@@ -200,7 +201,8 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
         metric_direction=spec.metric_direction, lookup_table=table, early_stopper=stopper, log=log,
         train_device=train_device,
     )
-    return Prepared(spec, space, profile, ctx, groups, layer_names, store)
+    widths = {n: layer_width(m) for n, m in teacher.model.named_modules() if n in set(layer_names)}
+    return Prepared(spec, space, profile, ctx, groups, layer_names, store, widths)
 
 
 def _teacher_fp(teacher) -> str:

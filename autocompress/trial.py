@@ -81,11 +81,12 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _cached_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], history: list[float]) -> tuple[Path, dict] | None:
-    """The distilled student from cache/students/<student_key>/ when an earlier trial made it (meta.json is
-    written last, so a killed trial leaves no half student), else None. ``meta["stopped"]``: its distillation
-    was stopped by a rule that does not depend on speed (the caller raises)."""
-    meta_path = ctx.cache_dir / cand.student_key() / "meta.json"
+def _cached_student(cand: Candidate, ctx: TrialContext, times: dict[str, float], history: list[float],
+                    key: str | None = None) -> tuple[Path, dict] | None:
+    """The distilled student from cache/students/<student_key>/ (or ``key``'s) when an earlier trial made it
+    (meta.json is written last, so a killed trial leaves no half student), else None. ``meta["stopped"]``: its
+    distillation was stopped by a rule that does not depend on speed (the caller raises)."""
+    meta_path = ctx.cache_dir / (key or cand.student_key()) / "meta.json"
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
@@ -120,6 +121,31 @@ def _pruned_student(cand: Candidate, ctx: TrialContext, times: dict[str, float])
         meta.update(params_before=pr.params_before, macs_before=pr.macs_before)
     times["prune"] = time.perf_counter() - t
     return model, example, meta
+
+
+def _same_network(model, cand: Candidate, ctx: TrialContext, number: int) -> tuple[str, int | None] | None:
+    """The student key of an earlier candidate whose pruned student was this one weight for weight, before
+    training, with the same KD recipe: channel rounding maps neighbouring ratios to one network (16-channel
+    floors: 90% and 95% of a 64-channel stage both keep 16), and distillation is seeded, so its distilled student
+    is this one's. Indexed under cache/students/same/: (its student key, its trial number), or None when this
+    network is new (it is indexed under this candidate's key and ``number``)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    idx = ctx.cache_dir / "same" / content_hash({"weights": h.hexdigest(), "student": cand.student,
+                                                  "distill": cand.distill.key_dict() if cand.distill else None})
+    mine = cand.student_key()
+    if idx.is_file():
+        other = json.loads(idx.read_text())
+        if other["student_key"] != mine and (ctx.cache_dir / other["student_key"] / "meta.json").is_file():
+            return other["student_key"], other.get("trial")
+    idx.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_json(idx, {"student_key": mine, "trial": number})
+    return None
 
 
 def _export(model, example, path: Path, ctx: TrialContext):
@@ -303,6 +329,12 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
             cached = _cached_student(cand, ctx, times, history)
             if cached is None:
                 model, example, meta = _pruned_student(cand, ctx, times)
+                same = _same_network(model, cand, ctx, number) if cand.distill is not None else None
+                if same is not None:  # the same network as an earlier candidate's: its distilled student
+                    cached = _cached_student(cand, ctx, times, history, key=same[0])
+                    state["note"] = (f"the same pruned network as trial {same[1]} (channel rounding): its distilled "
+                                     "student reused, no distillation")
+                    ctx.log(f"    {state['note']}")
         pre = None  # (quantized untrained model, (latency_ms, speedup, cv))
         if cached is not None:
             student_path, meta = cached
@@ -365,7 +397,7 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
             size_mb=size, params=meta.get("params"), macs=meta.get("macs"), latency_cv=lat[2],
             latency_mode=ctx.profile.latency.mode,
         )
-        rec = record(TrialStatus.COMPLETE, metrics, artifact=str(final.relative_to(ctx.run_dir)))
+        rec = record(TrialStatus.COMPLETE, metrics, message=state.get("note"), artifact=str(final.relative_to(ctx.run_dir)))
         if ctx.early_stopper is not None:  # the loop reports it too; the scheduler counts it once
             ctx.early_stopper.observe_record(rec)
         return rec

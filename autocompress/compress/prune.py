@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..bounds import deadline
+from .channels import kept as _kept
 from .rewrite import ChannelMap, linearise_channel_maps
 from .rewrite import record_inputs as _record_inputs
 from ..errors import AutocompressError, ConfigError, InfeasibleCandidate, LeftWhole, StageError
@@ -75,7 +76,8 @@ class PruneResult:
 
 
 # ---------------------------------------------------------------- layers and patterns
-def _width(m: nn.Module) -> int:
+def layer_width(m: nn.Module) -> int:
+    """Output channels (Conv2d) or features (Linear) of a prunable layer."""
     return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
 
 
@@ -265,17 +267,6 @@ def _count_ops(model: nn.Module, example_input) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def _kept(channels: int, ratio: float, round_to: int | None) -> int:
-    """Channels a layer pruned alone at ``ratio`` keeps: Torch-Pruning's int(channels * (1 - ratio)), or with
-    ``round_to`` the nearest multiple of it (at least one multiple, at most the layer's width)."""
-    if ratio <= 0:
-        return channels
-    keep = int(channels * (1 - ratio))
-    if round_to:
-        keep = min(channels, round_to * max(1, round(keep / round_to)))
-    return keep
-
-
 def aligned_ratios(ratios: Mapping[str, float], widths: Mapping[str, int], round_to: int) -> dict[str, float]:
     """The ratios that make Torch-Pruning keep ``_kept(width, ratio, round_to)`` channels in each layer: CPU kernels
     run channel counts that are multiples of 8/16 much faster (NCHWc blocks, int8 GEMM panels; measured in
@@ -323,7 +314,7 @@ def prune_model(
     model.eval()
     ratios = resolve_ratios(model, sparsity, exclude)
     mods = dict(model.named_modules())
-    widths_before = {n: _width(mods[n]) for n in ratios}
+    widths_before = {n: layer_width(mods[n]) for n in ratios}
     for name, r in ratios.items():
         if r > 0 and _kept(widths_before[name], r, round_to) <= 0:
             raise InfeasibleCandidate(f"sparsity {r} leaves layer '{name}' with 0 of {widths_before[name]} channels; "
@@ -387,7 +378,7 @@ def prune_model(
                 if isinstance(m, ChannelMap):
                     m.weight.requires_grad_(False)
     for n, m in model.named_modules():
-        if isinstance(m, PRUNABLE) and _width(m) <= 0:
+        if isinstance(m, PRUNABLE) and layer_width(m) <= 0:
             raise InfeasibleCandidate(f"layer '{n}' was left with 0 channels")
     macs_after, params_after = _count_ops(model, example_input)
     if problem is not None and params_after >= params_before:
@@ -398,7 +389,7 @@ def prune_model(
             "prune other layers or use a family student"
         )
     mods = dict(model.named_modules())
-    measured = {n: 1.0 - _width(mods[n]) / widths_before[n] for n in requested}
+    measured = {n: 1.0 - layer_width(mods[n]) / widths_before[n] for n in requested}
     if was_training:
         model.train()
     return PruneResult(

@@ -102,3 +102,28 @@ def tiny_model_file(tmp_path) -> Path:
     path = tmp_path / "tiny_models.py"
     path.write_text(TINY_CNN_SOURCE)
     return path
+
+
+class RuleExecutor:
+    """A search-loop executor whose trials are a rule of the candidate (``outcome(number, cand)`` -> a record),
+    one at a time: the loop's own logic runs for real without training anything."""
+
+    capacity = 1
+
+    def __init__(self):
+        self.q = []
+
+    def submit(self, number, cand):
+        self.q.append((number, cand))
+
+    def wait(self):
+        return [self.outcome(*self.q.pop(0))]
+
+    def outcome(self, number, cand):
+        raise NotImplementedError
+
+    def cancel(self):
+        self.q.clear()
+
+    def settled(self, rec):
+        pass

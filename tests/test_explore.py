@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from autocompress.config import load_profile, load_run_spec, load_space
 from autocompress.records import Metrics, TrialRecord, TrialStatus
 from autocompress.search import explore
+from conftest import RuleExecutor
 
 P = {"sparsity.layer1": 0.9, "sparsity.layer2": 0.5, "sparsity.layer3": 0.1, "bits": "int8", "kd.epochs": 8}
 
@@ -74,32 +75,17 @@ def test_mutations_keep_their_share_of_the_trials_after_the_seeds():
     assert mut == 5
 
 
-class _Rule:
-    """Trials whose outcome is a rule of the candidate: speed grows with mean sparsity, the accuracy drop is 1.2 pp
-    per unit of mean sparsity, plus 0.5 pp per unit of layer1's (the sensitive stage)."""
+class _Rule(RuleExecutor):
+    """Speed grows with mean sparsity; the accuracy drop is 1.2 pp per unit of mean sparsity, plus 0.5 pp per unit of
+    layer1's (the sensitive stage)."""
 
-    capacity = 1
-
-    def __init__(self):
-        self.q = []
-
-    def submit(self, number, cand):
-        self.q.append((number, cand))
-
-    def wait(self):
-        number, cand = self.q.pop(0)
+    def outcome(self, number, cand):
         sp = cand.sparsity_map()
         s = sum(sp.values()) / max(1, len(sp))
         drop = 1.2 * s + 0.5 * sp.get("l1", 0.0)
         m = Metrics(accuracy=0.93 - drop / 100, accuracy_drop=drop, speedup=1.0 + 8 * s, size_mb=1 - s)
-        return [TrialRecord(number=number, status=TrialStatus.COMPLETE, candidate=cand, metrics=m,
-                            kd_history=(0.9,), duration_s=1.0)]
-
-    def cancel(self):
-        self.q.clear()
-
-    def settled(self, rec):
-        pass
+        return TrialRecord(number=number, status=TrialStatus.COMPLETE, candidate=cand, metrics=m,
+                           kd_history=(0.9,), duration_s=1.0)
 
 
 def _run(tmp_path, share, trials=10):

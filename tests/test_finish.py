@@ -18,6 +18,7 @@ from autocompress.config import load_profile, load_run_spec, load_space
 from autocompress.records import Candidate, DistillSpec, Metrics, TrialRecord, TrialStatus
 from autocompress.search.finish import FINISH_ATTR, FinishPolicy, apply_finish, finish_label, fp32_twin
 from autocompress.search.scheduler import FidelityScheduler
+from conftest import RuleExecutor
 
 
 def _rec(n, speedup, drop, *, status=TrialStatus.COMPLETE, epochs=8, samples=5000, hist=None, distill_s=100.0,
@@ -104,33 +105,18 @@ def test_rungs_compare_only_peers_with_the_same_epochs_and_epoch_size():
     assert s.rung(0, 0.80, 4, speedup=2.0, size_mb=0.5, samples_per_epoch=20_000) is not None
 
 
-class _RuleExecutor:
+class _RuleExecutor(RuleExecutor):
     """Trials whose outcome is a rule of the candidate: speed grows with sparsity, the accuracy drop shrinks with
     the KD samples (5 pp x sparsity at 40,000 samples)."""
 
-    capacity = 1
-
-    def __init__(self):
-        self.q = []
-
-    def submit(self, number, cand):
-        self.q.append((number, cand))
-
-    def wait(self):
-        number, cand = self.q.pop(0)
+    def outcome(self, number, cand):
         s = sum(cand.sparsity_map().values()) / max(1, len(cand.sparsity_map()))
         d = cand.distill
         total = (d.epochs * (d.samples_per_epoch or 50_000)) if d else 1
         drop = 5.0 * s * 40_000 / total if d else 0.3
         m = Metrics(accuracy=0.93 - drop / 100, accuracy_drop=drop, speedup=2.0 + 2 * s, size_mb=1 - s)
-        return [TrialRecord(number=number, status=TrialStatus.COMPLETE, candidate=cand, metrics=m,
-                            kd_history=(0.9,) * (d.epochs if d else 0), duration_s=1.0, stage_times=(("distill", 0.5),))]
-
-    def cancel(self):
-        self.q.clear()
-
-    def settled(self, rec):
-        pass
+        return TrialRecord(number=number, status=TrialStatus.COMPLETE, candidate=cand, metrics=m,
+                           kd_history=(0.9,) * (d.epochs if d else 0), duration_s=1.0, stage_times=(("distill", 0.5),))
 
 
 def test_the_loop_enqueues_a_finishing_trial_in_its_last_trials_and_the_record_names_its_source(tmp_path):

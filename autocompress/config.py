@@ -202,6 +202,7 @@ class SeedCandidate(Strict):
     bits: Precision = "fp32"
     epochs: int | None = None
     keep_fp32: int = Field(default=0, ge=0)  # int8 with this many of the most sensitive layers in fp32 (bits.keep_fp32)
+    drop: int = Field(default=0, ge=0)  # this many droppable blocks replaced by the identity (depth.drop)
     label: str | None = None  # how reports name it (default: from the values, e.g. "uniform 80% + int8, KD 8 ep")
 
     @field_validator("sparsity")
@@ -209,6 +210,25 @@ class SeedCandidate(Strict):
     def _sp(cls, v):
         for x in (v.values() if isinstance(v, dict) else [v]):
             _check_sparsity(x)
+        return v
+
+
+class DepthSearch(Strict):
+    """Whole blocks of a pruned student replaced by the identity (autocompress/compress/depth.py)."""
+
+    # how many of the droppable blocks to drop, in ``blocks`` order (0 = none); a range is clamped to the teacher's count
+    drop: IntParam = 0
+    # droppable blocks, the first dropped first; empty: found in the teacher and ranked by the sensitivity analysis
+    # (accuracy with each block gone alone), or the last blocks first without it
+    blocks: list[str] = []
+
+    @field_validator("drop")
+    @classmethod
+    def _count(cls, v):
+        _check_nonempty(v)
+        for x in _values_of(v):
+            if x < 0:
+                raise ValueError(f"{x} blocks: depth.drop counts blocks, use 0 or more")
         return v
 
 
@@ -247,6 +267,7 @@ class SearchSpace(Strict):
     quantization: QuantSearch = QuantSearch()
     distill: DistillSearch = DistillSearch()
     sensitivity: SensitivitySearch = SensitivitySearch()
+    depth: DepthSearch = DepthSearch()
     seeds: list[SeedCandidate] = []
     # share of the trials after the seeds that mutate the fastest candidate meeting the constraints (one stage's
     # sparsity up a step or two, another's down one; search/explore.py) instead of asking the sampler; 0: sampler only

@@ -181,11 +181,14 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     exclude = tuple(space.sparsity.exclude) if space.sparsity is not None else ()
     layer_names = list(resolve_ratios(teacher.model, {"_default": 0.0}, exclude=exclude))
     from .sensitivity import priors_for_run
-    from .space import for_teacher
+    from .space import for_teacher, with_blocks
 
     space = for_teacher(space, teacher.info.family, log=log)  # no 'family' students for a user model
+    user_blocks = bool(space.depth.blocks)
+    space = with_blocks(space, teacher.model, torch.zeros(1, *input_shape), log=log)  # depth: the droppable blocks
     space = priors_for_run(space, teacher.model, groups, data, profile, base_path, run_dir,  # cached; space.sensitivity
-                           {"teacher": _teacher_fp(teacher), "data": data.fingerprint}, seed=spec.seed, store=store, log=log)
+                           {"teacher": _teacher_fp(teacher), "data": data.fingerprint}, seed=spec.seed, store=store,
+                           rank_blocks=not user_blocks, log=log)
     stopper = None
     if spec.early_stop:  # the gate before distillation and the KD rungs (search/scheduler.py), history from the log
         c = spec.constraints

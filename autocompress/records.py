@@ -14,7 +14,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -80,6 +80,7 @@ class Candidate:
     quant: QuantSpec = field(default_factory=QuantSpec)
     distill: DistillSpec | None = field(default_factory=DistillSpec)
     params: tuple[tuple[str, Any], ...] = ()  # the raw searched parameters, for tables
+    drop: tuple[str, ...] = ()  # blocks of a pruned student replaced by the identity (compress/depth.py)
 
     @staticmethod
     def make(
@@ -92,6 +93,7 @@ class Candidate:
         quant: QuantSpec | None = None,
         distill: DistillSpec | None = DistillSpec(),
         params: Mapping[str, Any] | None = None,
+        drop: Sequence[str] = (),
     ) -> "Candidate":
         return Candidate(
             student=student,
@@ -102,6 +104,7 @@ class Candidate:
             quant=quant or QuantSpec(),
             distill=distill,
             params=_frozen_items(params),
+            drop=tuple(drop),
         )
 
     def sparsity_map(self) -> dict[str, float]:
@@ -118,15 +121,16 @@ class Candidate:
 
     def student_key(self) -> str:
         """Content hash of everything that determines the distilled student (not bits/quant)."""
-        return content_hash(
-            {
-                "student": self.student,
-                "student_args": self.student_args,
-                "sparsity": self.sparsity,
-                "criterion": self.criterion,
-                "distill": self.distill.key_dict() if self.distill else None,
-            }
-        )
+        key = {
+            "student": self.student,
+            "student_args": self.student_args,
+            "sparsity": self.sparsity,
+            "criterion": self.criterion,
+            "distill": self.distill.key_dict() if self.distill else None,
+        }
+        if self.drop:  # only when set: the keys of earlier runs' students (no depth) stay what they were
+            key["drop"] = list(self.drop)
+        return content_hash(key)
 
     def key(self) -> str:
         return content_hash({"student": self.student_key(), "bits": self.bits, "quant": asdict(self.quant)})
@@ -141,6 +145,7 @@ class Candidate:
             "quant": asdict(self.quant),
             "distill": asdict(self.distill) if self.distill else None,
             "params": dict(self.params),
+            **({"drop": list(self.drop)} if self.drop else {}),
         }
 
     @staticmethod
@@ -154,6 +159,7 @@ class Candidate:
             quant=QuantSpec(**d["quant"]) if d.get("quant") else None,
             distill=DistillSpec(**d["distill"]) if d.get("distill") else None,
             params=d.get("params"),
+            drop=d.get("drop") or (),
         )
 
 

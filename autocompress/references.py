@@ -37,6 +37,8 @@ def seed_label(seed: SeedCandidate) -> str:
     else:
         head = ""
     bits = f"{seed.bits} ({seed.keep_fp32} fp32)" if seed.bits == "int8" and seed.keep_fp32 else seed.bits
+    if seed.student == "pruned" and seed.drop:
+        head = (head + ", " if head else "") + f"{seed.drop} block{'s' if seed.drop > 1 else ''} dropped"
     text = f"{head} + {bits}" if head else f"{bits} alone"
     return text + (f", KD {seed.epochs} ep" if seed.epochs and (head or seed.student != "pruned") else "")
 

@@ -111,6 +111,7 @@ def trials_frame(records: list[TrialRecord]) -> pd.DataFrame:
         row["parent"] = r.parent  # a mutation (search/explore.py): the trial it mutated
         sp = list(r.candidate.sparsity_map().values())
         row["sparsity"] = round(sum(sp) / len(sp), 4) if sp else 0.0
+        row["dropped_blocks"] = len(r.candidate.drop)  # depth: blocks replaced by the identity (compress/depth.py)
         row["seed"] = r.seed or ""
         for k, v in r.stage_times:  # seconds per stage ("student_cached" marks a stage-cache hit)
             row["student_cached" if k == "student_cached" else f"time.{k}"] = bool(v) if k == "student_cached" else v

@@ -91,8 +91,10 @@ def _tradeoff_fig(df, front3, spec: RunSpec, baseline: dict, x: str):
 
     def with_what(d):
         d = d.copy()
-        d["what"] = [f"{b}, sparsity {float(s):.0%}, KD {int(k)} ep" + (f"<br>seed: {sd}" if sd else "")
-                     for b, s, k, sd in zip(d["bits"], d["sparsity"], d["kd_epochs"], d["seed"])]
+        blocks = d["dropped_blocks"] if "dropped_blocks" in d else [0] * len(d)
+        d["what"] = [f"{b}, sparsity {float(s):.0%}" + (f", {int(nb)} blocks dropped" if nb else "") + f", KD {int(k)} ep"
+                     + (f"<br>seed: {sd}" if sd else "")
+                     for b, s, nb, k, sd in zip(d["bits"], d["sparsity"], blocks, d["kd_epochs"], d["seed"])]
         return d
 
     fig = go.Figure()
@@ -490,12 +492,14 @@ def write_html(run_dir: Path, df: pd.DataFrame, front: pd.DataFrame, spec: RunSp
         fig = _layers_fig(card)
         chart = _plot(fig, f"layers-{n}", False, 240, modebar=False) if fig is not None else "<p class='muted'>per-layer data unavailable (model file not on disk)</p>"
         cand = card.get("candidate", {})
+        dropped = cand.get("drop") or []
         what = (f"bits {_e(r['bits'])}, mean sparsity {float(r['sparsity']):.0%}, criterion {_e(cand.get('criterion', '-'))}, "
+                + (f"blocks dropped: {_e(', '.join(dropped))}, " if dropped else "")
                 + (f"KD {int(r['kd_epochs'])} epochs" if int(r["kd_epochs"]) else "no distillation") + (f", seed setting <b>{_e(r['seed'])}</b>" if r["seed"] else "")
                 + (f", <b>finishing of trial {int(r['finish_of'])}</b> (its candidate distilled again with a larger KD budget)"
                    if pd.notna(r.get("finish_of")) else "")
-                + (f", <b>mutation of trial {int(r['parent'])}</b> (one stage pruned further than that model's, which met "
-                   "the constraints)" if pd.notna(r.get("parent")) else ""))
+                + (f", <b>mutation of trial {int(r['parent'])}</b> (one stage pruned further, or one more block dropped, than "
+                   "in that model, which met the constraints)" if pd.notna(r.get("parent")) else ""))
         models.append(
             f"<h3>trial {n}: {_e(fmt_speedup(r['speedup']))} faster, {_e(fmt_acc(r['accuracy'], pct))} "
             f"(drop {_e(fmt_drop(r['accuracy_drop']))}), {_e(fmt_mb(r['size_mb']))}</h3><p class='muted'>{what}; "

@@ -13,7 +13,8 @@ import warnings
 
 from typing import Any, Mapping, Protocol, Sequence
 
-from .config import FloatRange, HardwareProfile, IntRange, SearchSpace, SeedCandidate
+from .compress.channels import inside
+from .config import FloatRange, HardwareProfile, IntRange, SearchSpace, SeedCandidate, _values_of
 from .errors import ConfigError
 from .records import Candidate, DistillSpec, QuantSpec
 
@@ -93,6 +94,10 @@ def sample_candidate(
         for pat, p in sp.layers.items():
             sparsity[pat] = _suggest(t, f"sparsity.{pat}", p, params)
         criterion = _suggest(t, "criterion", list(sp.criterion), params)
+    drop: list[str] = []
+    if student == "pruned" and space.depth.blocks and _values_of(space.depth.drop) != [0]:
+        drop = list(space.depth.blocks[: int(_suggest(t, "depth.drop", space.depth.drop, params))])
+        sparsity = {n: r for n, r in sparsity.items() if not inside(n, drop)}  # gone with their block
 
     precisions = allowed_precisions(space, profile)
     bits: dict[str, str] = {}
@@ -107,7 +112,7 @@ def sample_candidate(
     if student == "pruned" and "int8" in bits.values() and space.bits.sensitive_layers:
         # int8 with the k most int8-sensitive layers of the teacher (whose names the pruned student keeps) in fp32
         k = int(_suggest(t, "bits.keep_fp32", space.bits.keep_fp32, params))
-        bits.update({name: "fp32" for name in space.bits.sensitive_layers[:k]})
+        bits.update({name: "fp32" for name in [n for n in space.bits.sensitive_layers if not inside(n, drop)][:k]})
     bits.update(space.bits.layers)
 
     q = space.quantization
@@ -128,7 +133,7 @@ def sample_candidate(
 
     distill = None
     d = space.distill
-    needs_training = student != "pruned" or any(v > 0 for v in sparsity.values())
+    needs_training = student != "pruned" or any(v > 0 for v in sparsity.values()) or bool(drop)
     if d.enabled and needs_training:
         distill = DistillSpec(
             epochs=int(_suggest(t, "kd.epochs", d.epochs, params)),
@@ -144,7 +149,7 @@ def sample_candidate(
         raise ConfigError(f"search space '{space.name}': student '{student}' needs distill.enabled: true (a fresh student must be trained)")
     return Candidate.make(
         student=student, student_args=student_args, sparsity=sparsity, criterion=criterion,
-        bits=bits, quant=quant, distill=distill, params=params,
+        bits=bits, quant=quant, distill=distill, params=params, drop=drop,
     )
 
 
@@ -169,6 +174,8 @@ def seed_params(seed: SeedCandidate, space: SearchSpace, groups: Mapping[str, Se
         out.update({f"bits.{stage}": seed.bits for stage in groups})
     if seed.student == "pruned" and seed.bits == "int8" and space.bits.sensitive_layers and _searched(space.bits.keep_fp32):
         out["bits.keep_fp32"] = seed.keep_fp32
+    if seed.student == "pruned" and space.depth.blocks and _searched(space.depth.drop):
+        out["depth.drop"] = seed.drop
     if seed.epochs is not None:
         out["kd.epochs"] = seed.epochs
     # the rest of a searched KD recipe: its first choice, so a seed is the same setting in every run
@@ -197,3 +204,46 @@ def for_teacher(space: SearchSpace, family: str, log=None) -> SearchSpace:
     if log is not None:
         log(f"space: student 'family' left out (the teacher is a user model, with no smaller zoo member); students: {rest}")
     return space.model_copy(update={"student": space.student.model_copy(update={"kind": rest})})
+
+
+def depth_active(space: SearchSpace) -> bool:
+    """Whether the space drops blocks: it lists (or found) droppable blocks and ``depth.drop`` is not just 0."""
+    return bool(space.depth.blocks) and _values_of(space.depth.drop) != [0]
+
+
+def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
+    """The space with the teacher's droppable blocks (``depth.blocks``; the user's list checked, else found and
+    ordered last first until the sensitivity analysis ranks them) and ``depth.drop`` clamped to their count."""
+    d = space.depth
+    if _values_of(d.drop) == [0]:
+        return space
+    from .compress.depth import check_blocks, droppable_blocks
+
+    exclude = list(space.sparsity.exclude) if space.sparsity is not None else []
+    if d.blocks:
+        check_blocks(model, example, d.blocks, exclude)
+        blocks = list(d.blocks)
+    else:
+        blocks = droppable_blocks(model, example, exclude)[::-1]
+    n = len(blocks)
+    p = d.drop
+    if isinstance(p, IntRange):
+        drop = p.model_copy(update={"low": min(p.low, n), "high": min(p.high, n)}) if n else 0
+    elif isinstance(p, list):
+        drop = sorted({min(int(v), n) for v in p})
+    else:
+        drop = min(int(p), n)
+    if log is not None:
+        log(f"depth: {n} droppable blocks" + (f" ({', '.join(blocks[:8])}{', ...' if n > 8 else ''})" if n else
+                                              f" in {type(model).__name__} (no block keeps its input's shape); depth.drop stays 0"))
+    return space.model_copy(update={"depth": d.model_copy(update={"blocks": blocks, "drop": drop})})
+
+
+def depth_choices(space: SearchSpace) -> list[int]:
+    """The values ``depth.drop`` may take (for mutations), none when the space does not search it."""
+    p = space.depth.drop
+    if not depth_active(space) or not _searched(p):
+        return []
+    if isinstance(p, IntRange):
+        return list(range(p.low, p.high + 1, p.step or 1))
+    return sorted(int(v) for v in p)

@@ -109,6 +109,11 @@ def _pruned_student(cand: Candidate, ctx: TrialContext, times: dict[str, float])
     t = time.perf_counter()
     model = build_student(cand, ctx.teacher, data.num_classes, data.input_shape)
     meta: dict[str, Any] = {"student_key": cand.student_key()}
+    if cand.drop:  # whole blocks replaced by the identity before the rest is pruned (compress/depth.py)
+        from .compress.depth import drop_blocks
+
+        drop_blocks(model, cand.drop)
+        meta["dropped_blocks"] = list(cand.drop)
     if cand.student == "pruned" and any(v > 0 for v in cand.sparsity_map().values()):
         exclude = tuple(ctx.space.sparsity.exclude) if ctx.space.sparsity is not None else ()
         with stage_bound("prune", ctx.profile.stage_timeout_s.prune, log=ctx.log):

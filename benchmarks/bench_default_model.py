@@ -11,6 +11,7 @@ ratios to be large, and small enough for its teacher to train in a few minutes (
     python benchmarks/bench_default_model.py --models resnet18_x0_5,mobilenet_v3_small
     python benchmarks/bench_default_model.py --models benchmarks/models/cifar_resnet.py:resnet20 --repeats 3 --tag r20
     python benchmarks/bench_default_model.py --models resnet18 --ratios 0.5,0.6,0.7,0.8,0.9 --round-to 0,8,16 --tag align
+    python benchmarks/bench_default_model.py --models resnet18_x0_5 --ratios 0.7,0.9 --bits int8 --round-to 16 --drop 0,2,5 --tag depth
 
 ``--round-to`` (the profile's ``round_to``: kept channels rounded down to a multiple) shows what channel counts the
 CPU's kernels favour: pruning to counts that are not multiples of 8/16 can make a sparser model slower.
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autocompress.compress.depth import drop_blocks, droppable_blocks
 from autocompress.compress.export import export_onnx
 from autocompress.compress.prune import prune_model
 from autocompress.compress.quantize import quantize_model
@@ -56,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratios", default=None, help="comma-separated sparsities (default: int8 alone, 50%% and 70%%)")
     ap.add_argument("--bits", default="fp32,int8", help="with --ratios: the precisions to time")
     ap.add_argument("--round-to", default="0", help="comma-separated round_to values (0: none) to compare")
+    ap.add_argument("--drop", default="0", help="comma-separated numbers of droppable blocks replaced by the identity "
+                    "(depth; the last blocks first, as a run without the sensitivity analysis orders them)")
     args = ap.parse_args(argv)
     settings = SETTINGS if args.ratios is None else \
         [(float(r), b) for r in args.ratios.split(",") for b in args.bits.split(",")]
     roundings = [int(v) or None for v in args.round_to.split(",")]
+    drops = [int(v) for v in args.drop.split(",")]
 
     profile, _ = load_profile(args.profile)
     shape = (3, args.size, args.size)
@@ -76,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             base = tmp / "baseline.onnx"
             export_onnx(resolve_model(name, 10, shape)[0].eval(), x, base, check=False)
             line = []
-            for (sparsity, bits), round_to in ((s, r) for s in settings for r in roundings):
-                if round_to and not sparsity:
+            blocks = droppable_blocks(resolve_model(name, 10, shape)[0].eval(), x)[::-1]
+            for (sparsity, bits), round_to, drop in ((s, r, d) for s in settings for r in roundings for d in drops):
+                if (round_to and not sparsity) or drop > len(blocks):
                     continue
                 torch.manual_seed(0)
-                model = resolve_model(name, 10, shape)[0].eval()
+                model = drop_blocks(resolve_model(name, 10, shape)[0].eval(), blocks[:drop])
                 if sparsity:
                     try:
                         model = prune_model(model, {"_default": sparsity}, x, inplace=True, round_to=round_to).model.eval()
@@ -98,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                     load = os.getloadavg()[0]
                     r = measure_latency(path, profile, (1, *shape), baseline_path=base)
                     rows.append({"model": name, "sparsity": sparsity, "bits": bits, "round_to": round_to or 0,
-                                 "repeat": rep,
+                                 "dropped_blocks": drop, "repeat": rep,
                                  "speedup": round(r.speedup, 3), "baseline_ms": round(r.baseline_median_ms, 3),
                                  "candidate_ms": round(r.median_ms, 3), "stop": r.stop_reason,
                                  "load_1min": round(load, 2), "profile": args.profile, "machine": machine})
                     got.append(f"{r.speedup:.2f}")
-                line.append(f"{sparsity:.0%} {bits}{f' r{round_to}' if round_to else ''} {'/'.join(got)}x")
+                line.append(f"{sparsity:.0%} {bits}{f' r{round_to}' if round_to else ''}{f' -{drop} blocks' if drop else ''} "
+                            f"{'/'.join(got)}x")
             print(f"{name}: fp32 baseline {rows[-1]['baseline_ms']:.2f} ms | " + " | ".join(line), flush=True)
     new = not out.exists()
     with out.open("a", newline="") as f:

@@ -1,4 +1,5 @@
-"""Channel counts after pruning, torch-free (the search loop uses them to tell two candidates' networks apart)."""
+"""Channel counts after pruning and layers gone with a dropped block, torch-free (the search loop uses them to tell
+two candidates' networks apart)."""
 
 from __future__ import annotations
 
@@ -12,3 +13,8 @@ def kept(channels: int, ratio: float, round_to: int | None) -> int:
     if round_to:
         keep = min(channels, round_to * max(1, round(keep / round_to)))
     return keep
+
+
+def inside(name: str, blocks) -> bool:
+    """Whether module ``name`` is one of ``blocks`` or lies inside one (a layer gone with its dropped block)."""
+    return any(name == b or name.startswith(b + ".") for b in blocks)

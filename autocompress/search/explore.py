@@ -4,8 +4,9 @@ Why: at the budgets people run (24 trials: NSGA-II's population is 6) the sample
 spread over the whole range, and on a task the seeds already serve well every one of them is slower than a
 finished seed: on the custom CNN all 10 sampled trials stopped at the gate, dominated before training
 (benchmarks/README.md, bench_ladder), so the run's fastest model was its seed. A mutation of the fastest feasible
-candidate raises one stage's sparsity by one or two steps of the range (and, half the time, lowers another's by
-one step: an exchange), so it is faster than a model that already meets the constraints, passes the gate, and its
+candidate raises one stage's sparsity by one or two steps of the range, or drops one more block (depth; past the
+channel floor of ``round_to`` only depth makes a network faster), and, half the time, lowers another stage's by
+one step (an exchange), so it is faster than a model that already meets the constraints, passes the gate, and its
 distillation says whether that stage could give more. When it meets the constraints too it is the next parent:
 a hill climb along the fast end, beside the sampler's global proposals.
 
@@ -32,18 +33,29 @@ def _on_grid(v: float, low: float, step: float | None) -> float:
     return round(low + round((v - low) / step) * step, 6) if step else round(v, 6)
 
 
+DEPTH = "depth.drop"  # the searched number of dropped blocks (space.sample_candidate)
+
+
 def mutate(params: Mapping[str, Any], low: float, high: float, step: float | None, rng: random.Random,
-           names: Collection[str] | None = None, max_steps: int = 2) -> dict | None:
+           names: Collection[str] | None = None, max_steps: int = 2, depth: Sequence[int] = ()) -> dict | None:
     """One mutation of ``params``: a sparsity below ``high`` raised by 1 to ``max_steps`` steps (to ``high`` at
-    most) and, half the time, another above ``low`` lowered by one step. None when no sparsity can be raised."""
+    most), or, as one more choice beside the stages, the number of dropped blocks raised to one of the next
+    ``max_steps // 2`` (at least one) of its allowed values ``depth``; and, half the time, another sparsity above
+    ``low`` lowered by one step. None when nothing can be raised."""
     names = sparsity_names(params, names)
     step = step or 0.05
     up = [n for n in names if float(params[n]) < high - 1e-9]
+    deeper = sorted(v for v in depth if DEPTH in params and v > int(params[DEPTH]))
+    if deeper:
+        up.append(DEPTH)
     if not up:
         return None
     out = dict(params)
     n = rng.choice(up)
-    out[n] = min(high, max(low, _on_grid(float(params[n]) + rng.randint(1, max(1, max_steps)) * step, low, step)))
+    if n == DEPTH:
+        out[n] = deeper[min(len(deeper), rng.randint(1, max(1, max_steps // 2))) - 1]
+    else:
+        out[n] = min(high, max(low, _on_grid(float(params[n]) + rng.randint(1, max(1, max_steps)) * step, low, step)))
     down = [m for m in names if m != n and float(params[m]) > low + 1e-9]
     if down and rng.random() < 0.5:
         m = rng.choice(down)
@@ -91,17 +103,17 @@ def parents(feasible: Iterable[Any], max_drop: float | None = None) -> list[tupl
 
 def propose(parents: Sequence[tuple], known: Iterable[Mapping[str, Any]], low: float, high: float,
             step: float | None, rng: random.Random, tries: int = 12, names: Collection[str] | None = None,
-            key: Callable[[Mapping[str, Any]], Any] = _key) -> tuple[int, dict] | None:
+            key: Callable[[Mapping[str, Any]], Any] = _key, depth: Sequence[int] = ()) -> tuple[int, dict] | None:
     """(parent number, new params) from the first of ``parents`` ((number, params[, max_steps]), fastest first)
     with a mutation whose ``key``
     (:func:`network_key`: its network and recipe) no trial has run (``known``: the parameters of every trial run,
     running or queued), or None."""
     seen = {key(p) for p in known}
     for number, params, *steps in parents:
-        if not sparsity_names(params, names):
+        if not sparsity_names(params, names) and DEPTH not in params:
             continue
         for _ in range(tries):
-            new = mutate(params, low, high, step, rng, names, *steps)
+            new = mutate(params, low, high, step, rng, names, *steps, depth=depth)
             if new is None:
                 break
             if key(new) not in seen:

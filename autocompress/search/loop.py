@@ -24,7 +24,7 @@ from ..records import Candidate, TrialRecord, TrialStatus
 from ..references import SEED_ATTR
 from ..store import RunStore, merge_records
 from ..trial import feasibility, feasible_records
-from ..space import allowed_precisions
+from ..space import allowed_precisions, depth_choices
 from . import explore
 from .explore import EXPLORE_ATTR
 from .finish import FINISH_ATTR, FinishPolicy, apply_finish, finish_label, fp32_twin
@@ -65,6 +65,8 @@ def describe(c: Candidate) -> str:
     if sp:
         vals = sorted(set(round(v, 2) for v in sp.values()))
         parts.append(f"sparsity {vals[0]:.2f}" if len(vals) == 1 else f"sparsity {min(vals):.2f}-{max(vals):.2f}")
+    if c.drop:
+        parts.append(f"{len(c.drop)} block{'s' if len(c.drop) > 1 else ''} dropped")
     if c.student_args:
         parts.append(", ".join(f"{k}={v}" for k, v in c.student_args))
     bits = sorted(set(c.bits_map().values()))
@@ -244,7 +246,8 @@ class SearchLoop:
         names = {"sparsity"} | {f"sparsity.{g}" for g in self.prep.groups} | {f"sparsity.{n}" for n in self.prep.layer_names}
         widths, round_to = getattr(self.prep, "widths", None) or {}, getattr(self.prep.profile, "round_to", None)
         got = explore.propose(parents, known, rg.low, rg.high, rg.step, rng, names=names,
-                              key=lambda p: explore.network_key(p, self.prep.groups, widths, round_to))
+                              key=lambda p: explore.network_key(p, self.prep.groups, widths, round_to),
+                              depth=depth_choices(sp))
         if got is None:
             return
         parent, params = got

@@ -224,7 +224,13 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
         check_blocks(model, example, d.blocks, exclude)
         blocks = list(d.blocks)
     else:
-        blocks = droppable_blocks(model, example, exclude)[::-1]
+        try:
+            blocks = droppable_blocks(model, example, exclude)[::-1]
+        except Exception as e:  # noqa: BLE001 - a model the probe cannot run block by block: searched without depth, said
+            if log is not None:
+                log(f"depth: droppable blocks of {type(model).__name__} could not be found ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); depth.drop stays 0 (list them in depth.blocks to drop them)")
+            return space.model_copy(update={"depth": d.model_copy(update={"blocks": [], "drop": 0})})
     n = len(blocks)
     p = d.drop
     if isinstance(p, IntRange):

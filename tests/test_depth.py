@@ -201,3 +201,24 @@ def test_a_trial_that_drops_blocks_exports_a_shallower_network(prepared):
         convs[n] = sum(node.op_type in ("Conv", "QLinearConv") for node in graph.node)
         assert rec.candidate.drop == drop
     assert convs[1] == convs[0] - 4  # two residual blocks of two convs each
+
+
+def test_a_model_the_probe_cannot_run_is_searched_without_depth_and_says_so():
+    class Picky(nn.Module):  # runs only on the all-zero example, as a model with a data-dependent branch might
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), nn.Flatten(), nn.LazyLinear(10))
+
+        def forward(self, x):
+            if x.abs().sum() > 0:
+                raise ValueError("expects a blank image")
+            return self.body(x)
+
+    m = Picky()
+    m(X)
+    said = []
+    space = SearchSpace.model_validate({"depth": {"drop": {"low": 0, "high": 2}}})
+    got = with_blocks(space, m, X, log=said.append)
+    assert got.depth.drop == 0 and got.depth.blocks == [] and depth_choices(got) == []
+    assert said == ["depth: droppable blocks of Picky could not be found (ValueError: expects a blank image); "
+                    "depth.drop stays 0 (list them in depth.blocks to drop them)"]

@@ -2,8 +2,8 @@
 
 Why: channel counts have a floor (one multiple of the profile's ``round_to`` per layer), so past ~90% sparsity a
 network gets no faster; a residual block whose output has its input's shape can go entirely. Measured on
-untrained graphs, int8, ``cpu-1thread``, 90% sparsity at ``round_to: 16``: resnet18_x0_5 16.9x with all 8 blocks,
-43.6x with its 5 droppable blocks gone; the custom CNN 6.3x -> 18.2x (benchmarks/README.md, "Depth").
+untrained graphs, int8, ``cpu-1thread``, 90% sparsity at ``round_to: 16``: resnet18_x0_5 15.3x with all 8 blocks,
+47.3x with its 5 droppable blocks gone; the custom CNN 8.3x -> 16.3x (benchmarks/README.md, "Depth").
 
 A *droppable block* is a child of an ``nn.Sequential`` / ``nn.ModuleList`` that holds a Conv/Linear layer and
 sub-modules of its own (a block, not a bare layer), is called once per forward pass with one tensor, returns a

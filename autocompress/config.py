@@ -73,6 +73,15 @@ def _check_nonempty(v):
     return v
 
 
+def _check_count(v, what: str):
+    """A searched count (a value, choices or a range) of things: none below 0."""
+    _check_nonempty(v)
+    for x in _values_of(v):
+        if x < 0:
+            raise ValueError(f"{x} {what}, use 0 or more")
+    return v
+
+
 def _check_sparsity(v):
     _check_nonempty(v)
     for x in _values_of(v):
@@ -128,15 +137,7 @@ class BitsSearch(Strict):
     sensitive_layers: list[str] = []
 
     _c = field_validator("choices")(_check_nonempty)
-
-    @field_validator("keep_fp32")
-    @classmethod
-    def _keep(cls, v):
-        _check_nonempty(v)
-        for x in _values_of(v):
-            if x < 0:
-                raise ValueError(f"{x} layers: keep_fp32 counts layers, use 0 or more")
-        return v
+    _keep = field_validator("keep_fp32")(lambda v: _check_count(v, "layers: keep_fp32 counts layers"))
 
 
 class QuantSearch(Strict):
@@ -222,14 +223,7 @@ class DepthSearch(Strict):
     # (accuracy with each block gone alone), or the last blocks first without it
     blocks: list[str] = []
 
-    @field_validator("drop")
-    @classmethod
-    def _count(cls, v):
-        _check_nonempty(v)
-        for x in _values_of(v):
-            if x < 0:
-                raise ValueError(f"{x} blocks: depth.drop counts blocks, use 0 or more")
-        return v
+    _count = field_validator("drop")(lambda v: _check_count(v, "blocks: depth.drop counts blocks"))
 
 
 class SensitivitySearch(Strict):

@@ -239,7 +239,7 @@ class SearchLoop:
         sampled = sum(1 for s, fo, p in runs if s is None and fo is None and p is None)
         if not explore.due(sp.explore, mutations, sampled):
             return
-        rng = random.Random(self.prep.spec.seed * 7919 + len(runs))
+        rng = random.Random(self.prep.spec.search_seed * 7919 + len(runs))  # --sampler-seed varies the mutations too
         parents = explore.parents(feasible_records(self.records, self.constraints), self.constraints.max_accuracy_drop)
         known = [dict(r.candidate.params) for r in self.records] + [dict(f.cand.params) for f in self.inflight.values()]
         rg = sp.sparsity.range

@@ -95,7 +95,7 @@ def sample_candidate(
             sparsity[pat] = _suggest(t, f"sparsity.{pat}", p, params)
         criterion = _suggest(t, "criterion", list(sp.criterion), params)
     drop: list[str] = []
-    if student == "pruned" and space.depth.blocks and _values_of(space.depth.drop) != [0]:
+    if student == "pruned" and depth_active(space):
         drop = list(space.depth.blocks[: int(_suggest(t, "depth.drop", space.depth.drop, params))])
         sparsity = {n: r for n, r in sparsity.items() if not inside(n, drop)}  # gone with their block
 
@@ -113,7 +113,7 @@ def sample_candidate(
         # int8 with the k most int8-sensitive layers of the teacher (whose names the pruned student keeps) in fp32
         k = int(_suggest(t, "bits.keep_fp32", space.bits.keep_fp32, params))
         bits.update({name: "fp32" for name in [n for n in space.bits.sensitive_layers if not inside(n, drop)][:k]})
-    bits.update(space.bits.layers)
+    bits.update({k: v for k, v in space.bits.layers.items() if not inside(k, drop)})  # a dropped layer has no node
 
     q = space.quantization
     # a single format/type in the space defers to the profile's preferred int8 form for its target

@@ -97,7 +97,7 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
     assert none.depth.drop == 0 and depth_choices(none) == [] and "no block keeps its input's shape" in said[-1]
     # sampled candidates drop the first k blocks, and their layers leave the sparsity and keep_fp32 maps
     ranked = got.model_copy(update={"bits": got.bits.model_copy(update={"sensitive_layers": ["5.body.0.0", "0.0"],
-                                                                        "keep_fp32": 1})})
+                                                                        "keep_fp32": 1, "layers": {"1.body.1": "fp32"}})})
     profile = load_profile("cpu")[0]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
@@ -107,7 +107,8 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
         seen.add(k)
         assert c.drop == tuple(["5", "2", "1"][:k])
         assert not any(n.startswith(b + ".") for b in c.drop for n in c.sparsity_map())
-        assert [n for n, v in c.bits_map().items() if v == "fp32"] == (["0.0"] if "5" in c.drop else ["5.body.0.0"])
+        fp32 = [n for n, v in c.bits_map().items() if v == "fp32"]
+        assert fp32 == (["0.0"] if "5" in c.drop else ["5.body.0.0"]) + ([] if "1" in c.drop else ["1.body.1"])
         assert c.distill is not None
     assert seen == {0, 1, 2, 3}
     # a seed keeps its own depth (0 unless it says), so a uniform seed stays the uniform setting

@@ -1,4 +1,5 @@
-"""Compression stages: prune.py, depth.py (dropped blocks), channels.py, criteria.py, students.py, distill.py, export.py, quantize.py.
+"""Compression stages: prune.py, depth.py (dropped blocks), channels.py, criteria.py, students.py, distill.py,
+export.py, quantize.py.
 
 This package is also callable as ``autocompress.compress(...)``, the one-call Python API (the package
 and the function share the name; see autocompress/__init__.py).

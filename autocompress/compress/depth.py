@@ -23,30 +23,16 @@ from torch import nn
 
 from ..errors import ConfigError
 from .channels import inside
+from .rewrite import record_inputs
 from ..registry import did_you_mean
 
 LAYERS = (nn.Conv2d, nn.Linear)
 
 
-def _shapes(model: nn.Module, x: torch.Tensor) -> dict[str, list]:
-    """Per module: the (input shape, output shape) of each call during one forward pass (None where not one tensor)."""
-    calls: dict[str, list] = {}
-
-    def hook(name):
-        def record(mod, args, out):
-            one = len(args) == 1 and torch.is_tensor(args[0]) and torch.is_tensor(out)
-            calls.setdefault(name, []).append((tuple(args[0].shape), tuple(out.shape), args[0].detach().clone())
-                                              if one else None)
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
+def _keeps_shape(block: nn.Module, x: torch.Tensor) -> bool:
+    with torch.no_grad():
+        y = block(x)
+    return torch.is_tensor(y) and y.shape == x.shape
 
 
 def _residual(block: nn.Module, x: torch.Tensor) -> bool:
@@ -68,14 +54,6 @@ def _residual(block: nn.Module, x: torch.Tensor) -> bool:
     return bool(torch.nn.functional.cosine_similarity(a - a.mean(), b - b.mean(), dim=0) > 0.5)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    parent, _, child = name.rpartition(".")
-    owner = model.get_submodule(parent) if parent else model
-    old = owner._modules[child]
-    owner._modules[child] = module
-    return old
-
-
 def droppable_blocks(model: nn.Module, example: torch.Tensor, exclude: Sequence[str] = ()) -> list[str]:
     """The model's droppable blocks (see the module docstring) in definition order; ``exclude``: patterns
     (``sparsity.exclude``'s syntax) of blocks or layers never dropped (a block holding one is kept)."""
@@ -84,9 +62,10 @@ def droppable_blocks(model: nn.Module, example: torch.Tensor, exclude: Sequence[
     was_training = model.training
     model.eval()
     try:
-        # a seeded random input: every block sees varied activations (a constant input hides a residual)
+        # a seeded random input: every block sees varied activations (a constant input hides a residual); only
+        # modules called once with one tensor are recorded (a shared block cannot be replaced for one of its calls)
         gen = torch.Generator().manual_seed(0)
-        calls = _shapes(model, torch.randn(example.shape, generator=gen, dtype=example.dtype))
+        inputs = record_inputs(model, torch.randn(example.shape, generator=gen, dtype=example.dtype))
         with torch.no_grad():
             want = tuple(model(example).shape)
         found: list[str] = []
@@ -98,19 +77,18 @@ def droppable_blocks(model: nn.Module, example: torch.Tensor, exclude: Sequence[
                 if inside(full, found) or not list(block.children()):
                     continue
                 layers = [n for n, m in block.named_modules(prefix=full) if isinstance(m, LAYERS)]
-                seen = calls.get(full) or []
-                if (not layers or len(seen) != 1 or seen[0] is None or seen[0][0] != seen[0][1]
-                        or any(match_pattern(p, n) for p in exclude for n in [full, *layers])
-                        or not _residual(block, seen[0][2])):
+                x = inputs.get(block)
+                if (not layers or x is None or any(match_pattern(p, n) for p in exclude for n in [full, *layers])
+                        or not _keeps_shape(block, x) or not _residual(block, x)):
                     continue
-                old = _set(model, full, nn.Identity())
+                model.set_submodule(full, nn.Identity())
                 try:
                     with torch.no_grad():
                         ok = tuple(model(example).shape) == want
                 except Exception:  # noqa: BLE001 - the model uses the block in a way the identity cannot stand in for
                     ok = False
                 finally:
-                    _set(model, full, old)
+                    model.set_submodule(full, block)
                 if ok:
                     found.append(full)
         return found
@@ -136,5 +114,5 @@ def drop_blocks(model: nn.Module, blocks: Sequence[str]) -> nn.Module:
     for b in blocks:
         if b not in names:
             raise ConfigError(f"cannot drop block '{b}': {type(model).__name__} has no such module{did_you_mean(b, list(names))}")
-        _set(model, b, nn.Identity())
+        model.set_submodule(b, nn.Identity())
     return model

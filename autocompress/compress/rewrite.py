@@ -70,11 +70,12 @@ def _as_channel_map(mod: nn.Module, x: torch.Tensor) -> ChannelMap | None:
 
 
 def record_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    """The input tensor of every module called exactly once with a single tensor in one forward pass."""
+    """The input tensor of every module called exactly once with a single tensor in one forward pass (a copy: an
+    in-place op later in the pass, e.g. ``ReLU(inplace=True)``, must not change what was recorded)."""
     seen: dict[nn.Module, list] = {}
 
     def hook(mod, args):
-        seen.setdefault(mod, []).append(args[0].detach() if len(args) == 1 and torch.is_tensor(args[0]) else None)
+        seen.setdefault(mod, []).append(args[0].detach().clone() if len(args) == 1 and torch.is_tensor(args[0]) else None)
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
     try:

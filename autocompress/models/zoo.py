@@ -72,8 +72,7 @@ def _replace_stem(model: nn.Module, in_channels: int, small: bool) -> None:
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
     if new.bias is not None:
         nn.init.zeros_(new.bias)
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    model.set_submodule(name, new)
 
 
 def _finish(model: nn.Module, input_shape, small: bool) -> nn.Module:

@@ -138,6 +138,16 @@ def test_a_mutation_may_drop_one_more_block_and_only_depth_is_left_at_the_channe
     assert explore.mutate(top, 0.1, 0.95, 0.05, rng) is None  # the space does not search depth
 
 
+def test_a_mutation_moves_depth_about_half_the_time_however_many_stages_can_move():
+    rng = random.Random(1)
+    params = {f"sparsity.s{i}": 0.5 for i in range(5)} | {"depth.drop": 0}
+    moves = [explore.mutate(params, 0.1, 0.95, 0.05, rng, depth=[0, 1, 2, 3, 4, 5, 6]) for _ in range(400)]
+    deeper = sum(m["depth.drop"] > 0 for m in moves)
+    assert 160 <= deeper <= 240  # not one choice in six (the five stages and depth)
+    wider = [m for m in moves if m["depth.drop"] == 0]
+    assert all(any(m[k] > 0.5 for k in m if k.startswith("sparsity.")) for m in wider)  # the rest raise a stage
+
+
 def test_the_analysis_ranks_blocks_least_harmful_first():
     from autocompress.sensitivity import block_drops, block_ranking, with_priors
 

@@ -130,6 +130,12 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     if input_shape != tuple(data.input_shape):
         raise ConfigError(f"profile '{profile.name}' sets input_shape {list(input_shape)} but the data is {list(data.input_shape)}; "
                           "remove input_shape from the profile or set --image-size to match")
+    from .space import for_teacher, with_blocks
+
+    # what the space means for this teacher, before the baseline is measured: a wrong depth.blocks entry stops here
+    space = for_teacher(space, teacher.info.family, log=log)  # no 'family' students for a user model
+    user_blocks = bool(space.depth.blocks)
+    space = with_blocks(space, teacher.model, torch.zeros(1, *input_shape), log=log)  # depth: the droppable blocks
 
     base_path = store.models_dir / "baseline.onnx"
     example = torch.zeros(1, *data.input_shape)
@@ -181,11 +187,7 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     exclude = tuple(space.sparsity.exclude) if space.sparsity is not None else ()
     layer_names = list(resolve_ratios(teacher.model, {"_default": 0.0}, exclude=exclude))
     from .sensitivity import priors_for_run
-    from .space import for_teacher, with_blocks
 
-    space = for_teacher(space, teacher.info.family, log=log)  # no 'family' students for a user model
-    user_blocks = bool(space.depth.blocks)
-    space = with_blocks(space, teacher.model, torch.zeros(1, *input_shape), log=log)  # depth: the droppable blocks
     space = priors_for_run(space, teacher.model, groups, data, profile, base_path, run_dir,  # cached; space.sensitivity
                            {"teacher": _teacher_fp(teacher), "data": data.fingerprint}, seed=spec.seed, store=store,
                            rank_blocks=not user_blocks, log=log)

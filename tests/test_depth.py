@@ -195,6 +195,21 @@ def prepared(tmp_path_factory):
     mp.undo()
 
 
+def test_a_block_the_model_does_not_have_stops_the_run_before_the_baseline_is_measured(tmp_path, monkeypatch):
+    from autocompress.config import load_run_spec
+    from autocompress.engine import prepare
+
+    space = {"kind": "search_space", "name": "tiny-depth", "depth": {"drop": {"low": 0, "high": 1}, "blocks": ["9"]},
+             "bits": {"choices": ["fp32"]}, "distill": {"epochs": [1]}}
+    ws = make_workspace(tmp_path, space, FAST_PROFILE, models_source=RES_SOURCE, teacher="teacher.pt")
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
+    spec = load_run_spec(None, model=f"{ws / 'models.py'}:tiny_cnn", checkpoint=str(ws / "teacher.pt"), data="digits",
+                         image_size=16, space=str(ws / "space.yaml"), profile=str(ws / "profile.yaml"), out=str(ws / "run"))
+    with pytest.raises(ConfigError, match="depth.blocks names '9', which the model does not have"):
+        prepare(spec, ws / "run", log=lambda s: None)
+    assert not (ws / "run" / "baseline.json").exists() and not (ws / "run" / "models" / "baseline.onnx").exists()
+
+
 def test_a_trial_that_drops_blocks_exports_a_shallower_network(prepared):
     import onnx
 

@@ -10,7 +10,11 @@ training, not of capacity. So the last part of the budget goes to the candidate 
   (``--timeout``), or the trials left are at most ``reserve_trials`` (``--trials``);
 * **which** (:meth:`FinishPolicy.choose`): among candidates distilled to their last epoch and not finished before,
   those faster (by ``speed_tolerance``, the noise of two speed measurements) than every model that meets the
-  constraints, and short of the accuracy target by at most ``reach_pp``; the fastest of them;
+  constraints, or, within ``speed_noise`` of the fastest of those, with ``macs_margin`` fewer MACs than it (two
+  speedups measured minutes apart with two threads differ by 10-15% from time alone: the one-click run of
+  benchmarks/README.md "Depth moves half the time", sampler seed 0, finished nothing although a candidate with 29%
+  fewer MACs measured 16.98x against the fastest feasible model's 17.27x), and short of the accuracy target by at
+  most ``reach_pp``; the fastest of them;
 * **how much**: ``factor`` times its KD samples (more samples per epoch, the same epochs, so the learning-rate
   schedule keeps its shape; epochs grow once an epoch is the whole training split), the largest factor from
   ``min_factor`` to ``max_factor`` whose estimated time (the trial's own, its distillation scaled) fits in the
@@ -86,6 +90,8 @@ class FinishPolicy:
     reserve_trials: int = 2
     reach_pp: float = 2.5
     speed_tolerance: float = 0.05
+    speed_noise: float = 0.15  # the 2-thread spread of one speedup (benchmarks/README.md, bench_latency_repeatability)
+    macs_margin: float = 0.10  # within speed_noise, this much less compute counts as faster
     min_factor: int = 2
     max_factor: int = 8
     default_factor: int = 4
@@ -111,9 +117,9 @@ class FinishPolicy:
         return None
 
     def choose(self, records: Iterable[TrialRecord], feasible_speedups: Iterable[float], *,
-               remaining_s: float | None, busy: Iterable[int] = ()) -> Finish | None:
+               remaining_s: float | None, busy: Iterable[int] = (), best_macs: int | None = None) -> Finish | None:
         """The candidate to finish now, or None. ``feasible_speedups``: of the models that meet every constraint;
-        ``busy``: trials whose finishing is already asked for or running."""
+        ``best_macs``: the MACs of the fastest of them; ``busy``: trials whose finishing is already asked for or running."""
         records = list(records)
         best = max(feasible_speedups, default=0.0)
         done = {r.finish_of for r in records if r.finish_of is not None} | set(busy)
@@ -124,7 +130,7 @@ class FinishPolicy:
             drop = self.drop_pp(r)
             if drop is None or drop <= self.max_drop_pp or drop - self.max_drop_pp > self.reach_pp:
                 continue
-            if r.metrics.speedup < best * (1 + self.speed_tolerance):
+            if r.metrics.speedup < best * (1 + self.speed_tolerance) and not self._less_compute(r, best, best_macs):
                 continue
             options.append((r.metrics.speedup, -drop, r))
         if not options:
@@ -145,10 +151,20 @@ class FinishPolicy:
         per = min(int(d.samples_per_epoch), self.train_size) if d.samples_per_epoch else self.train_size
         grown = f"{epochs} epochs" if epochs > d.epochs else f"{samples or self.train_size} samples per epoch"
         why = (f"trial {rec.number} ({rec.metrics.speedup:.2f}x, {-neg_drop:+.2f} pp after {d.epochs} x "
-               f"{per} KD samples) is faster than every model meeting the constraints "
-               f"({best:.2f}x) and within {self.reach_pp:g} pp of the target: distilled again with {factor}x the samples ({grown})"
+               f"{per} KD samples) {self._beats(rec, best, best_macs)} and within {self.reach_pp:g} pp of the target: distilled again with {factor}x the samples ({grown})"
                + (f" (~{estimate / 60:.0f} min)" if estimate else ""))
         return Finish(rec.number, epochs, samples, factor, estimate, why)
+
+    def _beats(self, r: TrialRecord, best: float, best_macs: int | None) -> str:
+        if r.metrics.speedup >= best * (1 + self.speed_tolerance) or not best_macs:
+            return f"is faster than every model meeting the constraints ({best:.2f}x)"
+        return (f"has {1 - r.metrics.macs / best_macs:.0%} fewer MACs than the fastest model meeting the constraints "
+                f"({best:.2f}x, within the {self.speed_noise:.0%} noise of two speed measurements)")
+
+    def _less_compute(self, r: TrialRecord, best: float, best_macs: int | None) -> bool:
+        """Within the noise of the best feasible model's speed and clearly less compute: a bet worth finishing."""
+        return (best_macs is not None and r.metrics.macs is not None and r.metrics.speedup >= best * (1 - self.speed_noise)
+                and r.metrics.macs <= best_macs * (1 - self.macs_margin))
 
     def _budget(self, epochs: int, samples: int | None, factor: int) -> tuple[int, int | None]:
         """(epochs, samples per epoch) for ``factor`` x the samples: more per epoch up to the whole split, then epochs."""

@@ -212,9 +212,11 @@ class SearchLoop:
         left = self.backend.budget - self.backend.finished() - len(self.inflight)
         if left < 1 or not self.finisher.due(remaining_s=remaining_s, search_s=search_s, remaining_trials=left):
             return
-        feasible = [r.metrics.speedup for r in feasible_records(self.records, self.constraints) if r.metrics.speedup is not None]
+        ok = [r for r in feasible_records(self.records, self.constraints) if r.metrics.speedup is not None]
         busy = self._finishing | {f.finish_of for f in self.inflight.values() if f.finish_of is not None}
-        fin = self.finisher.choose(self.records, feasible, remaining_s=remaining_s, busy=busy)
+        top = max(ok, key=lambda r: r.metrics.speedup, default=None)
+        fin = self.finisher.choose(self.records, [r.metrics.speedup for r in ok], remaining_s=remaining_s, busy=busy,
+                                   best_macs=top.metrics.macs if top is not None else None)
         if fin is None:
             return
         src = next(r for r in self.records if r.number == fin.of)

@@ -117,9 +117,9 @@ class FinishPolicy:
         return None
 
     def choose(self, records: Iterable[TrialRecord], feasible_speedups: Iterable[float], *,
-               remaining_s: float | None, busy: Iterable[int] = (), best_macs: int | None = None) -> Finish | None:
+               remaining_s: float | None, busy: Iterable[int] = (), fastest: TrialRecord | None = None) -> Finish | None:
         """The candidate to finish now, or None. ``feasible_speedups``: of the models that meet every constraint;
-        ``best_macs``: the MACs of the fastest of them; ``busy``: trials whose finishing is already asked for or running."""
+        ``fastest``: the record of the fastest of them (its MACs and bits); ``busy``: trials whose finishing is already asked for or running."""
         records = list(records)
         best = max(feasible_speedups, default=0.0)
         done = {r.finish_of for r in records if r.finish_of is not None} | set(busy)
@@ -130,7 +130,7 @@ class FinishPolicy:
             drop = self.drop_pp(r)
             if drop is None or drop <= self.max_drop_pp or drop - self.max_drop_pp > self.reach_pp:
                 continue
-            if r.metrics.speedup < best * (1 + self.speed_tolerance) and not self._less_compute(r, best, best_macs):
+            if r.metrics.speedup < best * (1 + self.speed_tolerance) and not self._less_compute(r, best, fastest):
                 continue
             options.append((r.metrics.speedup, -drop, r))
         if not options:
@@ -151,20 +151,24 @@ class FinishPolicy:
         per = min(int(d.samples_per_epoch), self.train_size) if d.samples_per_epoch else self.train_size
         grown = f"{epochs} epochs" if epochs > d.epochs else f"{samples or self.train_size} samples per epoch"
         why = (f"trial {rec.number} ({rec.metrics.speedup:.2f}x, {-neg_drop:+.2f} pp after {d.epochs} x "
-               f"{per} KD samples) {self._beats(rec, best, best_macs)} and within {self.reach_pp:g} pp of the target: distilled again with {factor}x the samples ({grown})"
+               f"{per} KD samples) {self._beats(rec, best, fastest)} and within {self.reach_pp:g} pp of the target: distilled again with {factor}x the samples ({grown})"
                + (f" (~{estimate / 60:.0f} min)" if estimate else ""))
         return Finish(rec.number, epochs, samples, factor, estimate, why)
 
-    def _beats(self, r: TrialRecord, best: float, best_macs: int | None) -> str:
-        if r.metrics.speedup >= best * (1 + self.speed_tolerance) or not best_macs:
+    def _beats(self, r: TrialRecord, best: float, fastest: TrialRecord | None) -> str:
+        if not self._less_compute(r, best, fastest) or r.metrics.speedup >= best * (1 + self.speed_tolerance):
             return f"is faster than every model meeting the constraints ({best:.2f}x)"
-        return (f"has {1 - r.metrics.macs / best_macs:.0%} fewer MACs than the fastest model meeting the constraints "
+        return (f"has {1 - r.metrics.macs / fastest.metrics.macs:.0%} fewer MACs than the fastest model meeting the constraints "
                 f"({best:.2f}x, within the {self.speed_noise:.0%} noise of two speed measurements)")
 
-    def _less_compute(self, r: TrialRecord, best: float, best_macs: int | None) -> bool:
-        """Within the noise of the best feasible model's speed and clearly less compute: a bet worth finishing."""
-        return (best_macs is not None and r.metrics.macs is not None and r.metrics.speedup >= best * (1 - self.speed_noise)
-                and r.metrics.macs <= best_macs * (1 - self.macs_margin))
+    def _less_compute(self, r: TrialRecord, best: float, fastest: TrialRecord | None) -> bool:
+        """Within the noise of the best feasible model's speed and clearly less compute at the same precision (an
+        fp32 MAC costs more than an int8 one): a bet worth finishing."""
+        if fastest is None or not fastest.metrics.macs or r.metrics.macs is None:
+            return False
+        return (dict(r.candidate.bits).get("_default") == dict(fastest.candidate.bits).get("_default")
+                and r.metrics.speedup >= best * (1 - self.speed_noise)
+                and r.metrics.macs <= fastest.metrics.macs * (1 - self.macs_margin))
 
     def _budget(self, epochs: int, samples: int | None, factor: int) -> tuple[int, int | None]:
         """(epochs, samples per epoch) for ``factor`` x the samples: more per epoch up to the whole split, then epochs."""

@@ -216,7 +216,7 @@ class SearchLoop:
         busy = self._finishing | {f.finish_of for f in self.inflight.values() if f.finish_of is not None}
         top = max(ok, key=lambda r: r.metrics.speedup, default=None)
         fin = self.finisher.choose(self.records, [r.metrics.speedup for r in ok], remaining_s=remaining_s, busy=busy,
-                                   best_macs=top.metrics.macs if top is not None else None)
+                                   fastest=top)
         if fin is None:
             return
         src = next(r for r in self.records if r.number == fin.of)

@@ -8,7 +8,8 @@ candidate raises one stage's sparsity by one or two steps of the range, or (half
 (depth; past the channel floor of ``round_to`` only depth makes a network faster), and, half the time, lowers another stage's by
 one step (an exchange), so it is faster than a model that already meets the constraints, passes the gate, and its
 distillation says whether that stage could give more. When it meets the constraints too it is the next parent:
-a hill climb along the fast end, beside the sampler's global proposals.
+a hill climb along the fast end, beside the sampler's global proposals. "Fastest" is taken with the noise of a
+speedup in mind: a feasible model within that noise of the fastest with clearly fewer MACs comes first (:func:`parents`).
 
 The loop (search/loop.py) enqueues one when the space's ``explore`` share of the trials after the seeds is not yet
 reached; the trial carries :data:`EXPLORE_ATTR` and its record ``parent`` (the trial it mutates). Pure Python.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import random
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+
+from .noise import less_compute
 
 EXPLORE_ATTR = "explore"  # Optuna user attribute on a mutation's trial: the number of the trial it mutates
 
@@ -88,14 +91,21 @@ def network_key(params: Mapping[str, Any], groups: Mapping[str, Sequence[str]], 
 
 
 def parents(feasible: Iterable[Any], max_drop: float | None = None) -> list[tuple[int, dict, int]]:
-    """(number, params, max_steps) of the records that may be mutated, fastest first: pruned students that met the
+    """(number, params, max_steps) of the records that may be mutated, best bet first: pruned students that met the
     constraints, not finishing trials (their accuracy came from a larger KD budget than their parameters, and so
-    a mutation's, say). ``max_steps`` grows with the share of the allowed accuracy drop (``max_drop``, pp) the
-    parent left unused: 2 steps at the bound, 6 with all of it left (on digits-25% the climb from int8 alone at
-    +0.07 pp went 0.05 at a time: 3.67x, 3.79x, 3.85x)."""
+    a mutation's, say). Order: those within the noise of the fastest one's speedup with clearly fewer MACs at its
+    precision (search/noise.py), fewest MACs first, then the others fastest first. Why: a single 2-thread speedup
+    moves 10-15% between windows, and the climb followed a noisy-high seed (custom CNN, sampler seed 1: the
+    sensitivity-70% seed measured 8.17x in the run, below the uniform 70% seed re-timed with one thread; its
+    mutations stopped at the gate while the uniform 90% seed, 7.92x with 35% fewer MACs, was never mutated;
+    benchmarks/README.md "Depth moves half the time"). ``max_steps`` grows with the share of the allowed accuracy
+    drop (``max_drop``, pp) the parent left unused: 2 steps at the bound, 6 with all of it left (on digits-25% the
+    climb from int8 alone at +0.07 pp went 0.05 at a time: 3.67x, 3.79x, 3.85x)."""
     ok = [r for r in feasible if r.candidate.student == "pruned" and r.metrics.speedup is not None and r.finish_of is None]
+    ok.sort(key=lambda r: -r.metrics.speedup)
+    lean = sorted((r for r in ok[1:] if less_compute(r, ok[0])), key=lambda r: r.metrics.macs)
     out = []
-    for r in sorted(ok, key=lambda r: -r.metrics.speedup):
+    for r in lean + [r for r in ok if r not in lean]:
         drop = r.metrics.accuracy_drop
         slack = 0.0 if not max_drop or drop is None else min(1.0, max(0.0, (max_drop - drop) / max_drop))
         out.append((r.number, dict(r.candidate.params), 2 + round(4 * slack)))
@@ -105,7 +115,7 @@ def parents(feasible: Iterable[Any], max_drop: float | None = None) -> list[tupl
 def propose(parents: Sequence[tuple], known: Iterable[Mapping[str, Any]], low: float, high: float,
             step: float | None, rng: random.Random, tries: int = 12, names: Collection[str] | None = None,
             key: Callable[[Mapping[str, Any]], Any] = _key, depth: Sequence[int] = ()) -> tuple[int, dict] | None:
-    """(parent number, new params) from the first of ``parents`` ((number, params[, max_steps]), fastest first)
+    """(parent number, new params) from the first of ``parents`` ((number, params[, max_steps]), best bet first)
     with a mutation whose ``key``
     (:func:`network_key`: its network and recipe) no trial has run (``known``: the parameters of every trial run,
     running or queued), or None."""

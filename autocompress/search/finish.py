@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..records import Candidate, TrialRecord, TrialStatus
+from .noise import MACS_MARGIN, SPEED_NOISE, less_compute
 
 FINISH_ATTR = "finish"  # Optuna user attribute: {"of": trial number, "epochs", "samples_per_epoch", "factor"[, "twin"]}
 
@@ -90,8 +91,8 @@ class FinishPolicy:
     reserve_trials: int = 2
     reach_pp: float = 2.5
     speed_tolerance: float = 0.05
-    speed_noise: float = 0.15  # the 2-thread spread of one speedup (benchmarks/README.md, bench_latency_repeatability)
-    macs_margin: float = 0.10  # within speed_noise, this much less compute counts as faster
+    speed_noise: float = SPEED_NOISE  # the 2-thread spread of one speedup (search/noise.py)
+    macs_margin: float = MACS_MARGIN  # within speed_noise, this much less compute counts as faster
     min_factor: int = 2
     max_factor: int = 8
     default_factor: int = 4
@@ -130,7 +131,7 @@ class FinishPolicy:
             drop = self.drop_pp(r)
             if drop is None or drop <= self.max_drop_pp or drop - self.max_drop_pp > self.reach_pp:
                 continue
-            if r.metrics.speedup < best * (1 + self.speed_tolerance) and not self._less_compute(r, best, fastest):
+            if r.metrics.speedup < best * (1 + self.speed_tolerance) and not self._less_compute(r, fastest):
                 continue
             options.append((r.metrics.speedup, -drop, r))
         if not options:
@@ -156,19 +157,15 @@ class FinishPolicy:
         return Finish(rec.number, epochs, samples, factor, estimate, why)
 
     def _beats(self, r: TrialRecord, best: float, fastest: TrialRecord | None) -> str:
-        if not self._less_compute(r, best, fastest) or r.metrics.speedup >= best * (1 + self.speed_tolerance):
+        if not self._less_compute(r, fastest) or r.metrics.speedup >= best * (1 + self.speed_tolerance):
             return f"is faster than every model meeting the constraints ({best:.2f}x)"
         return (f"has {1 - r.metrics.macs / fastest.metrics.macs:.0%} fewer MACs than the fastest model meeting the constraints "
                 f"({best:.2f}x, within the {self.speed_noise:.0%} noise of two speed measurements)")
 
-    def _less_compute(self, r: TrialRecord, best: float, fastest: TrialRecord | None) -> bool:
-        """Within the noise of the best feasible model's speed and clearly less compute at the same precision (an
-        fp32 MAC costs more than an int8 one): a bet worth finishing."""
-        if fastest is None or not fastest.metrics.macs or r.metrics.macs is None:
-            return False
-        return (dict(r.candidate.bits).get("_default") == dict(fastest.candidate.bits).get("_default")
-                and r.metrics.speedup >= best * (1 - self.speed_noise)
-                and r.metrics.macs <= fastest.metrics.macs * (1 - self.macs_margin))
+    def _less_compute(self, r: TrialRecord, fastest: TrialRecord | None) -> bool:
+        """Within the noise of the best feasible model's speed and clearly less compute at the same precision
+        (search/noise.py): a bet worth finishing."""
+        return less_compute(r, fastest, noise=self.speed_noise, margin=self.macs_margin)
 
     def _budget(self, epochs: int, samples: int | None, factor: int) -> tuple[int, int | None]:
         """(epochs, samples per epoch) for ``factor`` x the samples: more per epoch up to the whole split, then epochs."""

@@ -4,10 +4,15 @@ For each sampler seed, runs (through bench_search.py, so each run also adds a ro
 the default search with K trials and a random search with 3K trials on the same task: same data split and
 teacher (`--seed` fixed, `--sampler-seed` varied), the same space without its hand-picked seeds for the
 random arm. Then scores each front with the same fixed reference point (10 pp below the baseline's
-accuracy, speedup 1, the baseline's size). Random at K is the first K trials of the random run.
+accuracy, speedup 1, the baseline's size). Random at K is the first K trials of the random run (K: the trials the autocompress arm ran).
 
     python benchmarks/bench_hv.py --task digits-mobilenet --trials 24 --seeds 0 1 2 -- --model mobilenet_v3_small
     python benchmarks/bench_hv.py --task T --score-only         # re-score the runs already in benchmarks/work/hv-T
+    python benchmarks/bench_hv.py --task custom --trials 24 --timeout 420 --seeds 0 -- \
+        --model benchmarks/models/custom_cnn.py:custom_cnn        # the one-click budget: random gets 3x the time too
+
+A run folder already at benchmarks/work/hv-T/<arm>-s<seed> (or a link to one, e.g. a ladder comparison's run) is
+kept and scored, not re-run.
 
 Appends to results/hv.csv and prints a markdown table with the median over seeds.
 """
@@ -34,10 +39,12 @@ from autocompress.report import front_hypervolume, pareto_front  # noqa: E402
 
 
 def noseed_space(space: str, work: Path) -> Path:
-    """The same search space without its hand-picked seed candidates (a pure random search)."""
+    """The same search space without its hand-picked seed candidates and without mutations (with ``--sampler random``
+    and ``--no-finish``: a pure random search)."""
     sp = load_space(space)
     d = sp.model_dump(mode="json", exclude_none=True)
     d["seeds"] = []
+    d["explore"] = 0.0  # no mutations of the best feasible model (search/explore.py): the sampler alone
     d["name"] = f"{sp.name}-noseeds"
     path = work / f"{sp.name}-noseeds.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
@@ -63,6 +70,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=24, help="K: the autocompress budget (random gets 3K)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--random-factor", type=int, default=3, help="random search gets this many times K trials")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="the autocompress arm's --timeout (s); random gets --random-factor times it (a budget in time)")
     ap.add_argument("--space", default="default")
     ap.add_argument("--score-only", action="store_true")
     ap.add_argument("rest", nargs=argparse.REMAINDER, help="after --: flags for `autocompress run` (model, data...)")
@@ -82,7 +91,9 @@ def main() -> None:
                 cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_search.py"), "--tag", f"hv-{a.task}-{arm}-s{s}",
                        "--out", str(out), "--", *flags, "--space", space, "--trials", str(n), "--sampler-seed", str(s)]
                 if sampler:
-                    cmd += ["--sampler", sampler]
+                    cmd += ["--sampler", sampler, "--no-finish"]
+                if a.timeout:
+                    cmd += ["--timeout", str(a.timeout * (a.random_factor if sampler else 1))]
                 print("$", " ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True)
 
@@ -91,10 +102,11 @@ def main() -> None:
         ac, rn = work / f"autocompress-s{s}", work / f"random-s{s}"
         if not (ac / "trials.csv").is_file() or not (rn / "trials.csv").is_file():
             continue
+        k_ran = len(pd.read_csv(ac / "trials.csv"))  # a time budget may end before K trials: random @K gets as many
         hv_ac, n_ac, sp_ac = score(ac)
-        hv_rk, n_rk, sp_rk = score(rn, k)
+        hv_rk, n_rk, sp_rk = score(rn, k_ran)
         hv_r3, n_r3, sp_r3 = score(rn, a.random_factor * k)
-        rows.append({"task": a.task, "seed": s, "K": k, "hv_autocompress_K": round(hv_ac, 4), "hv_random_K": round(hv_rk, 4),
+        rows.append({"task": a.task, "seed": s, "K": k_ran, "trials_random": len(pd.read_csv(rn / "trials.csv")), "hv_autocompress_K": round(hv_ac, 4), "hv_random_K": round(hv_rk, 4),
                      f"hv_random_{a.random_factor}K": round(hv_r3, 4), "front_autocompress": n_ac, f"front_random_{a.random_factor}K": n_r3,
                      "best_speedup_1pp_autocompress": round(sp_ac, 2), "best_speedup_1pp_random_K": round(sp_rk, 2),
                      f"best_speedup_1pp_random_{a.random_factor}K": round(sp_r3, 2), "date": datetime.now().isoformat(timespec="seconds")})

@@ -216,7 +216,7 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
     ordered last first until the sensitivity analysis ranks them) and ``depth.drop`` clamped to their count."""
     d = space.depth
     if _values_of(d.drop) == [0]:
-        return space
+        return _seeds_within(space, 0)
     from .compress.depth import check_blocks, droppable_blocks
 
     exclude = list(space.sparsity.exclude) if space.sparsity is not None else []
@@ -230,7 +230,7 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
             if log is not None:
                 log(f"depth: droppable blocks of {type(model).__name__} could not be found ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}); depth.drop stays 0 (list them in depth.blocks to drop them)")
-            return space.model_copy(update={"depth": d.model_copy(update={"blocks": [], "drop": 0})})
+            return _seeds_within(space.model_copy(update={"depth": d.model_copy(update={"blocks": [], "drop": 0})}), 0)
     n = len(blocks)
     p = d.drop
     if isinstance(p, IntRange):
@@ -242,7 +242,19 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
     if log is not None:
         log(f"depth: {n} droppable blocks" + (f" ({', '.join(blocks[:8])}{', ...' if n > 8 else ''})" if n else
                                               f" in {type(model).__name__} (no block keeps its input's shape); depth.drop stays 0"))
-    return space.model_copy(update={"depth": d.model_copy(update={"blocks": blocks, "drop": drop})})
+    return _seeds_within(space.model_copy(update={"depth": d.model_copy(update={"blocks": blocks, "drop": drop})}), n)
+
+
+def _seeds_within(space: SearchSpace, n: int) -> SearchSpace:
+    """The space's seeds with ``drop`` at most ``n`` (the teacher's droppable blocks: the default space's depth seed
+    drops "all of them", written as 8), a seed that becomes the same as an earlier one left out (without blocks the
+    depth seed is the uniform 50% seed again)."""
+    seeds: list = []
+    for s in space.seeds:
+        s = s.model_copy(update={"drop": min(s.drop, n)}) if s.drop > n else s
+        if s not in seeds:
+            seeds.append(s)
+    return space if seeds == list(space.seeds) else space.model_copy(update={"seeds": seeds})
 
 
 def depth_choices(space: SearchSpace) -> list[int]:

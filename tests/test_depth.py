@@ -113,6 +113,14 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
     assert seen == {0, 1, 2, 3}
     # a seed keeps its own depth (0 unless it says), so a uniform seed stays the uniform setting
     assert seed_params(load_space("default").seeds[0], got, {})["depth.drop"] == 0
+    # the default space's depth seed ("every block", written 8) drops as many as the teacher has; without blocks it
+    # would be the uniform 50% seed again and is left out
+    default = load_space("default").model_copy(update={"sparsity": space.sparsity})
+    deep = with_blocks(default, _model(), X)
+    assert [s.drop for s in deep.seeds] == [0] * (len(default.seeds) - 1) + [3]
+    assert seed_params(deep.seeds[-1], deep, {})["depth.drop"] == 3
+    flat = with_blocks(default, plain, X)
+    assert len(flat.seeds) == len(default.seeds) - 1 and all(s.drop == 0 for s in flat.seeds)
 
 
 def test_student_keys_of_candidates_without_depth_are_unchanged_and_depth_round_trips():

@@ -17,6 +17,7 @@ from .compress.channels import inside
 from .config import FloatRange, HardwareProfile, IntRange, SearchSpace, SeedCandidate, _values_of
 from .errors import ConfigError
 from .records import Candidate, DistillSpec, QuantSpec
+from .references import seed_label
 
 
 class Suggest(Protocol):
@@ -216,7 +217,7 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
     ordered last first until the sensitivity analysis ranks them) and ``depth.drop`` clamped to their count."""
     d = space.depth
     if _values_of(d.drop) == [0]:
-        return _seeds_within(space, 0)
+        return _seeds_within(space, 0, log, "the space drops no blocks (depth.drop is 0)")
     from .compress.depth import check_blocks, droppable_blocks
 
     exclude = list(space.sparsity.exclude) if space.sparsity is not None else []
@@ -230,7 +231,8 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
             if log is not None:
                 log(f"depth: droppable blocks of {type(model).__name__} could not be found ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}); depth.drop stays 0 (list them in depth.blocks to drop them)")
-            return _seeds_within(space.model_copy(update={"depth": d.model_copy(update={"blocks": [], "drop": 0})}), 0)
+            return _seeds_within(space.model_copy(update={"depth": d.model_copy(update={"blocks": [], "drop": 0})}), 0, log,
+                                 "no droppable blocks were found")
     n = len(blocks)
     p = d.drop
     if isinstance(p, IntRange):
@@ -242,18 +244,29 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
     if log is not None:
         log(f"depth: {n} droppable blocks" + (f" ({', '.join(blocks[:8])}{', ...' if n > 8 else ''})" if n else
                                               f" in {type(model).__name__} (no block keeps its input's shape); depth.drop stays 0"))
-    return _seeds_within(space.model_copy(update={"depth": d.model_copy(update={"blocks": blocks, "drop": drop})}), n)
+    return _seeds_within(space.model_copy(update={"depth": d.model_copy(update={"blocks": blocks, "drop": drop})}), n, log,
+                         f"the teacher has {n} droppable block(s)")
 
 
-def _seeds_within(space: SearchSpace, n: int) -> SearchSpace:
+def _seeds_within(space: SearchSpace, n: int, log=None, why: str = "") -> SearchSpace:
     """The space's seeds with ``drop`` at most ``n`` (the teacher's droppable blocks: the default space's depth seed
     drops "all of them", written as 8), a seed that becomes the same as an earlier one left out (without blocks the
-    depth seed is the uniform 50% seed again)."""
-    seeds: list = []
-    for s in space.seeds:
-        s = s.model_copy(update={"drop": min(s.drop, n)}) if s.drop > n else s
-        if s not in seeds:
-            seeds.append(s)
+    depth seed is the uniform 50% seed again); what changed is said in one line."""
+    kept: dict[int, SeedCandidate] = {}  # the seed's place in the space -> the seed, its drop clamped
+    said: list[str] = []
+    for i, seed in enumerate(space.seeds):
+        s = seed.model_copy(update={"drop": n}) if seed.drop > n else seed
+        same = next((j for j, t in kept.items() if t == s), None)
+        if same is not None:
+            said.append(f"seed '{seed_label(seed)}' left out (" + (f"with {n} blocks dropped " if s is not seed else "")
+                        + f"it is the same as seed '{seed_label(space.seeds[same])}')")
+            continue
+        if s is not seed:
+            said.append(f"seed '{seed_label(seed)}' drops {n}, not {seed.drop}")
+        kept[i] = s
+    if said and log is not None:
+        log(f"seeds: {why}: " + "; ".join(said))
+    seeds = list(kept.values())
     return space if seeds == list(space.seeds) else space.model_copy(update={"seeds": seeds})
 
 

@@ -116,11 +116,26 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
     # the default space's depth seed ("every block", written 8) drops as many as the teacher has; without blocks it
     # would be the uniform 50% seed again and is left out
     default = load_space("default").model_copy(update={"sparsity": space.sparsity})
-    deep = with_blocks(default, _model(), X)
+    said = []
+    deep = with_blocks(default, _model(), X, log=said.append)
     assert [s.drop for s in deep.seeds] == [0] * (len(default.seeds) - 1) + [3]
     assert seed_params(deep.seeds[-1], deep, {})["depth.drop"] == 3
-    flat = with_blocks(default, plain, X)
+    # ... and each change to the seeds is said, in one line naming the seed
+    assert said[-1] == ("seeds: the teacher has 3 droppable block(s): seed 'uniform 50%, 8 blocks dropped + int8, "
+                        "KD 8 ep' drops 3, not 8")
+    flat = with_blocks(default, plain, X, log=said.append)
     assert len(flat.seeds) == len(default.seeds) - 1 and all(s.drop == 0 for s in flat.seeds)
+    assert said[-1] == ("seeds: the teacher has 0 droppable block(s): seed 'uniform 50%, 8 blocks dropped + int8, "
+                        "KD 8 ep' left out (with 0 blocks dropped it is the same as seed 'uniform 50% + int8, KD 8 ep')")
+    # a space that does not drop blocks says so too; one whose seeds fit says nothing about them
+    said.clear()
+    with_blocks(default.model_copy(update={"depth": default.depth.model_copy(update={"drop": 0})}), _model(), X,
+                log=said.append)
+    assert said == ["seeds: the space drops no blocks (depth.drop is 0): seed 'uniform 50%, 8 blocks dropped + int8, "
+                    "KD 8 ep' left out (with 0 blocks dropped it is the same as seed 'uniform 50% + int8, KD 8 ep')"]
+    said.clear()
+    with_blocks(space, _model(), X, log=said.append)
+    assert not any(m.startswith("seeds:") for m in said)
 
 
 def test_student_keys_of_candidates_without_depth_are_unchanged_and_depth_round_trips():

@@ -451,13 +451,16 @@ def _retimed_note(front: pd.DataFrame, timed: dict | None) -> str:
     """The legend of the re-timed column, and why windows disagree when some did."""
     if "speedup_retimed" not in front.columns or not timed:
         return ""
-    from .retiming import threads_timed, why_disagree
+    from .retiming import moved_since_search, threads_timed, why_disagree
 
     note = (" re-timed = the speedup measured again after the search against the baseline in several fresh "
             "processes: the median, and the range across them.")
     if not front["speedup_agree"].map(lambda v: str(v).lower() in ("true", "1")).all():
         why = why_disagree(threads_timed(timed)).strip().removeprefix("why: ")
         note += f" ? = those processes disagree by more than 5% (CV): {_e(why)}."
+    moved = moved_since_search(timed)
+    if moved:
+        note += f" {_e(moved[0].upper() + moved[1:])}."
     return note
 
 

@@ -66,10 +66,37 @@ def retime_run(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame, meta: dict,
         "across them is the uncertainty reported)")
     res = retime(targets, run_dir / "models" / "baseline.onnx", profile, shape, windows=windows, seed=spec.seed,
                  log=log)
-    models = {k: v.to_dict() for k, v in res.items()}
+    searched = _searched(run_dir, df)
+    models = {k: {**v.to_dict(), "searched": searched.get(k)} for k, v in res.items()}
     path.write_text(json.dumps({"windows": windows, "files": _stamp(targets), "models": models,
                                 "machine": fingerprint()}, indent=2, default=str))
     return models
+
+
+def _searched(run_dir: Path, df: pd.DataFrame) -> dict[str, float]:
+    """The speedup the search measured for each model it may re-time (int8 alone: when the baseline was timed)."""
+    out = {f"trial {int(n)}": float(v) for n, v in zip(df["number"], df["speedup"]) if pd.notna(v) and v > 0}
+    base = run_dir / "baseline.json"
+    ref = (json.loads(base.read_text()).get("int8_reference") or {}) if base.is_file() else {}
+    if ref.get("speedup"):
+        out["int8 alone"] = float(ref["speedup"])
+    return out
+
+
+def moved_since_search(models: dict | None) -> str | None:
+    """How far the re-timed speedups moved from the figures the search measured for the same models (minutes to
+    hours earlier, one window each): this run's own measure of how much a speedup moves over time on this machine,
+    said plainly (None with fewer than three such models, or a retime.json from before it was recorded)."""
+    pairs = [(k, m["searched"], m["speedup"]) for k, m in (models or {}).items() if m.get("searched")]
+    if len(pairs) < 3:
+        return None
+    rel = sorted(abs(r / s - 1) for _, s, r in pairs)
+    med = rel[len(rel) // 2] if len(rel) % 2 else (rel[len(rel) // 2 - 1] + rel[len(rel) // 2]) / 2
+    k, s, r = max(pairs, key=lambda p: abs(p[2] / p[1] - 1))
+    return (f"since the search: the {len(pairs)} re-timed speedups differ from the figures the search measured for "
+            f"them by a median of {med:.0%} (at most {r / s - 1:+.0%}: {k}, {s:.2f}x then {r:.2f}x); a speedup measured "
+            f"once moves about that much over minutes on this machine, so read models whose figures differ by less "
+            f"than ~{med:.0%} as equally fast")
 
 
 def with_retimed(front: pd.DataFrame, models: dict | None) -> pd.DataFrame:
@@ -118,4 +145,7 @@ def summary_lines(models: dict | None) -> list[str]:
                    + f"){flag}")
     if not all(m["agree"] for m in models.values()):
         out.append(why_disagree(threads_timed(models)))
+    moved = moved_since_search(models)
+    if moved:
+        out.append(f"  {moved}")
     return out

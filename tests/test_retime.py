@@ -105,6 +105,11 @@ def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path,
     assert saved["windows"] == 2 and "int8 alone" in saved["models"] and "trial 0" in saved["models"]
     # two windows each, up to four for a model whose two disagreed
     assert all(2 <= len(m["speedups"]) <= 4 and m["speedup"] > 0 for m in saved["models"].values())
+    # each re-timed model carries the figure the search measured for it, to say how far it moved since
+    trials = pd.read_csv(out / "trials.csv").set_index("number")
+    assert saved["models"]["trial 0"]["searched"] == pytest.approx(trials.loc[0, "speedup"])
+    ref = json.loads((out / "baseline.json").read_text())["int8_reference"]
+    assert saved["models"]["int8 alone"]["searched"] == pytest.approx(ref["speedup"])
     front = pd.read_csv(out / "pareto.csv")
     assert {"speedup_retimed", "speedup_cv", "speedup_lo", "speedup_hi", "speedup_agree"} <= set(front.columns)
     assert front["speedup_lo"].iloc[0] <= front["speedup_retimed"].iloc[0] <= front["speedup_hi"].iloc[0]
@@ -148,3 +153,28 @@ def test_the_summary_says_why_windows_disagree_for_the_threads_timed():
     assert two[-1].startswith("  why: with 2 intra-op threads") and "cpu-1thread" in two[-1]
     one = summary_lines({"trial 2": timed(1)[1]})
     assert one[-1].startswith("  why: one stretch of seconds") and "not moved by one such window" in one[-1]
+
+
+def test_the_summary_says_how_far_speedups_moved_since_the_search():
+    from autocompress.retiming import moved_since_search, summary_lines
+
+    def model(searched, windows):
+        return {**summarise("m", "m.onnx", windows, [False] * len(windows)).to_dict(), "searched": searched}
+
+    models = {"trial 1": model(10.0, [8.0, 8.1, 7.9]), "trial 2": model(4.0, [4.4, 4.4, 4.4]),
+              "int8 alone": model(2.0, [2.04, 2.05, 2.03]), "trial 3": model(6.0, [6.0, 6.1, 5.9])}
+    line = moved_since_search(models)
+    # |moves| 20%, 10%, 2%, 0% -> median 6%; the largest named with both figures
+    assert line.startswith("since the search: the 4 re-timed speedups differ") and "median of 6%" in line
+    assert "at most -20%: trial 1, 10.00x then 8.00x" in line and "less than ~6% as equally fast" in line
+    assert summary_lines(models)[-1] == "  " + line
+    # the report's legend of the re-timed column says it too
+    import pandas as pd
+
+    from autocompress.report_html import _retimed_note
+
+    front = pd.DataFrame({"number": [1], "speedup_retimed": [8.0], "speedup_agree": [True]})
+    assert "Since the search: the 4 re-timed speedups" in _retimed_note(front, models)
+    # fewer than three models with a search figure (or a retime.json written before it was kept): nothing said
+    assert moved_since_search({k: {**m, "searched": None} for k, m in models.items()}) is None
+    assert moved_since_search(dict(list(models.items())[:2])) is None

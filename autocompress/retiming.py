@@ -15,6 +15,8 @@ from typing import Callable
 
 import pandas as pd
 
+from .measure.retime import TARGET_CV
+
 FILE = "retime.json"
 
 
@@ -83,17 +85,26 @@ def _searched(run_dir: Path, df: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def moved_since_search(models: dict | None) -> str | None:
-    """How far the re-timed speedups moved from the figures the search measured for the same models (minutes to
-    hours earlier, one window each): this run's own measure of how much a speedup moves over time on this machine,
-    said plainly (None with fewer than three such models, or a retime.json from before it was recorded)."""
+def _moved(models: dict | None) -> tuple[float, tuple[str, float, float], int] | None:
+    """The median |re-timed / searched - 1| over the re-timed models with a search figure, the one that moved most
+    (label, searched, re-timed) and how many; None with fewer than three (or a retime.json from before it was kept)."""
     pairs = [(k, m["searched"], m["speedup"]) for k, m in (models or {}).items() if m.get("searched")]
     if len(pairs) < 3:
         return None
     rel = sorted(abs(r / s - 1) for _, s, r in pairs)
     med = rel[len(rel) // 2] if len(rel) % 2 else (rel[len(rel) // 2 - 1] + rel[len(rel) // 2]) / 2
-    k, s, r = max(pairs, key=lambda p: abs(p[2] / p[1] - 1))
-    return (f"since the search: the {len(pairs)} re-timed speedups differ from the figures the search measured for "
+    return med, max(pairs, key=lambda p: abs(p[2] / p[1] - 1)), len(pairs)
+
+
+def moved_since_search(models: dict | None) -> str | None:
+    """How far the re-timed speedups moved from the figures the search measured for the same models (minutes to
+    hours earlier, one window each): this run's own measure of how much a speedup moves over time on this machine,
+    said plainly (None when :func:`_moved` has nothing to say)."""
+    got = _moved(models)
+    if got is None:
+        return None
+    med, (k, s, r), n = got
+    return (f"since the search: the {n} re-timed speedups differ from the figures the search measured for "
             f"them by a median of {med:.0%} (at most {r / s - 1:+.0%}: {k}, {s:.2f}x then {r:.2f}x); a speedup measured "
             f"once moves about that much over minutes on this machine, so read models whose figures differ by less "
             f"than ~{med:.0%} as equally fast")
@@ -115,15 +126,17 @@ def with_retimed(front: pd.DataFrame, models: dict | None) -> pd.DataFrame:
 
 
 def why_disagree(threads: int | None) -> str:
-    """Why windows disagree, said plainly under the figures (measured: benchmarks/README.md, issue 14)."""
+    """Why windows disagree, or figures moved since the search, said plainly under them (measured:
+    benchmarks/README.md, issue 14)."""
     if threads and threads > 1:
         return (f"  why: with {threads} intra-op threads on a shared or virtual machine the speedup moves with time "
                 "(how well the threads' parallel sections run together changes from one stretch of seconds to the "
-                "next; +-10-15% measured on 2 vCPUs with nothing else running); the median over the windows is the "
-                "figure shown; --profile cpu-1thread repeats within a few %")
-    return ("  why: one stretch of seconds in which a model timed differently (seen on 2-vCPU virtual machines: one "
-            "window in five 25-40% off while the other models stayed put); the median over the windows is the "
-            "figure shown, and it is not moved by one such window")
+                "next, and the machine's state from one minute to the next, even with nothing else running); the "
+                "median over the windows is the figure shown; --profile cpu-1thread moves less")
+    return ("  why: on a shared or virtual machine a small model's speed relative to its baseline changes from one "
+            "stretch of seconds or minutes to the next (other guests share the host's cores and caches; seen on "
+            "2-vCPU virtual machines with nothing else running in them); the median over the windows is the figure "
+            "shown, and it is not moved by one odd window")
 
 
 def threads_timed(models: dict) -> int | None:
@@ -143,9 +156,9 @@ def summary_lines(models: dict | None) -> list[str]:
         out.append(f"  {label}: {m['speedup']:.2f}x (windows {sp}; CV {100 * m['cv']:.1f}%"
                    + (f"; {dist} disturbed window(s) left out" if dist and m["used"] < len(m["speedups"]) else "")
                    + f"){flag}")
-    if not all(m["agree"] for m in models.values()):
-        out.append(why_disagree(threads_timed(models)))
-    moved = moved_since_search(models)
+    moved = _moved(models)
     if moved:
-        out.append(f"  {moved}")
+        out.append(f"  {moved_since_search(models)}")
+    if not all(m["agree"] for m in models.values()) or (moved and moved[0] > TARGET_CV):
+        out.append(why_disagree(threads_timed(models)))
     return out

@@ -314,8 +314,10 @@ def _print_summary(df, front, report, baseline, spec: RunSpec, log) -> None:
     elif len(front):
         log(f"Pareto front: {len(front)} model(s)")
         for _, r in front.iterrows():
+            again = r.get("speedup_retimed")
+            speed = f"{r['speedup']:.2f}x faster" + (f" ({again:.2f}x re-timed)" if again is not None and pd.notna(again) else "")
             log(f"  trial {r['number']}: accuracy {r['accuracy']:.2%} (drop {r['accuracy_drop']:+.2f}), "
-                f"{r['speedup']:.2f}x faster, {r['size_mb']:.2f} MB ({baseline['size_mb'] / r['size_mb']:.1f}x smaller) -> {r['model']}")
+                f"{speed}, {r['size_mb']:.2f} MB ({baseline['size_mb'] / r['size_mb']:.1f}x smaller) -> {r['model']}")
     elif len(df):
         log("no trial met the constraints; see trials.csv (loosen --max-accuracy-drop or search longer)")
     for line in reference_lines(df, baseline, spec):

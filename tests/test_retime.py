@@ -93,7 +93,7 @@ def test_retime_measures_each_model_in_fresh_processes(tmp_path):
     assert r.threads == 1  # recorded: why windows disagree depends on it
 
 
-def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path, monkeypatch):
+def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path, monkeypatch, capsys):
     import pandas as pd
     from conftest import int8_run
 
@@ -101,6 +101,7 @@ def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path,
 
     monkeypatch.setenv("AUTOCOMPRESS_RETIME_WINDOWS", "2")
     out = int8_run(tmp_path, monkeypatch)
+    printed = capsys.readouterr().out
     saved = json.loads((out / "retime.json").read_text())
     assert saved["windows"] == 2 and "int8 alone" in saved["models"] and "trial 0" in saved["models"]
     # two windows each, up to four for a model whose two disagreed
@@ -113,6 +114,10 @@ def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path,
     front = pd.read_csv(out / "pareto.csv")
     assert {"speedup_retimed", "speedup_cv", "speedup_lo", "speedup_hi", "speedup_agree"} <= set(front.columns)
     assert front["speedup_lo"].iloc[0] <= front["speedup_retimed"].iloc[0] <= front["speedup_hi"].iloc[0]
+    # the front's lines give the re-timed figure beside the search's
+    r = front.iloc[0]
+    assert f"trial {r['number']}: accuracy" in printed
+    assert f"{r['speedup']:.2f}x faster ({r['speedup_retimed']:.2f}x re-timed)" in printed
     # a rebuilt report reuses the re-timing while the same files are on the front; --retime times them again
     before = (out / "retime.json").stat().st_mtime_ns
     assert main(["report", str(out)]) == 0

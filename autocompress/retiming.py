@@ -10,6 +10,7 @@ them while the same files are on the front; ``autocompress report RUN --retime N
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Callable
 
@@ -91,8 +92,7 @@ def _moved(models: dict | None) -> tuple[float, tuple[str, float, float], int] |
     pairs = [(k, m["searched"], m["speedup"]) for k, m in (models or {}).items() if m.get("searched")]
     if len(pairs) < 3:
         return None
-    rel = sorted(abs(r / s - 1) for _, s, r in pairs)
-    med = rel[len(rel) // 2] if len(rel) % 2 else (rel[len(rel) // 2 - 1] + rel[len(rel) // 2]) / 2
+    med = statistics.median(abs(r / s - 1) for _, s, r in pairs)
     return med, max(pairs, key=lambda p: abs(p[2] / p[1] - 1)), len(pairs)
 
 

@@ -282,7 +282,7 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None,
     from .retiming import retime_run, summary_lines, with_retimed
 
     try:
-        timed = retime_run(run_dir, front, df, meta, windows=retime, log=log)
+        timed = retime_run(run_dir, front, df, meta, windows=retime, baseline=baseline, log=log)
     except Exception as e:  # noqa: BLE001 - the search's own figures stand; say why they were not re-timed
         log(f"note: the final re-timing was skipped ({type(e).__name__}: {e})")
         timed = None
@@ -315,7 +315,7 @@ def _print_summary(df, front, report, baseline, spec: RunSpec, log) -> None:
         log(f"Pareto front: {len(front)} model(s)")
         for _, r in front.iterrows():
             again = r.get("speedup_retimed")
-            speed = f"{r['speedup']:.2f}x faster" + (f" ({again:.2f}x re-timed)" if again is not None and pd.notna(again) else "")
+            speed = f"{r['speedup']:.2f}x faster" + (f" ({again:.2f}x re-timed)" if pd.notna(again) else "")
             log(f"  trial {r['number']}: accuracy {r['accuracy']:.2%} (drop {r['accuracy_drop']:+.2f}), "
                 f"{speed}, {r['size_mb']:.2f} MB ({baseline['size_mb'] / r['size_mb']:.1f}x smaller) -> {r['model']}")
     elif len(df):

@@ -460,7 +460,7 @@ def _retimed_note(front: pd.DataFrame, timed: dict | None) -> str:
         note += f" ? = those processes disagree by more than 5% (CV): {_e(why)}."
     moved = moved_since_search(timed)
     if moved:
-        note += f" {_e(moved[0].upper() + moved[1:])}."
+        note += f" {_e(moved[0][0].upper() + moved[0][1:])}."
     return note
 
 

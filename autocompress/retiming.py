@@ -43,7 +43,7 @@ def _stamp(paths: dict[str, Path]) -> dict[str, list]:
 
 
 def retime_run(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame, meta: dict, *, windows: int | None,
-               log: Callable[[str], None] = print) -> dict | None:
+               baseline: dict | None = None, log: Callable[[str], None] = print) -> dict | None:
     """Re-time (``windows`` >= 1) or reuse ``retime.json``; returns {label: Retimed dict} or None."""
     from .config import RunSpec, load_profile
 
@@ -69,45 +69,36 @@ def retime_run(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame, meta: dict,
         "across them is the uncertainty reported)")
     res = retime(targets, run_dir / "models" / "baseline.onnx", profile, shape, windows=windows, seed=spec.seed,
                  log=log)
-    searched = _searched(run_dir, df)
+    searched = _searched(df, baseline)
     models = {k: {**v.to_dict(), "searched": searched.get(k)} for k, v in res.items()}
     path.write_text(json.dumps({"windows": windows, "files": _stamp(targets), "models": models,
                                 "machine": fingerprint()}, indent=2, default=str))
     return models
 
 
-def _searched(run_dir: Path, df: pd.DataFrame) -> dict[str, float]:
+def _searched(df: pd.DataFrame, baseline: dict | None) -> dict[str, float]:
     """The speedup the search measured for each model it may re-time (int8 alone: when the baseline was timed)."""
     out = {f"trial {int(n)}": float(v) for n, v in zip(df["number"], df["speedup"]) if pd.notna(v) and v > 0}
-    base = run_dir / "baseline.json"
-    ref = (json.loads(base.read_text()).get("int8_reference") or {}) if base.is_file() else {}
+    ref = (baseline or {}).get("int8_reference") or {}
     if ref.get("speedup"):
         out["int8 alone"] = float(ref["speedup"])
     return out
 
 
-def _moved(models: dict | None) -> tuple[float, tuple[str, float, float], int] | None:
-    """The median |re-timed / searched - 1| over the re-timed models with a search figure, the one that moved most
-    (label, searched, re-timed) and how many; None with fewer than three (or a retime.json from before it was kept)."""
+def moved_since_search(models: dict | None) -> tuple[str, float] | None:
+    """How far the re-timed speedups moved from the figures the search measured for the same models (minutes to
+    hours earlier, one window each): this run's own measure of how much a speedup moves over time on this machine,
+    said plainly, and its median |re-timed / searched - 1|. None with fewer than three such models (or a retime.json
+    from before the search's figures were kept)."""
     pairs = [(k, m["searched"], m["speedup"]) for k, m in (models or {}).items() if m.get("searched")]
     if len(pairs) < 3:
         return None
     med = statistics.median(abs(r / s - 1) for _, s, r in pairs)
-    return med, max(pairs, key=lambda p: abs(p[2] / p[1] - 1)), len(pairs)
-
-
-def moved_since_search(models: dict | None) -> str | None:
-    """How far the re-timed speedups moved from the figures the search measured for the same models (minutes to
-    hours earlier, one window each): this run's own measure of how much a speedup moves over time on this machine,
-    said plainly (None when :func:`_moved` has nothing to say)."""
-    got = _moved(models)
-    if got is None:
-        return None
-    med, (k, s, r), n = got
-    return (f"since the search: the {n} re-timed speedups differ from the figures the search measured for "
+    k, s, r = max(pairs, key=lambda p: abs(p[2] / p[1] - 1))
+    return (f"since the search: the {len(pairs)} re-timed speedups differ from the figures the search measured for "
             f"them by a median of {med:.0%} (at most {r / s - 1:+.0%}: {k}, {s:.2f}x then {r:.2f}x); a speedup measured "
             f"once moves about that much over minutes on this machine, so read models whose figures differ by less "
-            f"than ~{med:.0%} as equally fast")
+            f"than ~{med:.0%} as equally fast"), med
 
 
 def with_retimed(front: pd.DataFrame, models: dict | None) -> pd.DataFrame:
@@ -156,9 +147,9 @@ def summary_lines(models: dict | None) -> list[str]:
         out.append(f"  {label}: {m['speedup']:.2f}x (windows {sp}; CV {100 * m['cv']:.1f}%"
                    + (f"; {dist} disturbed window(s) left out" if dist and m["used"] < len(m["speedups"]) else "")
                    + f"){flag}")
-    moved = _moved(models)
+    moved = moved_since_search(models)
     if moved:
-        out.append(f"  {moved_since_search(models)}")
-    if not all(m["agree"] for m in models.values()) or (moved and moved[0] > TARGET_CV):
+        out.append(f"  {moved[0]}")
+    if not all(m["agree"] for m in models.values()) or (moved and moved[1] > TARGET_CV):
         out.append(why_disagree(threads_timed(models)))
     return out

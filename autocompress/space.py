@@ -248,7 +248,7 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
                          f"the teacher has {n} droppable block(s)")
 
 
-def _seeds_within(space: SearchSpace, n: int, log=None, why: str = "") -> SearchSpace:
+def _seeds_within(space: SearchSpace, n: int, log, why: str) -> SearchSpace:
     """The space's seeds with ``drop`` at most ``n`` (the teacher's droppable blocks: the default space's depth seed
     drops "all of them", written as 8), a seed that becomes the same as an earlier one left out (without blocks the
     depth seed is the uniform 50% seed again); what changed is said in one line."""

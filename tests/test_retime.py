@@ -168,7 +168,8 @@ def test_the_summary_says_how_far_speedups_moved_since_the_search():
 
     models = {"trial 1": model(10.0, [8.0, 8.1, 7.9]), "trial 2": model(4.0, [4.4, 4.4, 4.4]),
               "int8 alone": model(2.0, [2.04, 2.05, 2.03]), "trial 3": model(6.0, [6.0, 6.1, 5.9])}
-    line = moved_since_search(models)
+    line, median = moved_since_search(models)
+    assert median == pytest.approx(0.06)
     # |moves| 20%, 10%, 2%, 0% -> median 6%; the largest named with both figures
     assert line.startswith("since the search: the 4 re-timed speedups differ") and "median of 6%" in line
     assert "at most -20%: trial 1, 10.00x then 8.00x" in line and "less than ~6% as equally fast" in line

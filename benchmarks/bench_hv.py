@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 from datetime import datetime
+from itertools import zip_longest
 from pathlib import Path
 
 import pandas as pd
@@ -89,17 +90,14 @@ def side_by_side(ac: Path, rn: Path, windows: int) -> dict:
 
     meta = yaml.safe_load((ac / "run.yaml").read_text())
     spec = RunSpec.model_validate(meta["spec"])
-    base = {arm: json.loads((run / "baseline.json").read_text()) for arm, run in (("ac", ac), ("rn", rn))}
+    runs = {"ac": ac, "rn": rn}
+    base = {arm: json.loads((run / "baseline.json").read_text()) for arm, run in runs.items()}
     if base["ac"].get("teacher_fingerprint") != base["rn"].get("teacher_fingerprint"):
         sys.exit(f"{ac} and {rn} distilled from different teachers: their fronts cannot be compared side by side")
-    kept = {"ac": kept_models(ac), "rn": kept_models(rn)}
-    for arm, run in (("ac", ac), ("rn", rn)):
-        kept[arm] = kept[arm][feasible_mask(kept[arm], spec.constraints)]
-    labels = {arm: [f"{arm} trial {int(n)}" for n in kept[arm]["number"]] for arm in kept}
-    paths = {f"{arm} trial {int(r['number'])}": (ac if arm == "ac" else rn) / r["model"]
-             for arm in kept for _, r in kept[arm].iterrows()}
-    order = [x for pair in zip(*(labels[a] + [None] * (max(map(len, labels.values())) - len(labels[a])) for a in labels))
-             for x in pair if x]  # the two arms alternate inside each window: drift within a window hits both
+    kept = {arm: (df := kept_models(run))[feasible_mask(df, spec.constraints)] for arm, run in runs.items()}
+    paths = {f"{arm} trial {int(r['number'])}": runs[arm] / r["model"] for arm in kept for _, r in kept[arm].iterrows()}
+    # the two arms alternate inside each window, so a drift within a window reaches both
+    order = [x for pair in zip_longest(*([k for k in paths if k.startswith(arm)] for arm in kept)) for x in pair if x]
     profile, _ = load_profile(spec.profile)
     check_available(profile)
     shape = input_shape_for(profile, tuple(meta["data"]["input_shape"]))

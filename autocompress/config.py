@@ -67,6 +67,19 @@ def _values_of(p) -> list[float]:
     return [p]
 
 
+def _offers(p, v: float) -> bool:
+    """Whether a searched (or fixed) parameter can take the value ``v``."""
+    if isinstance(p, (FloatRange, IntRange)):
+        return p.low - 1e-9 <= v <= p.high + 1e-9
+    return any(abs(float(x) - v) < 1e-9 for x in (p if isinstance(p, list) else [p]))
+
+
+def _describe(p) -> str:
+    if isinstance(p, (FloatRange, IntRange)):
+        return f"{p.low:g}-{p.high:g}"
+    return ", ".join(f"{float(x):g}" for x in (p if isinstance(p, list) else [p]))
+
+
 def _check_nonempty(v):
     if isinstance(v, list) and not v:
         raise ValueError("an empty list of choices; give at least one value")
@@ -204,6 +217,9 @@ class SeedCandidate(Strict):
     epochs: int | None = None
     keep_fp32: int = Field(default=0, ge=0)  # int8 with this many of the most sensitive layers in fp32 (bits.keep_fp32)
     drop: int = Field(default=0, ge=0)  # this many droppable blocks replaced by the identity (depth.drop)
+    # its KD recipe; unset: the first choice of the space's distill.temperature / distill.alpha (one of their values)
+    temperature: float | None = Field(default=None, gt=0)
+    alpha: float | None = Field(default=None, ge=0, le=1)
     label: str | None = None  # how reports name it (default: from the values, e.g. "uniform 80% + int8, KD 8 ep")
 
     @field_validator("sparsity")
@@ -273,6 +289,12 @@ class SearchSpace(Strict):
         if wants and not self.bits.sensitive_layers and not (self.sensitivity.enabled and self.sensitivity.int8):
             raise ValueError("bits.keep_fp32 keeps the most int8-sensitive layers in fp32, but nothing ranks them: set "
                              "sensitivity: {enabled: true} or list bits.sensitive_layers")
+        for i, seed in enumerate(self.seeds):
+            for name in ("temperature", "alpha"):
+                v, offered = getattr(seed, name), getattr(self.distill, name)
+                if v is not None and not _offers(offered, v):
+                    raise ValueError(f"seeds[{i}] has {name} {v:g}, which distill.{name} does not offer "
+                                     f"({_describe(offered)}): add it there or remove it from the seed")
         return self
 
 
@@ -549,7 +571,9 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
             msg = "expected " + " or ".join(dict.fromkeys(kinds))
         else:
             msg = errs[0]["msg"]
-        lines.append(f"{source}: {loc}: got {_fmt_value(errs[0].get('input'))}; {msg}")
+        # a check across fields (a model validator) names its fields itself: the whole file is not the value to show
+        got = f"got {_fmt_value(errs[0].get('input'))}; " if parts else ""
+        lines.append(f"{source}: {loc}: {got}{msg}")
     return lines
 
 

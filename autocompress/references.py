@@ -40,7 +40,9 @@ def seed_label(seed: SeedCandidate) -> str:
     if seed.student == "pruned" and seed.drop:
         head = (head + ", " if head else "") + f"{seed.drop} block{'s' if seed.drop > 1 else ''} dropped"
     text = f"{head} + {bits}" if head else f"{bits} alone"
-    return text + (f", KD {seed.epochs} ep" if seed.epochs and (head or seed.student != "pruned") else "")
+    recipe = ", ".join(f"{n} {v:g}" for n, v in (("T", seed.temperature), ("alpha", seed.alpha)) if v is not None)
+    return (text + (f", KD {seed.epochs} ep" if seed.epochs and (head or seed.student != "pruned") else "")
+            + (f" ({recipe})" if recipe else ""))
 
 
 def int8_reference(store, baseline, data, profile, shape4, *, seed: int, metric=None, metric_direction: str = "maximize",

@@ -179,11 +179,15 @@ def seed_params(seed: SeedCandidate, space: SearchSpace, groups: Mapping[str, Se
         out["depth.drop"] = seed.drop
     if seed.epochs is not None:
         out["kd.epochs"] = seed.epochs
-    # the rest of a searched KD recipe: its first choice, so a seed is the same setting in every run
+    # the rest of a searched KD recipe: the seed's own temperature / alpha, else the first choice, so a seed is the
+    # same setting in every run
     d = space.distill
+    own = {"kd.temperature": seed.temperature, "kd.alpha": seed.alpha}
     for name, p in (("kd.lr", d.lr), ("kd.temperature", d.temperature), ("kd.alpha", d.alpha),
                     ("kd.batch_size", d.batch_size), ("kd.optimizer", d.optimizer)):
-        if isinstance(p, list) and len(p) > 1:
+        if own.get(name) is not None and _searched(p):
+            out[name] = own[name]
+        elif isinstance(p, list) and len(p) > 1:
             out[name] = p[0]
     return out
 

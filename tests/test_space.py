@@ -95,6 +95,36 @@ def test_seeds_translate_to_enqueueable_params():
     assert set(c.sparsity_map().values()) == {0.5} and c.bits_map()["_default"] == "int8"
 
 
+def test_a_seed_may_carry_its_own_kd_recipe():
+    from autocompress.references import seed_label
+
+    d = load_space("default").model_dump(mode="json", exclude_none=True)
+    d["seeds"] = [{"sparsity": 0.5, "bits": "int8", "epochs": 8, "temperature": 2.0, "alpha": 0.7},
+                  {"sparsity": 0.5, "bits": "int8", "epochs": 8}]
+    space = parse(SearchSpace, d, "t")
+    own, first = (seed_params(s, space, GROUPS) for s in space.seeds)
+    assert (own["kd.temperature"], own["kd.alpha"]) == (2.0, 0.7)
+    assert (first["kd.temperature"], first["kd.alpha"]) == (4.0, 0.9)  # unset: the lists' first choices, as before
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(own)
+    c = sample_candidate(study.ask(), space, CPU, GROUPS)
+    assert (c.distill.temperature, c.distill.alpha) == (2.0, 0.7)
+    assert seed_label(space.seeds[0]) == "uniform 50% + int8, KD 8 ep (T 2, alpha 0.7)"
+    assert space.seeds[0] != space.seeds[1]  # another recipe is another seed, not a duplicate to leave out
+    # a value the space does not offer could not be enqueued: one line names the seed, the value and the fix
+    d["seeds"] = [{"sparsity": 0.5, "bits": "int8", "temperature": 3.0}]
+    with pytest.raises(ConfigError) as e:
+        parse(SearchSpace, d, "t")
+    assert str(e.value) == ("t: (top level): seeds[0] has temperature 3, which distill.temperature does not offer "
+                            "(4, 2): add it there or remove it from the seed")  # not the whole file as its "value"
+    d["distill"]["alpha"] = {"low": 0.5, "high": 0.9}
+    d["seeds"] = [{"sparsity": 0.5, "bits": "int8", "alpha": 0.95}]
+    with pytest.raises(ConfigError, match=r"alpha 0.95, which distill.alpha does not offer \(0.5-0.9\)"):
+        parse(SearchSpace, d, "t")
+    d["seeds"] = [{"sparsity": 0.5, "bits": "int8", "alpha": 0.6}]
+    assert seed_params(parse(SearchSpace, d, "t").seeds[0], parse(SearchSpace, d, "t"), GROUPS)["kd.alpha"] == 0.6
+
+
 def test_a_seed_outside_the_range_is_sampled_without_a_warning():
     """The int8-alone seed fixes sparsity 0.0 below the 0.1-0.9 range on purpose; Optuna's out-of-range
     warning is not the user's to act on and must not reach stderr."""

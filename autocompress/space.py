@@ -254,8 +254,9 @@ def with_blocks(space: SearchSpace, model, example, log=None) -> SearchSpace:
 
 def _seeds_within(space: SearchSpace, n: int, log, why: str) -> SearchSpace:
     """The space's seeds with ``drop`` at most ``n`` (the teacher's droppable blocks: the default space's depth seed
-    drops "all of them", written as 8), a seed that becomes the same as an earlier one left out (without blocks the
-    depth seed is the uniform 50% seed again); what changed is said in one line."""
+    drops "all of them", written as 8); left out: a seed that becomes the same as an earlier one, and a seed that
+    drops blocks when there are none to drop (a depth seed without depth, even with its own KD recipe); what changed
+    is said in one line."""
     kept: dict[int, SeedCandidate] = {}  # the seed's place in the space -> the seed, its drop clamped
     said: list[str] = []
     for i, seed in enumerate(space.seeds):
@@ -264,6 +265,9 @@ def _seeds_within(space: SearchSpace, n: int, log, why: str) -> SearchSpace:
         if same is not None:
             said.append(f"seed '{seed_label(seed)}' left out (" + (f"with {n} blocks dropped " if s is not seed else "")
                         + f"it is the same as seed '{seed_label(space.seeds[same])}')")
+            continue
+        if seed.drop and not n:
+            said.append(f"seed '{seed_label(seed)}' left out (it drops blocks, and there are none to drop)")
             continue
         if s is not seed:
             said.append(f"seed '{seed_label(seed)}' drops {n}, not {seed.drop}")

@@ -23,7 +23,8 @@ interleaved in the same W fresh processes against one baseline (autocompress.mea
 scored again from those figures (columns ``*_retimed``). Random@K's own front is not kept on disk, so only
 autocompress@K against random@3K is scored side by side.
 
-Appends to results/hv.csv and prints a markdown table with the median over seeds.
+Writes its rows to results/hv.csv (replacing earlier rows of the same task and seed) and prints a markdown table
+with the median over the seeds it scored.
 """
 
 from __future__ import annotations
@@ -174,7 +175,8 @@ def main() -> None:
     if not rows:
         sys.exit("no finished pair of runs to score")
     out = ROOT / "benchmarks" / "results" / "hv.csv"
-    old = [r for r in (list(csv.DictReader(out.open())) if out.is_file() else []) if r["task"] != a.task]
+    done = {(a.task, str(r["seed"])) for r in rows}  # rows of this task's other seeds are kept
+    old = [r for r in (list(csv.DictReader(out.open())) if out.is_file() else []) if (r["task"], r["seed"]) not in done]
     keys = list(dict.fromkeys(k_ for r in old + rows for k_ in r))
     with out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)

@@ -114,7 +114,7 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
     # a seed keeps its own depth (0 unless it says), so a uniform seed stays the uniform setting
     assert seed_params(load_space("default").seeds[0], got, {})["depth.drop"] == 0
     # the default space's depth seed ("every block", written 8) drops as many as the teacher has; without blocks it
-    # would be the uniform 50% seed again and is left out
+    # is left out (its own KD recipe alone would make it the uniform 50% seed at another temperature)
     default = load_space("default").model_copy(update={"sparsity": space.sparsity})
     said = []
     deep = with_blocks(default, _model(), X, log=said.append)
@@ -122,17 +122,22 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
     assert seed_params(deep.seeds[-1], deep, {})["depth.drop"] == 3
     # ... and each change to the seeds is said, in one line naming the seed
     assert said[-1] == ("seeds: the teacher has 3 droppable block(s): seed 'uniform 50%, 8 blocks dropped + int8, "
-                        "KD 8 ep' drops 3, not 8")
+                        "KD 8 ep (T 2, alpha 0.7)' drops 3, not 8")
     flat = with_blocks(default, plain, X, log=said.append)
     assert len(flat.seeds) == len(default.seeds) - 1 and all(s.drop == 0 for s in flat.seeds)
     assert said[-1] == ("seeds: the teacher has 0 droppable block(s): seed 'uniform 50%, 8 blocks dropped + int8, "
-                        "KD 8 ep' left out (with 0 blocks dropped it is the same as seed 'uniform 50% + int8, KD 8 ep')")
+                        "KD 8 ep (T 2, alpha 0.7)' left out (it drops blocks, and there are none to drop)")
+    # a seed that, clamped, becomes an earlier one is left out, naming that one
+    two = default.model_copy(update={"seeds": [default.seeds[-1].model_copy(update={"drop": 3}), default.seeds[-1]]})
+    assert len(with_blocks(two, _model(), X, log=said.append).seeds) == 1
+    assert said[-1].endswith("left out (with 3 blocks dropped it is the same as seed 'uniform 50%, 3 blocks dropped + "
+                             "int8, KD 8 ep (T 2, alpha 0.7)')")
     # a space that does not drop blocks says so too; one whose seeds fit says nothing about them
     said.clear()
     with_blocks(default.model_copy(update={"depth": default.depth.model_copy(update={"drop": 0})}), _model(), X,
                 log=said.append)
     assert said == ["seeds: the space drops no blocks (depth.drop is 0): seed 'uniform 50%, 8 blocks dropped + int8, "
-                    "KD 8 ep' left out (with 0 blocks dropped it is the same as seed 'uniform 50% + int8, KD 8 ep')"]
+                    "KD 8 ep (T 2, alpha 0.7)' left out (it drops blocks, and there are none to drop)"]
     said.clear()
     with_blocks(space, _model(), X, log=said.append)
     assert not any(m.startswith("seeds:") for m in said)

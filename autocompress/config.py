@@ -346,6 +346,9 @@ class HardwareProfile(Strict):
     # the CPU that quantizes is x86 without VNNI (compress/quantize.reduce_range_for). Set it for another target.
     int8_reduce_range: bool | None = None
     round_to: int | None = Field(default=None, ge=1)
+    # int8 alone (measured at set-up against fp32) must run at least this much faster for the space's int8 seeds to
+    # stay int8; below it they run in fp32 (space.seeds_for_int8: a CPU without VNNI, a small model). 0: always int8
+    int8_seeds_min_speedup: float = Field(default=1.1, ge=0)
     latency: LatencySpec = LatencySpec()
     lookup_table: str | None = None  # path (relative to the profile file) of a predict-mode table
     ray_resource: str | None = None

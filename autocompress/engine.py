@@ -168,9 +168,13 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     from .references import int8_reference
 
     t = time.perf_counter()
-    int8_reference(store, baseline, data, profile, shape4, seed=spec.seed, metric=metric,
-                   metric_direction=spec.metric_direction, table=table, log=log)
+    ref = int8_reference(store, baseline, data, profile, shape4, seed=spec.seed, metric=metric,
+                         metric_direction=spec.metric_direction, table=table, log=log)
     setup_s["int8_reference"] = round(time.perf_counter() - t, 2)
+    from .space import seeds_for_int8
+
+    # int8 that does not pay on this target (a CPU without VNNI, a small model): the seeds run in fp32
+    space = seeds_for_int8(space, profile, (ref or {}).get("speedup"), log=log)
 
     t = time.perf_counter()
     logits_key = content_hash({"teacher": _teacher_fp(teacher), "data": data.fingerprint})

@@ -278,6 +278,41 @@ def _seeds_within(space: SearchSpace, n: int, log, why: str) -> SearchSpace:
     return space if seeds == list(space.seeds) else space.model_copy(update={"seeds": seeds})
 
 
+def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: float | None, log=None) -> SearchSpace:
+    """The seeds as the target runs int8. When int8 alone (measured at set-up against the fp32 baseline, or predicted
+    from the profile's table) runs under the profile's ``int8_seeds_min_speedup`` (1.1x), every int8 seed runs in fp32
+    instead (the same student and KD: int8 would cost it accuracy for no speed) and the 'int8 alone' seed is left out
+    (the set-up measured it: it is the run's reference). Measured on an AVX2-only CPU (U8S8 without VNNI): the custom
+    CNN's int8 alone ran 0.94-1.04x, and the same 90% student ran faster in fp32 (7.47x vs 6.09x in int8) and more
+    accurate (benchmarks/README.md, "The depth seed at temperature 2, alpha 0.7, on an AVX2-only CPU"). The search
+    itself still samples int8. Unchanged when int8 pays, was not measured, or the space or profile has no fp32."""
+    bar = profile.int8_seeds_min_speedup
+    if (int8_speedup is None or int8_speedup >= bar or not any(s.bits == "int8" for s in space.seeds)
+            or "fp32" not in allowed_precisions(space, profile)):
+        return space
+    seeds: list[SeedCandidate] = []
+    left_out: list[str] = []
+    for s in space.seeds:
+        if s.bits == "int8" and s.student == "pruned" and not s.drop and not _any_sparsity(s.sparsity):
+            left_out.append(seed_label(s))  # int8 alone: no student to train, and the set-up timed it
+            continue
+        if s.bits == "int8":
+            s = s.model_copy(update={"bits": "fp32", "keep_fp32": 0,
+                                     "label": None if s.label is None else f"{s.label} (in fp32)"})
+        if s not in seeds:
+            seeds.append(s)
+    if log is not None:
+        log(f"seeds: int8 alone ran {int8_speedup:.2f}x the fp32 baseline on this target, under the profile's "
+            f"int8_seeds_min_speedup ({bar:g}x): int8 does not pay here, so the int8 seeds run in fp32"
+            + (f"; left out: '{', '.join(left_out)}' (the set-up measured it)" if left_out else "")
+            + "; the search still samples int8")
+    return space.model_copy(update={"seeds": seeds})
+
+
+def _any_sparsity(sp: float | Mapping[str, float]) -> bool:
+    return any(v > 0 for v in (sp.values() if isinstance(sp, Mapping) else [sp]))
+
+
 def depth_choices(space: SearchSpace) -> list[int]:
     """The values ``depth.drop`` may take (for mutations), none when the space does not search it."""
     p = space.depth.drop

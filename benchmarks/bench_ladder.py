@@ -2,16 +2,18 @@
 
 Given a finished run (RUN, e.g. the one-click default), this runs the uniform ladder through the same product on
 the same teacher (the run's model, data, seed and profile; the teacher comes from the cache): every layer pruned
-50/60/70/80/90%, int8, the longest KD of the run's space, each distilled for its whole budget (no early stop, no
-gate or rungs, no finishing). Then the run's models within the accuracy bound and every ladder model within it are
-re-timed side by side against the run's baseline with the product's re-timing (fresh processes, more windows where
-they disagree) and the goal is checked on those figures: the run's fastest within 1 pp is >= 1.2x faster than the
-ladder's fastest within 1 pp. The ratio is also taken window by window (both timed in the same process).
+50/60/70/80/90%, int8 (``--bits fp32``: fp32, the fair ladder on a CPU where int8 does not pay), the longest KD of
+the run's space, each distilled for its whole budget (no early stop, no gate or rungs, no finishing). Then the
+run's models within the accuracy bound and every ladder model within it are re-timed side by side against the
+run's baseline with the product's re-timing (fresh processes, more windows where they disagree) and the goal is
+checked on those figures: the run's fastest within 1 pp is >= 1.2x faster than the ladder's fastest within 1 pp.
+The ratio is also taken window by window (both timed in the same process).
 
-    python benchmarks/bench_ladder.py RUN --tag oneclick [--windows 3] [--bound 1.0] [--profile cpu-1thread]
+    python benchmarks/bench_ladder.py RUN --tag oneclick [--windows 3] [--bound 1.0] [--profile cpu-1thread] \
+        [--bits fp32]
 
 Writes benchmarks/results/ladder-<tag>.json and prints a markdown table. The ladder run goes to RUN-ladder
-(reused when it exists). Times things: run it with nothing else running.
+(RUN-ladder-fp32 with ``--bits fp32``; reused when it exists). Times things: run it with nothing else running.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def ladder_space(space_name: str) -> dict:
-    """The run's space narrowed to the uniform int8 ladder with its longest KD (the recipe's other knobs: the
+def ladder_space(space_name: str, bits: str = "int8") -> dict:
+    """The run's space narrowed to the uniform ladder in ``bits`` with its longest KD (the recipe's other knobs: the
     first value of each list, as the space's own seeds take them)."""
     from autocompress.config import find_named, read_yaml
 
@@ -38,23 +40,23 @@ def ladder_space(space_name: str) -> dict:
     epochs = max(s["distill"]["epochs"]) if isinstance(s["distill"]["epochs"], list) else s["distill"]["epochs"]
     first = {k: (v[0] if isinstance(v, list) else v) for k, v in s["distill"].items()}
     return {"kind": "search_space", "name": "uniform-ladder",
-            "description": "every layer pruned 50-90% + int8, the longest KD (bench_ladder.py)",
+            "description": f"every layer pruned 50-90% + {bits}, the longest KD (bench_ladder.py)",
             "student": {"kind": ["pruned"]},
             "sparsity": {"granularity": "uniform", "range": {"low": 0.5, "high": 0.9, "step": 0.1},
                          "criterion": [s["sparsity"]["criterion"][0] if isinstance(s["sparsity"]["criterion"], list)
                                        else s["sparsity"]["criterion"]]},
-            "bits": {"granularity": "uniform", "choices": ["int8"], "keep_fp32": [0]},
+            "bits": {"granularity": "uniform", "choices": [bits], "keep_fp32": [0]},
             "quantization": s.get("quantization", {}),
             "distill": {**first, "epochs": [epochs]},
             "sensitivity": {"enabled": False},
-            "seeds": [{"sparsity": r, "bits": "int8", "epochs": epochs} for r in RATIOS]}
+            "seeds": [{"sparsity": r, "bits": bits, "epochs": epochs} for r in RATIOS]}
 
 
-def run_ladder(run_dir: Path, out: Path) -> None:
+def run_ladder(run_dir: Path, out: Path, bits: str = "int8") -> None:
     meta = yaml.safe_load((run_dir / "run.yaml").read_text())
     spec = dict(meta["spec"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ladder.yaml").write_text(yaml.safe_dump(ladder_space(spec["space"]), sort_keys=False))
+    (out / "ladder.yaml").write_text(yaml.safe_dump(ladder_space(spec["space"], bits), sort_keys=False))
     for k in ("storage", "study", "timeout", "sampler_seed"):
         spec.pop(k, None)
     spec.update(space=str(out / "ladder.yaml"), trials=len(RATIOS), out=str(out / "run"), early_stop=False,
@@ -79,6 +81,7 @@ def main() -> None:
     ap.add_argument("--bound", type=float, default=1.0, help="accuracy drop allowed, pp")
     ap.add_argument("--profile", default=None, help="re-time under this profile instead of the run's (e.g. cpu-1thread, "
                     "whose figures repeat better); the ladder run is reused")
+    ap.add_argument("--bits", choices=["int8", "fp32"], default="int8", help="the ladder's precision (default int8)")
     a = ap.parse_args()
 
     from autocompress.config import load_profile
@@ -86,9 +89,9 @@ def main() -> None:
     from autocompress.measure.retime import retime
 
     run_dir = a.run_dir.resolve()
-    lad = run_dir.with_name(run_dir.name + "-ladder")
+    lad = run_dir.with_name(run_dir.name + "-ladder" + ("" if a.bits == "int8" else f"-{a.bits}"))
     if not (lad / "run" / "trials.csv").is_file():
-        run_ladder(run_dir, lad)
+        run_ladder(run_dir, lad, a.bits)
     meta = yaml.safe_load((run_dir / "run.yaml").read_text())
     ours, ladder = within(run_dir, a.bound), within(lad / "run", a.bound)
     lad_all = pd.read_csv(lad / "run" / "trials.csv")
@@ -135,7 +138,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     dest = RESULTS / f"ladder{'-' + a.tag if a.tag else ''}.json"
     dest.write_text(json.dumps({"run": str(run_dir), "ladder": str(lad / "run"), "bound_pp": a.bound,
-                                "profile": profile.name,
+                                "profile": profile.name, "ladder_bits": a.bits,
                                 "rows": rows, "ratio": ratio, "ratio_per_window": per_window,
                                 "ladder_trials": lad_all[["number", "status", "seed", "accuracy_drop", "speedup"]]
                                 .to_dict("records"), "machine": fingerprint()}, indent=2, default=str))

@@ -111,3 +111,21 @@ def test_resume_reuses_the_reference_and_verbose_prints_epochs(finished_run, cap
     assert main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "int8 alone" in shown and "seed: int8 alone" in shown and "seed: uniform 50% + int8" in shown
+
+
+def test_where_int8_alone_does_not_pay_the_run_seeds_in_fp32(tmp_path, monkeypatch, capsys):
+    """A profile whose bar int8 alone cannot reach (1000x): the measured reference decides, in a real run."""
+    ws = make_workspace(tmp_path, SPACE, {**FAST_PROFILE, "int8_seeds_min_speedup": 1000}, teacher="teacher.pt")
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
+    out = ws / "run"
+    assert main(["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data",
+                 "digits", "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
+                 "--out", str(out), "--seed", "0", "--max-accuracy-drop", "100", "--trials", "2"]) == 0
+    printed = capsys.readouterr().out
+    ref = RunStore(out).read_baseline()["int8_reference"]
+    assert (f"seeds: int8 alone ran {ref['speedup']:.2f}x the fp32 baseline on this target, under the profile's "
+            "int8_seeds_min_speedup (1000x): int8 does not pay here, so the int8 seeds run in fp32; left out: "
+            "'int8 alone' (the set-up measured it)") in printed
+    recs = sorted(RunStore(out).records(), key=lambda r: r.number)
+    assert recs[0].seed == "uniform 50% + fp32" and set(recs[0].candidate.bits_map().values()) == {"fp32"}
+    assert [r.seed for r in recs[1:]] == [None]  # int8 alone did not run as a trial; the sampler may still pick int8

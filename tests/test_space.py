@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from autocompress.config import HardwareProfile, SearchSpace, load_space, parse
+from autocompress.config import HardwareProfile, SearchSpace, SeedCandidate, load_space, parse
 from autocompress.errors import ConfigError
 from autocompress.space import sample_candidate, seed_params
 
@@ -173,7 +173,6 @@ def test_keep_fp32_keeps_the_most_sensitive_layers_of_an_int8_pruned_student():
 
 
 def test_a_seed_fixes_keep_fp32_and_its_label_says_so():
-    from autocompress.config import SeedCandidate
     from autocompress.references import seed_label
 
     space = parse(SearchSpace, {"bits": {"choices": ["int8"], "keep_fp32": [0, 2], "sensitive_layers": RANKED}}, "t")
@@ -209,3 +208,34 @@ def test_family_students_are_left_out_for_a_user_model():
     only = parse(SearchSpace, {"student": {"kind": ["family"]}, "sparsity": None}, "t")
     with pytest.raises(ConfigError, match="add 'pruned'"):
         for_teacher(only, "user")
+
+
+def test_where_int8_alone_does_not_pay_the_int8_seeds_run_in_fp32():
+    from autocompress.references import seed_label
+    from autocompress.space import seeds_for_int8
+
+    space = load_space("default")
+    said: list[str] = []
+    assert seeds_for_int8(space, CPU, 1.5, log=said.append) is space  # int8 pays: the seeds as written
+    assert seeds_for_int8(space, CPU, None, log=said.append) is space  # not measured (no int8 on the profile)
+    assert not said
+    got = seeds_for_int8(space, CPU, 0.99, log=said.append)
+    assert [s.bits for s in got.seeds] == ["fp32"] * (len(space.seeds) - 1)
+    assert all(s.keep_fp32 == 0 for s in got.seeds)
+    # int8 alone is left out (its reference was measured at set-up); every other seed keeps its student and recipe
+    assert [s.model_copy(update={"bits": "int8"}) for s in got.seeds] == [s for s in space.seeds if s.sparsity or s.drop]
+    assert seed_label(got.seeds[-1]) == "uniform 50%, 8 blocks dropped + fp32, KD 8 ep (T 2, alpha 0.7)"
+    assert said == ["seeds: int8 alone ran 0.99x the fp32 baseline on this target, under the profile's "
+                    "int8_seeds_min_speedup (1.1x): int8 does not pay here, so the int8 seeds run in fp32; left out: "
+                    "'int8 alone' (the set-up measured it); the search still samples int8"]
+    # a labelled seed says it runs in fp32; a seed that becomes one already there is not run twice
+    two = space.model_copy(update={"seeds": [SeedCandidate(sparsity=0.5, bits="fp32", epochs=8),
+                                             SeedCandidate(sparsity=0.5, bits="int8", epochs=8),
+                                             SeedCandidate(sparsity=0.7, bits="int8", keep_fp32=2, label="mine")]})
+    got = seeds_for_int8(two, CPU, 0.9)
+    assert [(s.sparsity, s.bits, s.keep_fp32, s.label) for s in got.seeds] == [(0.5, "fp32", 0, None),
+                                                                              (0.7, "fp32", 0, "mine (in fp32)")]
+    # the profile decides the bar (0: int8 seeds always), and a space without fp32 keeps its int8 seeds
+    assert seeds_for_int8(space, CPU.model_copy(update={"int8_seeds_min_speedup": 0.0}), 0.5) is space
+    only8 = space.model_copy(update={"bits": space.bits.model_copy(update={"choices": ["int8"]})})
+    assert seeds_for_int8(only8, CPU, 0.5) is only8

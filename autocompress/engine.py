@@ -170,11 +170,14 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     t = time.perf_counter()
     ref = int8_reference(store, baseline, data, profile, shape4, seed=spec.seed, metric=metric,
                          metric_direction=spec.metric_direction, table=table, log=log)
-    setup_s["int8_reference"] = round(time.perf_counter() - t, 2)
-    from .space import seeds_for_int8
+    if any(s.bits == "int8" for s in space.seeds):  # int8 that does not pay here (no VNNI, a small model): fp32 seeds
+        from .references import int8_speedup_for_seeds
+        from .space import seeds_for_int8
 
-    # int8 that does not pay on this target (a CPU without VNNI, a small model): the seeds run in fp32
-    space = seeds_for_int8(space, profile, (ref or {}).get("speedup"), log=log)
+        speedup = int8_speedup_for_seeds(ref, store, baseline, profile, shape4, seed=spec.seed, measured=table is None,
+                                         log=log)
+        space = seeds_for_int8(space, profile, speedup, log=log)
+    setup_s["int8_reference"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
     logits_key = content_hash({"teacher": _teacher_fp(teacher), "data": data.fingerprint})

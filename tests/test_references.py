@@ -129,3 +129,34 @@ def test_where_int8_alone_does_not_pay_the_run_seeds_in_fp32(tmp_path, monkeypat
     recs = sorted(RunStore(out).records(), key=lambda r: r.number)
     assert recs[0].seed == "uniform 50% + fp32" and set(recs[0].candidate.bits_map().values()) == {"fp32"}
     assert [r.seed for r in recs[1:]] == [None]  # int8 alone did not run as a trial; the sampler may still pick int8
+
+
+def test_an_int8_reference_near_the_bar_is_timed_again_before_it_decides(finished_run):
+    import statistics
+
+    from autocompress.config import HardwareProfile
+    from autocompress.records import Baseline
+    from autocompress.references import int8_speedup_for_seeds
+
+    ws, out, args, _ = finished_run
+    if not (out / "baseline.json").is_file():
+        pytest.skip("needs the run of the first test")
+    store = RunStore(out)
+    saved = store.read_baseline()
+    ref = {k: v for k, v in saved["int8_reference"].items() if k != "confirmed"}
+    baseline = Baseline.from_dict(saved, path=out / "models" / "baseline.onnx")
+    near = HardwareProfile(**{**FAST_PROFILE, "int8_seeds_min_speedup": ref["speedup"]})
+    far = near.model_copy(update={"int8_seeds_min_speedup": 1000.0})
+    shape, said = (1, 3, 16, 16), []
+
+    def decide(r, profile, measured=True):
+        return int8_speedup_for_seeds(r, store, baseline, profile, shape, seed=0, measured=measured, log=said.append)
+
+    assert decide(ref, far) == ref["speedup"] and decide(ref, near, measured=False) == ref["speedup"] and not said
+    assert decide(None, near) is None and decide({"error": "x"}, near) is None
+    got = decide(ref, near)  # within 1.25x of the bar: two more fresh processes, the median of the three (or more)
+    conf = store.read_baseline()["int8_reference"]["confirmed"]
+    assert got == conf["speedup"] == statistics.median(conf["windows"]) and conf["windows"][0] == ref["speedup"]
+    assert len(conf["windows"]) >= 3 and len(said) == 1 and said[0].startswith(f"int8 alone: {ref['speedup']:.2f}x is near")
+    # stored beside the reference: a resume decides from the same figure without timing again
+    assert decide(store.read_baseline()["int8_reference"], near) == got and len(said) == 1

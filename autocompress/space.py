@@ -304,7 +304,7 @@ def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: f
     if log is not None:
         log(f"seeds: int8 alone ran {int8_speedup:.2f}x the fp32 baseline on this target, under the profile's "
             f"int8_seeds_min_speedup ({bar:g}x): int8 does not pay here, so the int8 seeds run in fp32"
-            + (f"; left out: '{', '.join(left_out)}' (the set-up measured it)" if left_out else "")
+            + (f"; left out: {', '.join(repr(x) for x in left_out)} (the set-up measured it)" if left_out else "")
             + "; the search still samples int8")
     return space.model_copy(update={"seeds": seeds})
 

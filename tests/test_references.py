@@ -41,15 +41,20 @@ def _snippet_reproduces_the_accuracy(page: str, out, recs) -> None:
     assert acc == pytest.approx(recs[n].metrics.accuracy, abs=1.5 / len(raw))
 
 
+def run_args(ws, out) -> list[str]:
+    """`autocompress run` on the workspace's tiny CNN and its saved teacher, digits at 16 px, any accuracy."""
+    return ["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
+            "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
+            "--out", str(out), "--seed", "0", "--max-accuracy-drop", "100"]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     ws = make_workspace(tmp_path_factory.mktemp("refs"), SPACE, FAST_PROFILE, teacher="teacher.pt")
     out = ws / "run"
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
-    args = ["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
-            "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
-            "--out", str(out), "--seed", "0", "--max-accuracy-drop", "100"]
+    args = run_args(ws, out)
     yield ws, out, args, mp
     mp.undo()
 
@@ -118,9 +123,7 @@ def test_where_int8_alone_does_not_pay_the_run_seeds_in_fp32(tmp_path, monkeypat
     ws = make_workspace(tmp_path, SPACE, {**FAST_PROFILE, "int8_seeds_min_speedup": 1000}, teacher="teacher.pt")
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
     out = ws / "run"
-    assert main(["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data",
-                 "digits", "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
-                 "--out", str(out), "--seed", "0", "--max-accuracy-drop", "100", "--trials", "2"]) == 0
+    assert main(run_args(ws, out) + ["--trials", "2"]) == 0
     printed = capsys.readouterr().out
     ref = RunStore(out).read_baseline()["int8_reference"]
     assert (f"seeds: int8 alone ran {ref['speedup']:.2f}x the fp32 baseline on this target, under the profile's "
@@ -160,3 +163,22 @@ def test_an_int8_reference_near_the_bar_is_timed_again_before_it_decides(finishe
     assert len(conf["windows"]) >= 3 and len(said) == 1 and said[0].startswith(f"int8 alone: {ref['speedup']:.2f}x is near")
     # stored beside the reference: a resume decides from the same figure without timing again
     assert decide(store.read_baseline()["int8_reference"], near) == got and len(said) == 1
+
+
+def test_a_budget_that_ends_before_the_seeds_says_so(tmp_path, monkeypatch, capsys):
+    """One trial for two seeds: the run says the search proper never started, which seed did not run, and how to
+    go on; the resume it names runs the seed left and then the sampler."""
+    ws = make_workspace(tmp_path, SPACE, FAST_PROFILE, teacher="teacher.pt")
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
+    out = ws / "run"
+    assert main(run_args(ws, out) + ["--trials", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert ("the budget ended before the space's seeds did: 1 seed(s) ran, 1 did not ('uniform 50% + int8'); the "
+            f"search proper (the sampler) starts after them, so every model of this run is a seed: continue with "
+            f"`autocompress resume {out} --trials 4` "
+            "(every seed, and as many trials again for the search)") in printed
+    assert main(["resume", str(out), "--trials", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "before the space's seeds did" not in printed
+    recs = sorted(RunStore(out).records(), key=lambda r: r.number)
+    assert [r.seed for r in recs] == ["int8 alone", "uniform 50% + int8", None]

@@ -32,6 +32,10 @@ class Backend(Protocol):
         """Enqueued trials not asked yet."""
         ...
 
+    def waiting_attrs(self) -> list[dict]:
+        """The user attributes of the enqueued trials not asked yet (a seed's carries its label)."""
+        ...
+
     def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None, *, unique: bool = True) -> None:
         """Fixed parameter sets run by the next asks (seeds; a finishing trial, ``unique=False``: its parameters
         have run before)."""

@@ -14,6 +14,7 @@ by a later ask (the same parameters and seed label); the finished ones stay stor
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -172,6 +173,7 @@ class SearchLoop:
                     self._observe(rec)  # a remote trial ran against a copy of the scheduler: the driver's learns here
                     self._settle(rec, f.handle, f.seed, f.finish_of, f.parent)
                     self.executor.settled(rec)
+            self._say_seeds_left()
         except KeyboardInterrupt:
             self.executor.cancel()
             if pending is not None and all(f.handle is not pending for f in self.inflight.values()):
@@ -269,6 +271,30 @@ class SearchLoop:
         what = "" if self.disp.verbose else describe(rec.candidate)
         self.disp.finished(summary_line(rec, done, budget, best, time.time() - self._started, what=what),
                            done, best_tradeoffs(self.records, self.constraints))
+
+    def _say_seeds_left(self) -> None:
+        """When the budget ends before the space's seeds do: say that the search proper (mutations of the fastest
+        model meeting the constraints, then the sampler) never started, and how to give it room. On an AVX2-only CPU
+        the one-click budget held 5 to 7 of the default space's 8 seeds (benchmarks/README.md, "Seeds in fp32 where int8
+        alone does not pay"), so a user would otherwise read a front of seeds as a search's result."""
+        left = [a[SEED_ATTR] for a in self.backend.waiting_attrs() if a.get(SEED_ATTR)]
+        if not left:
+            return
+        ran = [r for r in self.records if r.seed]
+        seeds = len(ran) + len(left)
+        searched = len(self.records) - len(ran)
+        trained = [r.duration_s for r in self.records if r.kd_history]
+        each = f" (its trained trials took ~{statistics.median(trained):.0f} s each)" if trained else ""
+        more = (f"continue with `autocompress resume {self.store.dir}` (the set-up is cached, the same --timeout then "
+                f"goes to trials) or run with a larger --timeout{each}" if self.deadline is not None else
+                f"continue with `autocompress resume {self.store.dir} --trials {max(self.backend.budget, seeds) + seeds}` "
+                "(every seed, and as many trials again for the search)")
+        self.disp.print(f"the budget ended before the space's seeds did: {len(ran)} seed(s) ran, {len(left)} did not ("
+                        + ", ".join(f"'{x}'" for x in left) + "); the search proper ("
+                        + ("mutations of the fastest model meeting the constraints, and the sampler"
+                           if self.prep.space.explore > 0 else "the sampler") + ") starts after them, so "
+                        + ("every model of this run is a seed" if not searched else
+                           f"only {searched} trial(s) of this run were not seeds") + f": {more}")
 
     def _log_deadline(self) -> None:
         limit = f"time budget reached (timeout {self.prep.spec.timeout:.4g} s)"

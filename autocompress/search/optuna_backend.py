@@ -184,6 +184,10 @@ class OptunaBackend:
         """Enqueued trials not asked yet (seeds, a finishing trial, a mutation)."""
         return sum(1 for t in self._trials() if t.state == TrialState.WAITING)
 
+    def waiting_attrs(self) -> list[dict]:
+        """The user attributes of the enqueued trials not asked yet, in the order they will be asked."""
+        return [dict(t.user_attrs) for t in self._trials() if t.state == TrialState.WAITING]
+
     def finished(self) -> int:
         return sum(1 for t in self._trials() if RECORD_ATTR in t.user_attrs and not t.user_attrs.get(DISCARDED_ATTR))
 

@@ -31,8 +31,9 @@ def seed_trials(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["seed"].fillna("").astype(str) != ""] if "seed" in df else df.iloc[0:0]
 
 
-def reference_lines(df: pd.DataFrame, baseline: dict | None, spec: RunSpec) -> list[str]:
-    """One line each: the fastest model that meets the constraints against int8 alone and the seeds."""
+def reference_lines(df: pd.DataFrame, baseline: dict | None, spec: RunSpec, not_run=()) -> list[str]:
+    """One line each: the fastest model that meets the constraints against int8 alone and the seeds, and the seeds
+    ``not_run`` (the budget ended before them: run.yaml's ``seeds_not_run``, written by the search loop)."""
     if not baseline:
         return []
     pct = percent_metric(spec)
@@ -53,6 +54,7 @@ def reference_lines(df: pd.DataFrame, baseline: dict | None, spec: RunSpec) -> l
                        f"{fmt_drop(r['accuracy_drop'])}, {fmt_mb(r['size_mb'])}")
         else:
             out.append(f"seed {r['seed']} (trial {r['number']}): {r['status']} at {r['stage']}: {r['message']}")
+    out += [f"seed {label}: not run (the budget ended before it)" for label in not_run]
     return out
 
 

@@ -177,8 +177,11 @@ def test_a_budget_that_ends_before_the_seeds_says_so(tmp_path, monkeypatch, caps
             f"search proper (the sampler) starts after them, so every model of this run is a seed: continue with "
             f"`autocompress resume {out} --trials 4` "
             "(every seed, and as many trials again for the search)") in printed
+    # and the summary at the end lists it beside the seed that ran
+    assert "seed int8 alone (trial 0): " in printed
+    assert printed.rstrip().count("seed uniform 50% + int8: not run (the budget ended before it)") == 1
     assert main(["resume", str(out), "--trials", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "before the space's seeds did" not in printed
+    assert "before the space's seeds did" not in printed and "not run (the budget ended" not in printed
     recs = sorted(RunStore(out).records(), key=lambda r: r.number)
     assert [r.seed for r in recs] == ["int8 alone", "uniform 50% + int8", None]

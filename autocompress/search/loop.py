@@ -278,6 +278,7 @@ class SearchLoop:
         the one-click budget held 5 to 7 of the default space's 8 seeds (benchmarks/README.md, "Seeds in fp32 where int8
         alone does not pay"), so a user would otherwise read a front of seeds as a search's result."""
         left = [a[SEED_ATTR] for a in self.backend.waiting_attrs() if a.get(SEED_ATTR)]
+        self.store.update_run_yaml({"seeds_not_run": left})  # the summary lists them with the seeds that ran
         if not left:
             return
         ran = [r for r in self.records if r.seed]

@@ -170,9 +170,10 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     t = time.perf_counter()
     ref = int8_reference(store, baseline, data, profile, shape4, seed=spec.seed, metric=metric,
                          metric_direction=spec.metric_direction, table=table, log=log)
-    if any(s.bits == "int8" for s in space.seeds):  # int8 that does not pay here (no VNNI, a small model): fp32 seeds
+    from .space import int8_seeds_could_move, seeds_for_int8
+
+    if int8_seeds_could_move(space, profile):  # int8 that does not pay here (no VNNI, a small model): fp32 seeds
         from .references import int8_speedup_for_seeds
-        from .space import seeds_for_int8
 
         speedup = int8_speedup_for_seeds(ref, store, baseline, profile, shape4, seed=spec.seed, measured=table is None,
                                          log=log)

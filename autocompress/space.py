@@ -287,8 +287,7 @@ def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: f
     accurate (benchmarks/README.md, "The depth seed at temperature 2, alpha 0.7, on an AVX2-only CPU"). The search
     itself still samples int8. Unchanged when int8 pays, was not measured, or the space or profile has no fp32."""
     bar = profile.int8_seeds_min_speedup
-    if (int8_speedup is None or int8_speedup >= bar or not any(s.bits == "int8" for s in space.seeds)
-            or "fp32" not in allowed_precisions(space, profile)):
+    if int8_speedup is None or int8_speedup >= bar or not int8_seeds_could_move(space, profile):
         return space
     seeds: list[SeedCandidate] = []
     left_out: list[str] = []
@@ -307,6 +306,12 @@ def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: f
             + (f"; left out: {', '.join(repr(x) for x in left_out)} (the set-up measured it)" if left_out else "")
             + "; the search still samples int8")
     return space.model_copy(update={"seeds": seeds})
+
+
+def int8_seeds_could_move(space: SearchSpace, profile: HardwareProfile) -> bool:
+    """Whether :func:`seeds_for_int8` could change the seeds at all (int8 seeds, and fp32 to run them in): the run
+    times int8 alone again near the bar only then."""
+    return any(s.bits == "int8" for s in space.seeds) and "fp32" in allowed_precisions(space, profile)
 
 
 def _any_sparsity(sp: float | Mapping[str, float]) -> bool:

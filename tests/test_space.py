@@ -239,3 +239,8 @@ def test_where_int8_alone_does_not_pay_the_int8_seeds_run_in_fp32():
     assert seeds_for_int8(space, CPU.model_copy(update={"int8_seeds_min_speedup": 0.0}), 0.5) is space
     only8 = space.model_copy(update={"bits": space.bits.model_copy(update={"choices": ["int8"]})})
     assert seeds_for_int8(only8, CPU, 0.5) is only8
+    # the same predicate tells the run whether timing int8 alone again near the bar could change anything
+    from autocompress.space import int8_seeds_could_move
+
+    assert int8_seeds_could_move(space, CPU) and not int8_seeds_could_move(only8, CPU)
+    assert not int8_seeds_could_move(space.model_copy(update={"seeds": list(got.seeds)}), CPU)  # fp32 seeds only

@@ -286,8 +286,7 @@ class SearchLoop:
         searched = len(self.records) - len(ran)
         trained = [r.duration_s for r in self.records if r.kd_history]
         each = f" (its trained trials took ~{statistics.median(trained):.0f} s each)" if trained else ""
-        more = (f"continue with `autocompress resume {self.store.dir}` (the set-up is cached, the same --timeout then "
-                f"goes to trials) or run with a larger --timeout{each}" if self.deadline is not None else
+        more = (self._resume_hint(each) if self.deadline is not None else
                 f"continue with `autocompress resume {self.store.dir} --trials {max(self.backend.budget, seeds) + seeds}` "
                 "(every seed, and as many trials again for the search)")
         self.disp.print(f"the budget ended before the space's seeds did: {len(ran)} seed(s) ran, {len(left)} did not ("
@@ -297,14 +296,17 @@ class SearchLoop:
                         + ("every model of this run is a seed" if not searched else
                            f"only {searched} trial(s) of this run were not seeds") + f": {more}")
 
+    def _resume_hint(self, why: str = "") -> str:
+        return (f"continue with `autocompress resume {self.store.dir}` (the set-up is cached, the same --timeout then "
+                f"goes to trials) or run with a larger --timeout{why}")
+
     def _log_deadline(self) -> None:
         limit = f"time budget reached (timeout {self.prep.spec.timeout:.4g} s)"
         if self.inflight:
             self.disp.print(f"{limit}: no new trials, waiting for {len(self.inflight)} in flight")
         elif self.timing["trials"] == 0:  # the set-up used the whole budget: say so, and how to go on
             self.disp.print(f"{limit} before the first trial: --timeout counts the whole run and the set-up (teacher, "
-                            f"baseline, sensitivity) took it; continue with `autocompress resume {self.store.dir}` "
-                            "(the set-up is cached, the same --timeout then goes to trials) or run with a larger --timeout")
+                            f"baseline, sensitivity) took it; {self._resume_hint()}")
         else:
             self.disp.print(f"{limit}: stopping after {self.backend.finished()} trials")
 

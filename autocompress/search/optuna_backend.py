@@ -182,7 +182,7 @@ class OptunaBackend:
 
     def waiting(self) -> int:
         """Enqueued trials not asked yet (seeds, a finishing trial, a mutation)."""
-        return sum(1 for t in self._trials() if t.state == TrialState.WAITING)
+        return len(self.waiting_attrs())
 
     def waiting_attrs(self) -> list[dict]:
         """The user attributes of the enqueued trials not asked yet, in the order they will be asked."""

@@ -54,7 +54,10 @@ def reference_lines(df: pd.DataFrame, baseline: dict | None, spec: RunSpec, not_
                        f"{fmt_drop(r['accuracy_drop'])}, {fmt_mb(r['size_mb'])}")
         else:
             out.append(f"seed {r['seed']} (trial {r['number']}): {r['status']} at {r['stage']}: {r['message']}")
-    out += [f"seed {label}: not run (the budget ended before it)" for label in not_run]
+    if not_run and df.empty:  # the set-up took the whole budget: one line, not one per seed
+        out.append(f"seeds: none of the space's {len(not_run)} ran (the budget ended before the first trial)")
+    else:
+        out += [f"seed {label}: not run (the budget ended before it)" for label in not_run]
     return out
 
 

@@ -461,3 +461,7 @@ def test_the_budget_is_said_and_a_run_naming_neither_trials_nor_timeout_gets_the
     out = " ".join(capsys.readouterr().out.split())  # a console may wrap long lines
     assert "budget: 3 trials or 0.01 s for the whole run" in out, out
     assert "time budget reached (timeout 0.01 s) before the first trial" in out and "autocompress resume" in out, out
+    # one line for what did not run, not the seeds' own message on top (found by the README's main command on an
+    # AVX2 CPU, where the teacher's training took the one-click budget)
+    assert "before the space's seeds did" not in out and "not run (the budget ended" not in out, out
+    assert "seeds: none of the space's 1 ran (the budget ended before the first trial)" in out, out

@@ -279,7 +279,7 @@ class SearchLoop:
         alone does not pay"), so a user would otherwise read a front of seeds as a search's result."""
         left = [a[SEED_ATTR] for a in self.backend.waiting_attrs() if a.get(SEED_ATTR)]
         self.store.update_run_yaml({"seeds_not_run": left})  # the summary lists them with the seeds that ran
-        if not left:
+        if not left or not self.records:  # no trial at all: the deadline's own line said so and how to go on
             return
         ran = [r for r in self.records if r.seed]
         seeds = len(ran) + len(left)

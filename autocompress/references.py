@@ -71,7 +71,8 @@ def int8_reference(store, baseline, data, profile, shape4, *, seed: int, metric=
             log("int8: this CPU is x86 without VNNI, where ONNX Runtime's U8S8 kernels saturate (VPMADDUBSW int16 sums): "
                 "int8 weights go in 7 bits (reduce_range; set the profile's int8_reduce_range to decide it yourself)")
         log(f"int8 alone (reference, ORT static {q['format']} {q['types']}{', 7-bit weights' if q.get('reduce_range') else ''}): accuracy "
-            f"{ref['accuracy']:.2%} (drop {ref['accuracy_drop']:+.2f}), {ref['speedup']:.2f}x vs the baseline, "
+            f"{ref['accuracy']:.2%} (drop {ref['accuracy_drop']:+.2f}), {ref['speedup']:.2f}x vs the baseline"
+            f"{' (predicted)' if table is not None else ''}, "
             f"{ref['size_mb']:.2f} MB ({ref['seconds']:.0f} s)")
     return ref
 

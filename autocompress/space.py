@@ -278,7 +278,8 @@ def _seeds_within(space: SearchSpace, n: int, log, why: str) -> SearchSpace:
     return space if seeds == list(space.seeds) else space.model_copy(update={"seeds": seeds})
 
 
-def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: float | None, log=None) -> SearchSpace:
+def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: float | None, log=None, *,
+                   predicted: bool = False) -> SearchSpace:
     """The seeds as the target runs int8. When int8 alone (measured at set-up against the fp32 baseline, or predicted
     from the profile's table) runs under the profile's ``int8_seeds_min_speedup`` (1.1x), every int8 seed runs in fp32
     instead (the same student and KD: int8 would cost it accuracy for no speed) and the 'int8 alone' seed is left out
@@ -301,9 +302,11 @@ def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: f
         if s not in seeds:
             seeds.append(s)
     if log is not None:
-        log(f"seeds: int8 alone ran {int8_speedup:.2f}x the fp32 baseline on this target, under the profile's "
+        how = "is predicted to run" if predicted else "ran"
+        log(f"seeds: int8 alone {how} {int8_speedup:.2f}x the fp32 baseline on this target, under the profile's "
             f"int8_seeds_min_speedup ({bar:g}x): int8 does not pay here, so the int8 seeds run in fp32"
-            + (f"; left out: {', '.join(repr(x) for x in left_out)} (the set-up measured it)" if left_out else "")
+            + (f"; left out: {', '.join(repr(x) for x in left_out)} (the set-up "
+               f"{'predicted' if predicted else 'measured'} it)" if left_out else "")
             + "; the search still samples int8")
     return space.model_copy(update={"seeds": seeds})
 

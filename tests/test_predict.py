@@ -244,3 +244,37 @@ def test_torch_side_calibration_is_appended_to_the_table(tmp_path, table):
     assert set(cal["fits"]) == {"fp32", "int8"} and all(0.5 <= f["beta"] <= 1.5 for f in cal["fits"].values())
     t2 = predict.append_calibration(t, cal)
     assert ptable.read(t2["path"])["calibration"]["fits"] == cal["fits"]
+
+
+def test_a_search_in_predict_mode_says_its_figures_are_predicted(tmp_path, monkeypatch, table, capsys):
+    """A real tiny run whose profile predicts from a table: the set-up lines say which figures are predicted, the int8
+    seeds follow the predicted int8-alone speedup, and every trial's speedup is the table's."""
+    import yaml
+    from conftest import FAST_PROFILE, make_workspace
+
+    from autocompress.cli import main
+    from autocompress.store import RunStore
+
+    space = {"kind": "search_space", "name": "p", "bits": {"choices": ["fp32", "int8"]}, "distill": {"enabled": False},
+             "sparsity": {"granularity": "uniform", "range": {"low": 0.25, "high": 0.75, "step": 0.25}, "criterion": ["l1"]},
+             "seeds": [{"sparsity": 0.5, "bits": "int8"}]}
+    profile = {**FAST_PROFILE, "int8_seeds_min_speedup": 1000, "latency": {**FAST_PROFILE["latency"], "mode": "predict"},
+               "lookup_table": "t.table.jsonl"}
+    ws = make_workspace(tmp_path, space, profile, teacher="teacher.pt")
+    _write(table, ws / "t.table.jsonl", target_name="tiny-cpu")
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
+    out = tmp_path / "run"
+    assert main(["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
+                 "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
+                 "--trials", "2", "--out", str(out), "--max-accuracy-drop", "100"]) == 0
+    printed = capsys.readouterr().out
+    base = RunStore(out).read_baseline()
+    assert f"latency predicted {base['predicted_ms']:.3f} ms on the table's device (measured here" in printed
+    ref = base["int8_reference"]
+    assert f"{ref['speedup']:.2f}x vs the baseline (predicted)" in printed
+    assert (f"seeds: int8 alone is predicted to run {ref['speedup']:.2f}x the fp32 baseline on this target") in printed
+    assert "timed again" not in printed  # a predicted figure is not re-timed
+    timed = [r.metrics for r in RunStore(out).records() if r.metrics.latency_ms is not None]
+    assert timed and all(m.latency_mode == "predict" for m in timed)
+    assert all(m.speedup == pytest.approx(base["predicted_ms"] / m.latency_ms, rel=1e-6) for m in timed)
+    assert yaml.safe_load((out / "run.yaml").read_text())["spec"]["profile"].endswith("profile.yaml")

@@ -228,6 +228,10 @@ def test_where_int8_alone_does_not_pay_the_int8_seeds_run_in_fp32():
     assert said == ["seeds: int8 alone ran 0.99x the fp32 baseline on this target, under the profile's "
                     "int8_seeds_min_speedup (1.1x): int8 does not pay here, so the int8 seeds run in fp32; left out: "
                     "'int8 alone' (the set-up measured it); the search still samples int8"]
+    said.clear()  # predict mode: the figure came from the table, and the line says so
+    seeds_for_int8(space, CPU, 0.99, log=said.append, predicted=True)
+    assert said[0].startswith("seeds: int8 alone is predicted to run 0.99x the fp32 baseline") and \
+        "(the set-up predicted it)" in said[0]
     # a labelled seed says it runs in fp32; a seed that becomes one already there is not run twice
     two = space.model_copy(update={"seeds": [SeedCandidate(sparsity=0.5, bits="fp32", epochs=8),
                                              SeedCandidate(sparsity=0.5, bits="int8", epochs=8),

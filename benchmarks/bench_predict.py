@@ -144,6 +144,16 @@ def main():
            "seconds": round(time.perf_counter() - t0, 1), "table_seconds": round(t_table, 1),
            "load_avg": [min(r["load_avg"] for r in rows), max(r["load_avg"] for r in rows)],
            "disturbed": sum(r["disturbed"] for r in rows), "summary": {}, "rows": rows}
+    if windows > 1:  # the measurement's own floor: how far a perfect predictor could be scored within +-10%
+        w = np.array([r["windows_ms"] for r in rows], float)
+        dev = np.abs(w / np.median(w, axis=1, keepdims=True) - 1)
+        cv = w.std(axis=1) / w.mean(axis=1)
+        res["repeat"] = {"windows_within_10pct": round(float((dev <= 0.10).mean()), 3),
+                         "candidates_all_windows_within_10pct": round(float((dev <= 0.10).all(axis=1).mean()), 3),
+                         "cv_median": round(float(np.median(cv)), 4), "cv_p90": round(float(np.percentile(cv, 90)), 4)}
+        print(f"the measurement repeats: {res['repeat']['windows_within_10pct']:.0%} of the windows within +-10% of their "
+              f"candidate's median ({res['repeat']['candidates_all_windows_within_10pct']:.0%} of candidates in every "
+              f"window), CV across windows median {res['repeat']['cv_median']:.1%}, p90 {res['repeat']['cv_p90']:.1%}")
     groups = {"all": rows, "fp32": [r for r in rows if r["precision"] == "fp32"],
               "int8": [r for r in rows if r["precision"] == "int8"]} | {a: [r for r in rows if r["arch"] == a] for a in ARCHS}
     for name, sel in groups.items():

@@ -216,3 +216,41 @@ def test_a_kernel_costs_at_least_the_cheapest_measured_one(tiny_table):
     cheapest = float(np.exp(idx.groups[g][2].min()))
     got, _ = idx.lookup(g, [np.log(16), 0.0, np.log(16)], 16 * 16)
     assert got >= 0.8 * cheapest
+
+
+def test_in_network_per_kernel_cost_is_fitted_with_the_scale():
+    # measured = 1.1 * sum + 2 us per kernel, over networks of few large and many small kernels
+    pts = [(1.1 * s + 0.002 * k, s, k) for s, k in ((2.0, 30), (0.8, 60), (1.5, 200), (0.5, 170))]
+    scale, per_kernel = ptable.fit_context(pts)
+    assert scale == pytest.approx(1.1, rel=1e-6) and per_kernel == pytest.approx(0.002, rel=1e-6)
+    # two networks cannot separate the two: the median ratio alone; nor can a fit that needs a negative cost
+    assert ptable.fit_context(pts[:2]) == (pytest.approx(float(np.median([m / s for m, s, _ in pts[:2]]))), 0.0)
+    neg = [(1.0 * s - 0.001 * k + 0.5, s, k) for s, k in ((2.0, 30), (0.8, 60), (1.5, 200))]
+    assert ptable.fit_context(neg)[1] == 0.0
+    table = {"lines": [], "overhead_ms": 0.0, "context": {"scale": {"fp32": 2.0}, "per_kernel_ms": {"fp32": 0.001}}}
+    ks = [{"name": "a", "group": "Relu/fp32", "feats": [1.0], "work": 10.0}] * 3
+    assert lookup.predict_raw(b"", table, kernels=ks) == pytest.approx(3 * (2.0 * 0.0 + 0.001))  # node cost 0 here
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_context_networks_of_small_kernels_run_the_kernels_real_models_do(int8):
+    eff = {k["group"].split("/")[0] for k in kernels.list_kernels(nets.effnet([16, 24], 4, 32, int8, 1), TARGET)}
+    shuf = {k["group"].split("/")[0] for k in kernels.list_kernels(nets.shufflenet([24, 48], 3, 32, int8, 1), TARGET)}
+    if int8:  # the quantized forms ORT runs for EfficientNet / ShuffleNet: QLinear sigmoid, mul, concat
+        assert {"com.microsoft:QLinearSigmoid", "com.microsoft:QLinearMul-bcast", "QLinearConv"} <= eff
+        assert {"com.microsoft:QLinearConcat", "Split", "Transpose", "QLinearConv"} <= shuf
+    else:
+        assert {"com.microsoft:QuickGelu", "Mul-bcast"} <= eff and {"Split", "Concat", "Transpose"} <= shuf
+    names = {n.split(" ")[0] for n, _ in ptable.context_nets(1, True)}
+    assert names == {"resnet", "mobilenet", "effnet", "shufflenet"}
+
+
+def test_grid_covers_what_pruned_models_run():
+    specs = ptable.grid(False, 1, ["fp32", "int8"])
+    grouped_u = [s for s in specs if s["op"] == "conv" and s.get("g", 1) > 1 and s["cout"] % 8]
+    assert {s["dtype"] for s in grouped_u} == {"fp32", "int8"}  # a pruned RegNet: few channels per group, unaligned
+    assert {(s["op"], s["dtype"]) for s in specs if s["op"] in ("split", "concat")} >= {("split", "fp32"), ("concat", "int8")}
+    ks = kernels.list_kernels(ptable.build_graph(dict(op="concat", numel=4096, n=1, dtype="int8")), TARGET)
+    assert [k["group"] for k in ks] == ["com.microsoft:QLinearConcat/int8"]
+    ks = kernels.list_kernels(ptable.build_graph(dict(op="split", numel=4096, n=1, dtype="fp32")), TARGET)
+    assert [k["group"] for k in ks] == ["Split/fp32"]

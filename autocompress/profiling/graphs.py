@@ -125,15 +125,16 @@ def silu_graph(shape, int8) -> bytes:
 
 
 def layout_graph(op, shape) -> bytes:
-    """The data-movement ops of a channel shuffle / split (fp32): concat, slice, transpose, and the shape
+    """The data-movement ops of a channel shuffle / split (fp32): split, slice, transpose, and the shape
     computation an exporter writes for a dynamic reshape (Shape -> Gather -> Unsqueeze -> Concat -> Reshape)."""
     n, c, h, w = shape
     c2 = max(2, c - c % 2)
     x = _vi("x0", TensorProto.FLOAT, (n, c2, h, w))
     i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
-    if op == "concat":
-        return _model([helper.make_node("Concat", ["x0", "x1"], ["y"], axis=1)], [x, _vi("x1", TensorProto.FLOAT, (n, c2, h, w))],
-                      [_vi("y", TensorProto.FLOAT, (n, 2 * c2, h, w))], [])
+    if op == "split":  # the channel split of a shuffle block: two outputs
+        return _model([helper.make_node("Split", ["x0", "sp"], ["y", "y1"], axis=1)], [x],
+                      [_vi("y", TensorProto.FLOAT, (n, c2 // 2, h, w)), _vi("y1", TensorProto.FLOAT, (n, c2 // 2, h, w))],
+                      [i64("sp", [c2 // 2, c2 // 2])])
     if op == "slice":
         return _model([helper.make_node("Slice", ["x0", "st", "en", "ax"], ["y"])], [x],
                       [_vi("y", TensorProto.FLOAT, (n, c2 // 2, h, w))], [i64("st", [0]), i64("en", [c2 // 2]), i64("ax", [1])])
@@ -148,6 +149,13 @@ def layout_graph(op, shape) -> bytes:
              helper.make_node("Reshape", ["x0", "ns"], ["y"])]
     return _model(nodes, [x], [_vi("y", TensorProto.FLOAT, (n, c2 * h * w))],
                   [i64("i0", 0), i64("ax0", [0]), i64("rest", [-1])])
+
+
+def concat_graph(shape, int8) -> bytes:
+    """Two inputs concatenated on channels; int8: DQ -> Concat -> Q, which ORT runs as one QLinearConcat."""
+    n, c, h, w = shape
+    return _qdq_wrap(lambda i, o: [helper.make_node("Concat", i, [o], axis=1)], [shape, shape], (n, 2 * c, h, w), [],
+                     int8, n_in=2)
 
 
 def eltwise_graph(op, shape, int8) -> bytes:

@@ -123,15 +123,17 @@ def model_dtype(kernels: list[dict]) -> str:
 
 
 def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None) -> list[tuple[str, str, float, str]]:
-    """(kernel name, table group, ms, how) for every kernel ORT runs for ``model`` under the table's settings,
-    times the table's in-network scale for the model's dtype."""
+    """(kernel name, table group, ms, how) for every kernel ORT runs for ``model`` under the table's settings, as in
+    a network: the table's entry times its in-network scale for the model's dtype, plus its per-kernel cost."""
     idx = index_of(table)
     ks = kernels if kernels is not None else list_kernels(model, table_target(table))
-    scale = ((table.get("context") or {}).get("scale") or {}).get(model_dtype(ks), 1.0)
+    ctx, dt = table.get("context") or {}, model_dtype(ks)
+    scale = (ctx.get("scale") or {}).get(dt, 1.0)
+    extra = (ctx.get("per_kernel_ms") or {}).get(dt, 0.0)  # tables before it was fitted: none
     out = []
     for k in ks:
         ms, how = idx.lookup(k["group"], k["feats"], k["work"])
-        out.append((k["name"], k["group"], ms * scale, how))
+        out.append((k["name"], k["group"], ms * scale + extra, how))
     return out
 
 

@@ -128,6 +128,78 @@ def mobilenet(widths, expand, size, int8, seed=0, batch=1) -> bytes:
     return n.model(size, batch)
 
 
+def _silu(n: _Net, x):
+    """x * sigmoid(x) as exporters write SiLU (int8: a Q/DQ after the Sigmoid, as the quantizer leaves it)."""
+    sg, y = n.name("sig"), n.name("silu")
+    n.nodes.append(helper.make_node("Sigmoid", [x], [sg]))
+    n.nodes.append(helper.make_node("Mul", [x, n.qdq(sg)], [y]))
+    return n.qdq(y)
+
+
+def effnet(widths, expand, size, int8, seed=0, batch=1) -> bytes:
+    """Inverted residuals with SiLU and squeeze-excite (GlobalAveragePool -> 1x1 -> SiLU -> 1x1 -> Sigmoid -> a
+    broadcast Mul): many small kernels, as in EfficientNet."""
+    n = _Net(int8, seed)
+    c = widths[0]
+    x = _silu(n, n.conv(n.qdq("input"), 3, c, 3, 2, act=None))
+    for i, w in enumerate(widths[1:]):
+        for j in range(2):
+            s = 2 if j == 0 else 1
+            e = c * expand
+            h = _silu(n, n.conv(x, c, e, 1, 1, act=None))
+            h = _silu(n, n.conv(h, e, e, 3, s, dw=True, act=None))
+            p = n.name("gap")
+            n.nodes.append(helper.make_node("GlobalAveragePool", [h], [p]))
+            r = max(4, c // 4)
+            g = n.conv(_silu(n, n.conv(n.qdq(p), e, r, 1, 1, act=None)), r, e, 1, 1, act=None)
+            sg, m = n.name("sig"), n.name("se")
+            n.nodes.append(helper.make_node("Sigmoid", [g], [sg]))
+            n.nodes.append(helper.make_node("Mul", [h, n.qdq(sg)], [m]))
+            h = n.conv(n.qdq(m), e, w, 1, 1, act=None)
+            x = n.add(h, x, relu=False) if (s == 1 and c == w) else h
+            c = w
+    n.head(x, c)
+    return n.model(size, batch)
+
+
+def _shuffle(n: _Net, x, c: int, hw: int, batch: int):
+    """Channel shuffle of two groups, as exporters write it: Reshape -> Transpose -> Reshape."""
+    s1, s2 = n.name("shape"), n.name("shape")
+    n.inits += [numpy_helper.from_array(np.array([batch, 2, c // 2, hw, hw], np.int64), s1),
+                numpy_helper.from_array(np.array([batch, c, hw, hw], np.int64), s2)]
+    r, t, y = n.name("r"), n.name("t"), n.name("sh")
+    n.nodes += [helper.make_node("Reshape", [x, s1], [r]), helper.make_node("Transpose", [r], [t], perm=[0, 2, 1, 3, 4]),
+                helper.make_node("Reshape", [t, s2], [y])]
+    return n.qdq(y)
+
+
+def shufflenet(widths, units, size, int8, seed=0, batch=1) -> bytes:
+    """ShuffleNetV2 units: a channel Split, 1x1 -> depthwise 3x3 -> 1x1 on one half, Concat, channel shuffle; the
+    first unit of a stage runs both halves at stride 2 (many small data-movement kernels)."""
+    n = _Net(int8, seed)
+    c = widths[0]
+    x = n.conv(n.qdq("input"), 3, c, 3, 2)
+    hw = (size + 1) // 2
+    for w in widths[1:]:
+        half = w // 2
+        hw = (hw + 1) // 2
+        a = n.conv(n.conv(x, c, c, 3, 2, dw=True, act=None), c, half, 1, 1)
+        b = n.conv(n.conv(n.conv(x, c, half, 1, 1), half, half, 3, 2, dw=True, act=None), half, half, 1, 1)
+        cat = n.name("cat")
+        n.nodes.append(helper.make_node("Concat", [a, b], [cat], axis=1))
+        x, c = _shuffle(n, n.qdq(cat), w, hw, batch), w
+        for _ in range(units - 1):
+            sp, l, r = n.name("sp"), n.name("l"), n.name("rr")
+            n.inits.append(numpy_helper.from_array(np.array([half, half], np.int64), sp))
+            n.nodes.append(helper.make_node("Split", [x, sp], [l, r], axis=1))
+            r = n.conv(n.conv(n.conv(n.qdq(r), half, half, 1, 1), half, half, 3, 1, dw=True, act=None), half, half, 1, 1)
+            cat = n.name("cat")
+            n.nodes.append(helper.make_node("Concat", [n.qdq(l), r], [cat], axis=1))
+            x = _shuffle(n, n.qdq(cat), w, hw, batch)
+    n.head(x, c)
+    return n.model(size, batch)
+
+
 def held_out(batch: int = 1, int8: bool = True) -> list[tuple[str, bytes]]:
     """A handful of (name, model): two families, aligned and unaligned widths, 32 and 64 px, fp32 (and int8)."""
     specs = [("resnet w16-32-64 32px", lambda q: resnet([16, 32, 64], 1, 32, q, 1, batch)),

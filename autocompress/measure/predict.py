@@ -90,7 +90,10 @@ def load_table(profile: HardwareProfile, profile_path, *, log: Callable = print)
 
 
 # ---------------------------------------------------------------- prediction
-def _fix_input(model: onnx.ModelProto, input_shape) -> None:
+def _input_shapes(model: onnx.ModelProto, input_shape) -> dict[str, list[int]]:
+    """{input name: the shape to feed}, checked against the model's fixed dimensions. The model itself is left as
+    exported: a symbolic batch axis stays symbolic, as in the deployed artifact (fixing it lets ORT fold away the
+    shape computations an exporter writes, e.g. ShuffleNet's channel shuffle: 171 kernels instead of 457 here)."""
     inits = {t.name for t in model.graph.initializer}
     inp = [i for i in model.graph.input if i.name not in inits][0]
     dims = inp.type.tensor_type.shape.dim
@@ -100,24 +103,22 @@ def _fix_input(model: onnx.ModelProto, input_shape) -> None:
         shown = "[" + ", ".join(str(w) if w else (d.dim_param or "?") for w, d in zip(want, dims)) + "]"
         raise StageError("predict", f"model expects input '{inp.name}' of shape {shown}, given {given}; "
                          "check the profile's batch_size/input_shape")
-    for d, g in zip(dims, given):
-        d.ClearField("dim_param")
-        d.dim_value = g
+    return {inp.name: given}
 
 
-def _model_bytes(onnx_path, input_shape) -> bytes:
+def _model_bytes(onnx_path, input_shape) -> tuple[bytes, dict[str, list[int]]]:
     if not Path(str(onnx_path)).is_file():
         raise StageError("predict", f"ONNX model '{onnx_path}' not found")
     model = onnx.load(str(onnx_path))
-    _fix_input(model, input_shape)
-    return model.SerializeToString()
+    return model.SerializeToString(), _input_shapes(model, input_shape)
 
 
 def predict_breakdown(onnx_path, profile: HardwareProfile, table: dict, input_shape) -> list[tuple[str, str, float]]:
     """(kernel name, table group, ms) for every kernel ORT runs for the model (the table's in-context factors
     applied); the per-inference overhead and the torch-side calibration are not included."""
     try:
-        parts = lookup.breakdown(_model_bytes(onnx_path, input_shape), table)
+        model, shapes = _model_bytes(onnx_path, input_shape)
+        parts = lookup.breakdown(model, table, shapes=shapes)
     except TargetError as e:
         raise StageError("predict", str(e)) from None
     return [(n, g, ms) for n, g, ms, _ in parts]
@@ -125,13 +126,14 @@ def predict_breakdown(onnx_path, profile: HardwareProfile, table: dict, input_sh
 
 def predict_latency(onnx_path, profile: HardwareProfile, table: dict, input_shape) -> float:
     """Predicted latency (ms) of one inference at input_shape: kernels + per-inference overhead (+ calibration)."""
-    return predict_model(_model_bytes(onnx_path, input_shape), table)
+    return predict_model(*_model_bytes(onnx_path, input_shape), table=table)
 
 
-def predict_model(model: bytes, table: dict) -> float:
-    """Predicted ms of a serialized model whose input shape is fixed (the table's calibration applied if any)."""
+def predict_model(model: bytes, shapes: dict | None = None, *, table: dict) -> float:
+    """Predicted ms of a serialized model fed ``shapes`` ({input name: shape}; None: its own fixed shape, a symbolic
+    dimension 1), the table's calibration applied if any."""
     try:
-        raw = lookup.predict_raw(model, table)
+        raw = lookup.predict_raw(model, table, shapes=shapes)
     except TargetError as e:
         raise StageError("predict", str(e)) from None
     fits = (table.get("calibration") or {}).get("fits") or {}
@@ -158,7 +160,7 @@ def check_device(table_or_profile: str, *, log: Callable = print) -> dict:
             raise ConfigError(str(e)) from None
         check_table(table, lookup.table_target(table), log=log, rules=False)
     log(f"checking {table['path']} ({table.get('target_name')}, built {table.get('date')}) on this machine")
-    return check(table, predict=lambda m: predict_model(m, table), log=log)
+    return check(table, predict=lambda m: predict_model(m, table=table), log=log)
 
 
 def predicted_result(candidate_path, profile: HardwareProfile, table: dict, input_shape, *,

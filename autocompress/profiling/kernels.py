@@ -131,11 +131,13 @@ def _named(model: bytes | str) -> bytes:
     return m.SerializeToString()
 
 
-def list_kernels(model: bytes | str, target: Target, *, runs: int = 1, seed: int = 0) -> list[dict]:
+def list_kernels(model: bytes | str, target: Target, *, runs: int = 1, seed: int = 0, shapes: dict | None = None) -> list[dict]:
     """The kernels ONNX Runtime runs for ``model`` under ``target``'s session settings, in execution order:
-    [{name, domain, op, group, feats, work, us}] (``us``: the profiler's median duration over ``runs``)."""
+    [{name, domain, op, group, feats, work, us}] (``us``: the profiler's median duration over ``runs``). ``shapes``:
+    {input name: shape} fed to a model whose inputs have symbolic dimensions (left symbolic: a dynamic batch axis
+    keeps the shape computations an exporter writes, which ORT folds away when the shape is fixed)."""
     named = _named(model)
-    recs, opt = profile_nodes(lambda **kw: target.session(named, **kw), lambda s: feeds_for(s, seed), runs)
+    recs, opt = profile_nodes(lambda **kw: target.session(named, **kw), lambda s: feeds_for(s, seed, shapes), runs)
     try:
         graph_nodes = {nd.name: nd for nd in onnx.load(opt).graph.node if nd.name} if Path(opt).is_file() else {}
     finally:

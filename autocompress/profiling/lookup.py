@@ -122,11 +122,12 @@ def model_dtype(kernels: list[dict]) -> str:
                          for k in kernels) else "fp32"
 
 
-def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None) -> list[tuple[str, str, float, str]]:
+def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None,
+              shapes: dict | None = None) -> list[tuple[str, str, float, str]]:
     """(kernel name, table group, ms, how) for every kernel ORT runs for ``model`` under the table's settings, as in
     a network: the table's entry times its in-network scale for the model's dtype, plus its per-kernel cost."""
     idx = index_of(table)
-    ks = kernels if kernels is not None else list_kernels(model, table_target(table))
+    ks = kernels if kernels is not None else list_kernels(model, table_target(table), shapes=shapes)
     ctx, dt = table.get("context") or {}, model_dtype(ks)
     scale = (ctx.get("scale") or {}).get(dt, 1.0)
     extra = (ctx.get("per_kernel_ms") or {}).get(dt, 0.0)  # tables before it was fitted: none
@@ -137,6 +138,6 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
     return out
 
 
-def predict_raw(model: bytes | str, table: dict, kernels: list[dict] | None = None) -> float:
+def predict_raw(model: bytes | str, table: dict, kernels: list[dict] | None = None, shapes: dict | None = None) -> float:
     """Kernels in network (scaled) + the per-inference overhead (ms), before any torch-side calibration."""
-    return float(table["overhead_ms"] + sum(ms for _, _, ms, _ in breakdown(model, table, kernels)))
+    return float(table["overhead_ms"] + sum(ms for _, _, ms, _ in breakdown(model, table, kernels, shapes)))

@@ -107,13 +107,14 @@ class Target:
                                     sess_options=self.session_options(**kw), providers=providers)
 
 
-def feeds_for(sess: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of each input's dtype and shape (a symbolic dimension is 1)."""
+def feeds_for(sess: ort.InferenceSession, seed: int = 0, shapes: dict | None = None) -> dict[str, np.ndarray]:
+    """Random inputs of each input's dtype and shape: ``shapes[name]`` where given, else the input's own (a symbolic
+    dimension is 1)."""
     rng = np.random.default_rng(seed)
     out = {}
     for inp in sess.get_inputs():
         dt = _ORT_TO_NUMPY.get(inp.type, np.float32)
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        shape = list((shapes or {}).get(inp.name) or [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape])
         out[inp.name] = (rng.integers(0, 255, size=shape).astype(dt) if np.issubdtype(dt, np.integer)
                          else rng.standard_normal(shape).astype(dt))
     return out

@@ -67,16 +67,20 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
         if dw or n * cout * ho * ho * cin * k * k <= mac_cap:
             specs.append(dict(op="conv", k=k, s=s, dw=dw, cin=cin, cout=cout, h=h, n=n))
 
+    # 1x1 on 1x1 / 2x2: squeeze-excite; 3x3 on 2x2 / 1x1: the last stage of a network fed small images, where a
+    # 3x3 conv reads its weights for four pixels (a pruned resnet18's 199-channel 3x3 at 2x2 ran 195 us here, twice
+    # what the 4x4 points extrapolated to)
+    tiny = {1: [1, 2], 3: [1, 2]}
     for k in ks:
         for s in (1, 2):
             for cin, cout in pairs:
-                for h in res + ([1, 2] if k == 1 and s == 1 else []):  # 1x1 on 1x1 / 2x2: squeeze-excite, late stages
-                    if not (h < k and k > 1):
+                for h in res + (tiny.get(k, []) if s == 1 or k == 3 else []):
+                    if not (h < k and k > 1 and h not in tiny.get(k, [])):
                         conv(k, s, cin, cout, h)
     for k in dks:
         for s in (1, 2):
             for c in chans:
-                for h in res:
+                for h in res + ([2] if k == 3 else []):
                     conv(k, s, c, c, h, dw=True)
     # Channel counts that are not multiples of 16 / 8 take other kernels (no NCHWc layout for fp32, slower int8
     # paths), and pruning leaves such counts everywhere: those classes get their own points.
@@ -87,8 +91,7 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
             for h in ([8, 32] if quick else [1, 2, 4, 8, 16, 32]):
                 for k in (1, 3):
                     for cin, cout in cpairs:
-                        if k == 1 or h >= 4:
-                            conv(k, s, cin, cout, h)
+                        conv(k, s, cin, cout, h)
                 for k in ([3] if quick else [3, 5]):
                     for c in cls_chans:
                         conv(k, s, c, c, h, dw=True)
@@ -97,7 +100,7 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
         for gw in ([16] if quick else [8, 16, 24]):
             if c % gw == 0 and c // gw > 1:
                 for s in (1, 2):
-                    for h in ([8, 32] if quick else [4, 8, 16, 32]):
+                    for h in ([8, 32] if quick else [2, 4, 8, 16, 32]):
                         specs.append(dict(op="conv", k=3, s=s, dw=False, cin=c, cout=c, h=h, n=n, g=c // gw))
     # grouped convolutions after pruning: a few channels per group, and channel counts of every alignment class
     # (a pruned RegNet keeps its groups and loses width inside each)
@@ -105,7 +108,7 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
         for g in (3, 5, 8, 13, 24):
             for gw in (3, 6, 10):
                 for s in (1, 2):
-                    for h in (4, 8, 16, 32):
+                    for h in (2, 4, 8, 16, 32):
                         specs.append(dict(op="conv", k=3, s=s, dw=False, cin=g * gw, cout=g * gw, h=h, n=n, g=g))
     fins = [16, 128, 1024] if quick else [8, 32, 128, 512, 1024, 2048]
     fouts = [10, 128] if quick else [10, 32, 128, 512, 1024]

@@ -81,43 +81,65 @@ def kept_models(run: Path) -> pd.DataFrame:
     return df[df["model"].map(lambda m: isinstance(m, str) and (run / m).is_file())]
 
 
-def side_by_side(ac: Path, rn: Path, windows: int) -> dict:
-    """Both arms' kept models re-timed in the same windows against one baseline, and each arm's hypervolume and
-    fastest model within 1 pp scored from those figures (see the module's docstring)."""
+def retime_arms(runs: dict[str, Path], windows: int) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """The feasible kept models of several runs of one task (same teacher) re-timed in the same ``windows`` fresh
+    processes against the first run's baseline, the arms' models alternating inside each window so that a drift
+    reaches all arms. Returns (summary figures, {arm: its kept feasible rows with ``speedup`` re-timed})."""
     from autocompress.config import load_profile
     from autocompress.measure.hardware import check_available, fingerprint, input_shape_for
     from autocompress.measure.retime import retime
     from autocompress.report import feasible_mask
 
-    meta = yaml.safe_load((ac / "run.yaml").read_text())
+    first = next(iter(runs.values()))
+    meta = yaml.safe_load((first / "run.yaml").read_text())
     spec = RunSpec.model_validate(meta["spec"])
-    runs = {"ac": ac, "rn": rn}
-    base = {arm: json.loads((run / "baseline.json").read_text()) for arm, run in runs.items()}
-    if base["ac"].get("teacher_fingerprint") != base["rn"].get("teacher_fingerprint"):
-        sys.exit(f"{ac} and {rn} distilled from different teachers: their fronts cannot be compared side by side")
-    kept = {arm: (df := kept_models(run))[feasible_mask(df, spec.constraints)] for arm, run in runs.items()}
+    teachers = {json.loads((run / "baseline.json").read_text()).get("teacher_fingerprint") for run in runs.values()}
+    if len(teachers) > 1:
+        sys.exit(f"{', '.join(map(str, runs.values()))} distilled from different teachers: their fronts cannot be "
+                 "compared side by side")
+    kept = {arm: (df := kept_models(run))[feasible_mask(df, spec.constraints)].copy() for arm, run in runs.items()}
     paths = {f"{arm} trial {int(r['number'])}": runs[arm] / r["model"] for arm in kept for _, r in kept[arm].iterrows()}
-    # the two arms alternate inside each window, so a drift within a window reaches both
-    order = [x for pair in zip_longest(*([k for k in paths if k.startswith(arm)] for arm in kept)) for x in pair if x]
-    profile, _ = load_profile(spec.profile)
+    order = [x for group in zip_longest(*([k for k in paths if k.startswith(arm + " ")] for arm in kept)) for x in group if x]
+    profile, _ = load_profile(spec.profile)  # a predict-mode arm is re-timed with the measuring profile of the first
     check_available(profile)
     shape = input_shape_for(profile, tuple(meta["data"]["input_shape"]))
-    res = retime({k: paths[k] for k in order}, ac / "models" / "baseline.onnx", profile, shape, windows=windows,
+    res = retime({k: paths[k] for k in order}, first / "models" / "baseline.onnx", profile, shape, windows=windows,
                  seed=spec.seed, log=lambda m: print("  " + m, flush=True))
-    out = {"retime_windows": windows, "retime_models": len(order), "retime_cv_median": round(statistics.median(
-        r.cv for r in res.values()), 4)}
-    fp = fingerprint()
-    out["machine"] = " ".join([fp.get("cpu") or "?", *fp.get("cpu_flags", [])])
-    for arm, name in (("ac", "autocompress_K"), ("rn", "random_3K")):
-        df = kept[arm].copy()
-        df["speedup"] = [res[f"{arm} trial {int(n)}"].speedup for n in df["number"]]
-        out[f"hv_{name}_retimed"] = round(front_hypervolume(df, list(spec.objectives), spec.constraints, base["ac"]), 4)
-        ok = df[df["accuracy_drop"] <= 1.0]
-        out[f"best_speedup_1pp_{name}_retimed"] = round(float(ok["speedup"].max()), 2) if len(ok) else float("nan")
     for k in order:
         r = res[k]
         print(f"  {k}: {r.speedup:.2f}x re-timed (windows {', '.join(f'{v:.2f}' for v in r.speedups)}; CV {r.cv:.1%})")
+    fp = fingerprint()
+    out = {"retime_windows": windows, "retime_models": len(order),
+           "retime_cv_median": round(statistics.median(r.cv for r in res.values()), 4) if res else float("nan"),
+           "machine": " ".join([fp.get("cpu") or "?", *fp.get("cpu_flags", [])])}
+    for arm, df in kept.items():
+        df["speedup"] = [res[f"{arm} trial {int(n)}"].speedup for n in df["number"]]
+    return out, kept
+
+
+def side_by_side(ac: Path, rn: Path, windows: int) -> dict:
+    """Both arms' kept models re-timed in the same windows against one baseline, and each arm's hypervolume and
+    fastest model within 1 pp scored from those figures (see the module's docstring)."""
+    out, kept = retime_arms({"ac": ac, "rn": rn}, windows)
+    spec = RunSpec.model_validate(yaml.safe_load((ac / "run.yaml").read_text())["spec"])
+    base = json.loads((ac / "baseline.json").read_text())
+    for arm, name in (("ac", "autocompress_K"), ("rn", "random_3K")):
+        df = kept[arm]
+        out[f"hv_{name}_retimed"] = round(front_hypervolume(df, list(spec.objectives), spec.constraints, base), 4)
+        ok = df[df["accuracy_drop"] <= 1.0]
+        out[f"best_speedup_1pp_{name}_retimed"] = round(float(ok["speedup"].max()), 2) if len(ok) else float("nan")
     return out
+
+
+def replace_rows(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` to the CSV at ``path``, replacing the rows of the same (task, seed) and keeping the others."""
+    done = {(str(r["task"]), str(r["seed"])) for r in rows}
+    old = [r for r in (list(csv.DictReader(path.open())) if path.is_file() else []) if (r["task"], r["seed"]) not in done]
+    keys = list(dict.fromkeys(k for r in old + rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows([{k: r.get(k, "") for k in keys} for r in old + rows])
 
 
 def main() -> None:
@@ -174,14 +196,7 @@ def main() -> None:
         rows[-1]["date"] = datetime.now().isoformat(timespec="seconds")
     if not rows:
         sys.exit("no finished pair of runs to score")
-    out = ROOT / "benchmarks" / "results" / "hv.csv"
-    done = {(a.task, str(r["seed"])) for r in rows}  # rows of this task's other seeds are kept
-    old = [r for r in (list(csv.DictReader(out.open())) if out.is_file() else []) if (r["task"], r["seed"]) not in done]
-    keys = list(dict.fromkeys(k_ for r in old + rows for k_ in r))
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows([{k_: r.get(k_, "") for k_ in keys} for r in old + rows])
+    replace_rows(ROOT / "benchmarks" / "results" / "hv.csv", rows)
     cols = list(rows[0])[1:-1]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:

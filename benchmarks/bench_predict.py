@@ -52,8 +52,7 @@ def _measure_window(job_path: str, out_path: str) -> None:
     out = []
     for c in job["candidates"]:
         r = measure_latency(c["path"], profile, c["shape"], seed=c["seed"])
-        ms = float(np.percentile(r.cand_samples_ms, 10)) if profile.latency.statistic == "p10" and r.cand_samples_ms \
-            else r.median_ms
+        ms = r.stat_ms(profile.latency.statistic)
         cpu = None
         if target.clock == "cpu":
             sess = target.session(c["path"])

@@ -80,6 +80,17 @@ def test_low_quantiles_ignore_one_sided_slowdowns():
     assert latency.speedup_estimate(b, c, "min") == pytest.approx(4.0)
 
 
+def test_a_result_reads_its_latency_with_the_profiles_statistic():
+    """What predict mode's calibration fits against: the p10 of the blocks for a p10 profile, not the median (the
+    two-thread `cpu` profile was calibrated on medians and predicted 17% slow against its own p10 figures)."""
+    c = [1.0] * 8 + [1.5] * 12  # most blocks disturbed
+    r = LatencyResult(median_ms=float(np.median(c)), p90_ms=1.5, mean_ms=float(np.mean(c)), cv=0.2, n_samples=20,
+                      runs_per_sample=1, baseline_median_ms=None, speedup=None, speedup_ci=None, stop_reason="time_cap",
+                      load_avg=0.0, cand_samples_ms=tuple(c))
+    assert r.stat_ms("median") == 1.5 and r.stat_ms("p10") == pytest.approx(1.0) and r.stat_ms("min") == 1.0
+    assert LatencyResult(**{**r.__dict__, "cand_samples_ms": ()}).stat_ms("p10") == 1.5  # no samples: the median
+
+
 def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():
     rng = np.random.default_rng(1)
     b = 2.0 * (1 + 0.05 * rng.standard_normal(30))

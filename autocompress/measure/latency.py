@@ -60,6 +60,13 @@ class LatencyResult:
         """True when the machine was visibly loaded at the start (load >= half the cores)."""
         return self.load_avg >= max(1.0, 0.5 * (os.cpu_count() or 1))
 
+    def stat_ms(self, statistic: str) -> float:
+        """The model's latency as the profile's statistic reads it (``latency.statistic``: the p10 of the blocks for
+        the two-thread ``cpu`` profile, where other processes only ever slow a block down), not always the median."""
+        if not self.cand_samples_ms or statistic == "median":
+            return self.median_ms
+        return float(_stat(np.asarray(self.cand_samples_ms), statistic))
+
 
 # ---------------------------------------------------------------- timing primitives
 class Runner:

@@ -11,7 +11,7 @@ announced; and the fusion rules recorded on the target (what ORT there made of C
 block...) are compared with this machine's, each difference printed.
 
 Whole-model calibration (by default where torch is installed): a few zoo models pruned uniformly, fp32 and
-int8, built with the product's own stages and measured with ``measure_latency``; per dtype
+int8, built with the product's own stages and measured with ``measure_latency`` (the profile's statistic); per dtype
 ``log(measured) = alpha + beta * log(sum of kernels + overhead)``, appended to the table as a ``calibration`` line.
 """
 
@@ -270,7 +270,7 @@ def calibrate_table(table: dict, profile: HardwareProfile, *, quick: bool = Fals
                 if path is None or dt not in dtypes:
                     continue
                 raw = predict_latency(path, profile, uncal, shape)
-                meas = measure_latency(path, meas_profile, shape, seed=seed).median_ms
+                meas = measure_latency(path, meas_profile, shape, seed=seed).stat_ms(profile.latency.statistic)
                 points[dt].append((raw, meas))
                 rows.append(dict(arch=arch, ratio=ratio, size=size, dtype=dt, raw_ms=raw, measured_ms=meas))
                 log(f"  calibration {arch} r={ratio} {size}px {dt}: sum of kernels {raw:.3f} ms, measured {meas:.3f} ms")

@@ -1,7 +1,8 @@
-"""Held-out networks for checking a table on its device (``profile-device --check``): residual and
-inverted-residual CNNs of varied widths (aligned and not), input sizes and depths, in fp32 or int8 QDQ U8S8 as
-ONNX Runtime's quantizer writes it (Relu/Clip folded into the output QuantizeLinear). Built with ``onnx.helper``,
-random weights: latency does not depend on them. numpy + onnx only."""
+"""Generated networks: the held-out ones that check a table on its device (``profile-device --check``: residual and
+inverted-residual CNNs) and the context networks the table fits its in-network cost on (those families plus
+squeeze-excite + SiLU and channel-shuffle ones, ``table.context_nets``), of varied widths (aligned and not), input
+sizes and depths, in fp32 or int8 QDQ U8S8 as ONNX Runtime's quantizer writes it (Relu/Clip folded into the output
+QuantizeLinear). Built with ``onnx.helper``, random weights: latency does not depend on them. numpy + onnx only."""
 
 from __future__ import annotations
 

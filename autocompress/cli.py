@@ -201,7 +201,7 @@ def list_(what: Listable = typer.Argument(..., help="models | spaces | profiles 
 @app.command("profile-device")
 def profile_device(profile: str = typer.Option("cpu", help="profile to run the benchmarks with"),
                    out_path: Optional[Path] = typer.Option(None, "--out", help="new profile YAML to write (its table beside it)"),
-                   quick: bool = typer.Option(False, help="small grid (a minute)"),
+                   quick: bool = typer.Option(False, help="small grid (a minute) to try the command; rough figures, not a table to search with"),
                    calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate", help="fit a whole-model correction on zoo models (default: where torch is installed)"),
                    check: Optional[str] = typer.Option(None, "--check", help="a table or predict-mode profile: time held-out models here and print how well it predicts them")):
     """Benchmark kernels on this device and write a predict-mode profile with a lookup table (rerun to continue
@@ -213,8 +213,7 @@ def profile_device(profile: str = typer.Option("cpu", help="profile to run the b
         return
     if out_path is None:
         raise ConfigError("profile-device: --out is required (the profile YAML to write), or use --check TABLE")
-    path = run_profile(profile, out_path, quick=quick, log=_log, calibrate=calibrate)
-    out.print(f"wrote {path}")
+    run_profile(profile, out_path, quick=quick, log=_log, calibrate=calibrate)  # it says what it wrote
 
 
 @app.command()

@@ -125,6 +125,7 @@ def test_profile_device_writes_a_valid_predict_profile(tmp_path, monkeypatch, mo
     out = predict.profile_device("cpu-1thread", tmp_path / "mybox.yaml", quick=True, log=logs.append)
     assert out == tmp_path / "mybox.yaml" and (tmp_path / "mybox.table.jsonl").is_file()
     assert any(m.startswith("fusion rules found here: ") and "QLinearConv" in m for m in logs)
+    assert any(m.startswith("note: a --quick table is a small grid for trying the command") for m in logs)
     prof, path = load_profile(str(out))
     assert prof.name == "mybox" and prof.latency.mode == "predict" and prof.lookup_table == "mybox.table.jsonl"
     assert prof.fingerprint["onnxruntime"] and prof.intra_op_threads == 1

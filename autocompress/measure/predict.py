@@ -343,4 +343,7 @@ def profile_device(profile_name_or_path: str, out_path, *, quick: bool = False, 
     rules = ptable.fusion_rules(table)
     log("fusion rules found here: " + "; ".join(f"{k}: {' + '.join(v)}" for k, v in rules.items()))
     log(f"wrote {out} and {table_path}")
+    if quick:
+        log("note: a --quick table is a small grid for trying the command (one calibration model): its figures are rough "
+            "(a default-model baseline came out 35% slow on an AVX2 EPYC); build the full grid, without --quick, to search with")
     return out

@@ -130,12 +130,13 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     if input_shape != tuple(data.input_shape):
         raise ConfigError(f"profile '{profile.name}' sets input_shape {list(input_shape)} but the data is {list(data.input_shape)}; "
                           "remove input_shape from the profile or set --image-size to match")
-    from .space import for_teacher, with_blocks
+    from .space import for_teacher, seeds_for_profile, with_blocks
 
     # what the space means for this teacher, before the baseline is measured: a wrong depth.blocks entry stops here
     space = for_teacher(space, teacher.info.family, log=log)  # no 'family' students for a user model
     user_blocks = bool(space.depth.blocks)
     space = with_blocks(space, teacher.model, torch.zeros(1, *input_shape), log=log)  # depth: the droppable blocks
+    space = seeds_for_profile(space, profile, log=log)  # int8 seeds on a target without int8 (cuda-fp16): fp16
 
     base_path = store.models_dir / "baseline.onnx"
     example = torch.zeros(1, *data.input_shape)

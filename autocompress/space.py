@@ -278,6 +278,36 @@ def _seeds_within(space: SearchSpace, n: int, log, why: str) -> SearchSpace:
     return space if seeds == list(space.seeds) else space.model_copy(update={"seeds": seeds})
 
 
+def seeds_for_profile(space: SearchSpace, profile: HardwareProfile, log=None) -> SearchSpace:
+    """The seeds in the precisions the profile runs: a seed in a precision the target lacks (the default space's int8
+    seeds on ``cuda-fp16``, which runs fp32 and fp16) runs in the lowest precision it has instead (int8, then fp16,
+    then fp32), the same student and KD; a seed that becomes the fp32 baseline itself ('int8 alone' on an fp32-only
+    target) or the same as an earlier seed is left out. What changed is said in one line. Before this, such a seed
+    stopped the run when the sampler was handed a value its choices did not hold."""
+    allowed = allowed_precisions(space, profile)
+    if all(s.bits in allowed for s in space.seeds):
+        return space
+    low = next(p for p in ("int8", "fp16", "fp32") if p in allowed)
+    seeds: list[SeedCandidate] = []
+    left_out: list[str] = []
+    for s in space.seeds:
+        if s.bits not in allowed:
+            t = s.model_copy(update={"bits": low, "keep_fp32": s.keep_fp32 if low == "int8" else 0,
+                                     "label": None if s.label is None else f"{s.label} (in {low})"})
+            if low == "fp32" and t.student == "pruned" and not t.drop and not _any_sparsity(t.sparsity):
+                left_out.append(f"{seed_label(s)!r} (it is the baseline)")
+                continue
+            s = t
+        if s in seeds:
+            continue
+        seeds.append(s)
+    if log is not None:
+        lacking = sorted({s.bits for s in space.seeds if s.bits not in allowed})
+        log(f"seeds: profile '{profile.name}' runs {'/'.join(allowed)}, not {'/'.join(lacking)}: those seeds run in {low}"
+            + (f"; left out: {', '.join(left_out)}" if left_out else ""))
+    return space.model_copy(update={"seeds": seeds})
+
+
 def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: float | None, log=None, *,
                    predicted: bool = False) -> SearchSpace:
     """The seeds as the target runs int8. When int8 alone (measured at set-up against the fp32 baseline, or predicted

@@ -248,3 +248,40 @@ def test_where_int8_alone_does_not_pay_the_int8_seeds_run_in_fp32():
 
     assert int8_seeds_could_move(space, CPU) and not int8_seeds_could_move(only8, CPU)
     assert not int8_seeds_could_move(space.model_copy(update={"seeds": list(got.seeds)}), CPU)  # fp32 seeds only
+
+
+def test_on_a_target_without_int8_the_int8_seeds_run_in_its_lowest_precision():
+    """The default space's seeds are int8; cuda-fp16 runs fp32/fp16. Before, the sampler was handed bits=int8 for a
+    seed and the run stopped ("'int8' not in ('fp32', 'fp16')", found by a run on a CPU copy of cuda-fp16)."""
+    from autocompress.config import load_profile
+    from autocompress.references import seed_label
+    from autocompress.space import seeds_for_profile
+
+    space = load_space("default")
+    gpu, _ = load_profile("cuda-fp16")
+    said: list[str] = []
+    assert seeds_for_profile(space, CPU, log=said.append) is space and not said  # cpu runs int8: as written
+    got = seeds_for_profile(space, gpu, log=said.append)
+    assert [s.bits for s in got.seeds] == ["fp16"] * len(space.seeds) and all(s.keep_fp32 == 0 for s in got.seeds)
+    assert [s.model_copy(update={"bits": "int8"}) for s in got.seeds] == list(space.seeds)  # same students and KD
+    assert [seed_label(s) for s in got.seeds[:2]] == ["uniform 50% + fp16, KD 8 ep", "fp16 alone"]
+    assert said == ["seeds: profile 'cuda-fp16' runs fp32/fp16, not int8: those seeds run in fp16"]
+    # every seed is a value the sampler's choices hold: enqueued, it samples without error
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for s in got.seeds:
+        study.enqueue_trial(seed_params(s, got, GROUPS))
+        c = sample_candidate(study.ask(), got, gpu, GROUPS, layer_names=["conv1", "layer1.0.conv1"])
+        assert set(c.bits_map().values()) == {"fp16"}
+    # an fp32-only target: int8 alone would be the baseline itself (left out); a labelled seed says where it runs;
+    # a seed that becomes one already there is not run twice
+    fp32_only = gpu.model_copy(update={"precisions": ["fp32"]})
+    mine = space.model_copy(update={"seeds": [SeedCandidate(sparsity=0.5, bits="fp32", epochs=8),
+                                              SeedCandidate(sparsity=0.5, bits="int8", epochs=8),
+                                              SeedCandidate(sparsity=0.0, bits="int8"),
+                                              SeedCandidate(sparsity=0.7, bits="int8", keep_fp32=2, label="mine")]})
+    said.clear()
+    got = seeds_for_profile(mine, fp32_only, log=said.append)
+    assert [(s.sparsity, s.bits, s.keep_fp32, s.label) for s in got.seeds] == [(0.5, "fp32", 0, None),
+                                                                              (0.7, "fp32", 0, "mine (in fp32)")]
+    assert said == ["seeds: profile 'cuda-fp16' runs fp32, not int8: those seeds run in fp32; "
+                    "left out: 'int8 alone' (it is the baseline)"]

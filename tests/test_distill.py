@@ -145,14 +145,20 @@ def test_kd_on_cuda_in_mixed_precision(teacher, digits):
 
     if not cuda_available():
         pytest.skip("no CUDA GPU here")
+    """The same distillation on the GPU (bf16 autocast) learns as it does on the CPU in fp32. (A bar of 80% after 3
+    epochs, written before a GPU was at hand, failed on an H200: 36.7% there, and 37.5% on the CPU.)"""
     model, logits = teacher
-    torch.manual_seed(0)
-    student = TinyNet(width=8)
-    res = distill(student, digits.train, logits, digits.val, DistillSpec(epochs=3, lr=0.05, batch_size=64),
-                  device="cuda")
+    spec = DistillSpec(epochs=3, lr=0.05, batch_size=64)
+    got = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        student = TinyNet(width=8)
+        got[device] = distill(student, digits.train, logits, digits.val, spec, device=device)
+    res = got["cuda"]
     assert res.device == "cuda" and res.epochs_run == 3
     assert all(p.device.type == "cpu" for p in student.parameters())  # back on the CPU for export
-    assert res.history[-1] > 0.8, res.history
+    assert res.history[-1] > 0.25, res.history  # chance is 0.10
+    assert abs(res.history[-1] - got["cpu"].history[-1]) < 0.08, (res.history, got["cpu"].history)
     assert res.history[-1] == pytest.approx(accuracy(student, digits.val), abs=0.01)  # CPU fp32 agrees
 
 

@@ -55,6 +55,19 @@ def test_gpu_profiles_make_sessions(tmp_path, name):
     assert sess.get_providers()[0] == prof.execution_provider
 
 
+def test_an_ep_listed_but_not_starting_here_is_refused_in_one_line(monkeypatch):
+    """onnxruntime-gpu lists TensorrtExecutionProvider whether or not TensorRT is installed (seen on an H200 with
+    no libnvinfer): a one-node session on the EP says so before any work, with ORT's own reason in the line."""
+    monkeypatch.setattr(hardware, "available_providers", lambda: ["FooExecutionProvider", "CPUExecutionProvider"])
+    prof = HardwareProfile(name="npu", execution_provider="FooExecutionProvider")
+    with pytest.raises(UnavailableError) as e:
+        hardware.check_available(prof)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "profile 'npu': FooExecutionProvider is in this onnxruntime but did not start here" in msg
+    assert "fell back to CPUExecutionProvider: EP Error" in msg and msg.endswith("or pick --profile cpu")
+
+
 def test_unknown_ep_is_unavailable_and_bad_ep_name_is_a_config_error():
     prof = HardwareProfile(name="npu", execution_provider="FooExecutionProvider")
     with pytest.raises(UnavailableError, match="needs FooExecutionProvider"):

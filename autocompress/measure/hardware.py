@@ -7,7 +7,11 @@ so a profile is the single place that decides threads, graph optimisation level 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -60,17 +64,60 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+# What an EP that onnxruntime lists but cannot start usually lacks (onnxruntime-gpu lists TensorRT whether or not
+# TensorRT's libraries are installed: seen on an H200 machine with CUDA 13 and no libnvinfer).
+_START_HINTS = {
+    "CUDAExecutionProvider": "check the NVIDIA driver and the CUDA 12/13 and cuDNN 9 libraries onnxruntime-gpu was built for",
+    "TensorrtExecutionProvider": "install TensorRT (libnvinfer) where onnxruntime-gpu finds it, or pick --profile cuda-fp16",
+}
+
+
 def check_available(profile: HardwareProfile) -> None:
-    """Raise :class:`UnavailableError` (one line, with what to do) if the profile's EP is not here."""
+    """Raise :class:`UnavailableError` (one line, with what to do) if the profile's EP is not here, or is listed by
+    onnxruntime but does not start (a one-node model is loaded on it once per process): before, such a profile
+    got as far as the baseline's session after the teacher was trained."""
     ep = profile.execution_provider
     have = available_providers()
     if ep in have:
+        if ep != CPU_EP:
+            failed = _start_failure(ep, tuple(sorted((str(k), str(v)) for k, v in profile.provider_options.items())))
+            if failed:
+                hint = _START_HINTS.get(ep, "check that its libraries are installed")
+                raise UnavailableError(f"profile '{profile.name}': {ep} is in this onnxruntime but did not start here "
+                                       f"({failed}); {hint}, or pick --profile cpu")
         return
     hint = _HINTS.get(ep, f"install an onnxruntime build that ships {ep}")
     raise UnavailableError(
         f"profile '{profile.name}' needs {ep}, which this onnxruntime does not have "
         f"(available: {', '.join(have)}); {hint} or pick --profile cpu"
     )
+
+
+@lru_cache(maxsize=None)
+def _start_failure(ep: str, options: tuple[tuple[str, str], ...]) -> str | None:
+    """Why ``ep`` does not start here (None: it does): a session of a one-node model on it. Also quiets onnxruntime's
+    default logger to errors (sessions already log errors only): onnxruntime 1.31 warns "No registered plugin EP
+    device found for 'CUDAExecutionProvider' with device_id=0" at every session, although the CUDA EP runs."""
+    from onnx import TensorProto, helper
+
+    ort.set_default_logger_severity(3)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    said = io.StringIO()  # ORT prints its "EP Error ..." banner when it falls back: its reason goes into the line
+    try:
+        with contextlib.redirect_stdout(said), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sess = ort.InferenceSession(model.SerializeToString(), providers=[(ep, dict(options)), CPU_EP])
+    except Exception as e:  # ORT raises its own types; the reason goes into the one line
+        return _one_line(e)
+    got = sess.get_providers()
+    if got and got[0] == ep:
+        return None
+    why = next((ln.strip() for ln in said.getvalue().splitlines() if ln.startswith("EP Error ")), "")
+    return f"ONNX Runtime fell back to {got[0] if got else 'nothing'}" + (f": {why[:300]}" if why else "")
 
 
 def session_options(profile: HardwareProfile) -> ort.SessionOptions:

@@ -251,10 +251,31 @@ def _fp16(src: Path, dst: Path, fp16_nodes: set[str]) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    m = onnx.load(str(src))
+    # the exporter's Identity nodes that forward a shared constant (an untrained model's zero biases) are no layer,
+    # so they would be kept fp32 between Casts: two extra kernels per use on a GPU, and, with onnxruntime <= 1.31's
+    # converter, one Cast per use under one name, which ORT refuses (seen on an H200: "two nodes with same node
+    # name (onnx::Conv_238_cast_to_fp32_node)" for an untrained resnet18 and every 'family' student)
+    m = _fold_identities(onnx.load(str(src)))
     block = [n.name for n in m.graph.node if n.name not in fp16_nodes]
     m16 = convert_float_to_float16(m, keep_io_types=True, node_block_list=block)
-    onnx.save(_drop_cast_roundtrips(m16), str(dst))
+    onnx.save(_drop_cast_roundtrips(_drop_repeated_nodes(m16)), str(dst))
+
+
+def _drop_repeated_nodes(model):
+    """Keep one of nodes that are the same node written twice (name, op, inputs, outputs and attributes): the float16
+    converter of onnxruntime <= 1.31 writes one Cast per fp32 consumer of an fp16 tensor, each under the same name
+    and output (onnxruntime 1.32 shares one)."""
+    seen, keep = set(), []
+    for n in model.graph.node:
+        key = n.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(n)
+    if len(keep) == len(model.graph.node):
+        return model
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
 
 
 def _drop_cast_roundtrips(model):

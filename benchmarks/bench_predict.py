@@ -7,7 +7,7 @@
    ``profile-device`` does where torch is installed (``--no-calibrate``: not); the same predictions without it
    are scored beside, on the same measurements.
 2. Held-out candidates: zoo models (resnet18, mobilenet_v2, efficientnet_b0, regnet_x_400mf, shufflenet_v2_x1_0;
-   ``build_model(name, 10, (3, S, S))``, S = 32 or 64) pruned uniformly at a random ratio in 0-0.8 (2 decimals,
+   ``build_model(name, 10, (3, S, S))``, S = 32 or 64, or ``--sizes``) pruned uniformly at a random ratio in 0-0.8 (2 decimals,
    seeds < 1000) with the product's stages, each in fp32 and int8 (static QDQ U8S8, the product's quantizer).
 3. Each candidate measured with ``measure_latency`` (the profile's rules) in ``--windows`` fresh processes (the
    profile's statistic: median for cpu-1thread, p10 of the blocks for cpu; the median across windows is the
@@ -17,6 +17,7 @@
 
     python benchmarks/bench_predict.py --profile cpu-1thread           # ~15 min on 2 quiet cores
     python benchmarks/bench_predict.py --profile cpu --windows 3       # 2 threads: median of 3 fresh processes
+    python benchmarks/bench_predict.py --table T --n 10 --sizes 224 --seed 2 --windows 1 --tag=-224   # ImageNet size
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ def main():
                     help="leave out the torch-side whole-model calibration (profile-device fits it where torch is)")
     ap.add_argument("--n", type=int, default=20, help="pruned models (each in fp32 and int8)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--sizes", default="32,64", help="input sides drawn from (e.g. 224: ImageNet-size models, whose "
+                                                     "early layers run 56-112 px)")
+    ap.add_argument("--tag", default="", help="suffix of the result files' names")
+    ap.add_argument("--compare-table", help="also predict with this table (an older build, say) on the same measurements: "
+                                            "the machine's speed moves between runs, a comparison across runs does not hold")
     ap.add_argument("--windows", type=int, default=None, help="fresh processes per candidate (default 1 with one "
                                                                 "intra-op thread, 3 otherwise)")
     ap.add_argument("--measure-window", nargs=2, help=argparse.SUPPRESS)
@@ -97,14 +103,16 @@ def main():
         table = predict.build_table(profile, path, quick=args.quick, calibrate=args.calibrate)
     predict.check_table(table, profile)
     t_table = time.perf_counter() - t0
-    uncalibrated = {k: v for k, v in table.items() if k != "calibration"}  # the same table, without it: compared
+    uncalibrated = {k: v for k, v in table.items() if k != "calibration"}
+    compare = predict.read_table(args.compare_table) if args.compare_table else None  # the same table, without it: compared
     rng = random.Random(args.seed)
+    sizes = [int(v) for v in args.sizes.split(",")]
     rows, cands = [], []
     with tempfile.TemporaryDirectory() as d:
         for i in range(args.n):
             arch = ARCHS[i % len(ARCHS)]
             ratio = round(rng.uniform(0.0, 0.8), 2)
-            size = rng.choice([32, 64])
+            size = rng.choice(sizes)
             fp32, int8 = predict.build_candidate(arch, ratio, size, seed=i, out_dir=d)
             shape = list(hardware.input_shape_for(profile, (3, size, size)))
             for prec, p in (("fp32", fp32), ("int8", int8)):
@@ -124,6 +132,7 @@ def main():
             ms = [pw[i]["ms"] for pw in per_window]
             meas = float(np.median(ms))
             pred = predict.predict_latency(c["path"], profile, table, c["shape"])
+            other = predict.predict_latency(c["path"], profile, compare, c["shape"]) if compare else None
             raw = (predict.predict_latency(c["path"], profile, uncalibrated, c["shape"])
                    if table.get("calibration") else None)
             cpu = per_window[0][i]["cpu_ms"]
@@ -131,6 +140,7 @@ def main():
                 "measured_ms": round(meas, 4), "windows_ms": [round(v, 4) for v in ms], "predicted_ms": round(pred, 4),
                 "error": round(pred / meas - 1, 4),
                 "predicted_uncalibrated_ms": round(raw, 4) if raw else None, "measured_cpu_ms": round(cpu, 4) if cpu else None,
+                "predicted_compare_ms": round(other, 4) if other else None,
                 "error_vs_cpu": round(pred / cpu - 1, 4) if cpu else None,
                 "cv": round(per_window[0][i]["cv"], 3), "load_avg": per_window[0][i]["load_avg"],
                 "disturbed": any(pw[i]["disturbed"] for pw in per_window)})
@@ -165,11 +175,15 @@ def main():
             su = summary([r["predicted_uncalibrated_ms"] for r in sel], [r["measured_ms"] for r in sel])
             res["summary"][name + " (no calibration)"] = su
             print(f"{'':19s} without the whole-model calibration: {format_summary(su)}")
+        if sel[0]["predicted_compare_ms"] is not None:
+            so = summary([r["predicted_compare_ms"] for r in sel], [r["measured_ms"] for r in sel])
+            res["summary"][name + " (compare table)"] = so
+            print(f"{'':19s} with --compare-table: {format_summary(so)}")
         if sel[0]["measured_cpu_ms"] is not None:
             sc = summary([r["predicted_ms"] for r in sel], [r["measured_cpu_ms"] for r in sel])
             res["summary"][name + " (cpu clock)"] = sc
             print(f"{'':19s} vs this thread's CPU time: {format_summary(sc)}")
-    stem = f"predict-{profile.name}{'-quick' if args.quick else ''}"
+    stem = f"predict-{profile.name}{'-quick' if args.quick else ''}{args.tag}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1))
     with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "windows_ms"], extrasaction="ignore")

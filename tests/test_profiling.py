@@ -200,6 +200,11 @@ def test_kendall_tau_without_scipy_matches_scipy(monkeypatch):
     assert pcheck.kendall_tau(x, y) == pytest.approx(with_scipy) == pytest.approx(11 / 15)
     s = pcheck.summary([1.05, 2.5, 3.0], [1.0, 2.0, 3.0])
     assert s["within_10"] == pytest.approx(2 / 3) and s["within_20"] == pytest.approx(2 / 3) and s["worst_error"] == pytest.approx(0.25)
+    # a table built when the machine ran 20% slower: every prediction 20% high, none within +-10%, and all of them once
+    # that one common factor is divided out (the speed moved, not the shape of the predictions)
+    s = pcheck.summary([1.2, 2.4, 3.6, 6.0], [1.0, 2.0, 3.0, 5.0])
+    assert s["within_10"] == 0 and s["relative_within_10"] == 1 and s["common_factor"] == pytest.approx(1.2)
+    assert "100% within +-10% once one common factor (x1.200) is divided out" in pcheck.format_summary(s)
 
 
 def test_check_times_held_out_networks(tiny_table):
@@ -249,6 +254,10 @@ def test_grid_covers_what_pruned_models_run():
     specs = ptable.grid(False, 1, ["fp32", "int8"])
     grouped_u = [s for s in specs if s["op"] == "conv" and s.get("g", 1) > 1 and s["cout"] % 8]
     assert {s["dtype"] for s in grouped_u} == {"fp32", "int8"}  # a pruned RegNet: few channels per group, unaligned
+    # a pruned model fed 224-px images: unaligned 1x1 / 3x3 / depthwise convs at 56-112 px, and an unaligned stem
+    big_u = {(s["k"], s["dw"], s["h"]) for s in specs if s["op"] == "conv" and s["cout"] % 8 and s["h"] >= 64}
+    assert {(1, False, 112), (3, False, 64), (3, True, 112)} <= big_u
+    assert any(s["op"] == "conv" and s["cin"] == 3 and s["cout"] % 8 and s["h"] == 224 for s in specs)
     assert {(s["op"], s["dtype"]) for s in specs if s["op"] in ("split", "concat")} >= {("split", "fp32"), ("concat", "int8")}
     ks = kernels.list_kernels(ptable.build_graph(dict(op="concat", numel=4096, n=1, dtype="int8")), TARGET)
     assert [k["group"] for k in ks] == ["com.microsoft:QLinearConcat/int8"]

@@ -84,17 +84,25 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
                     conv(k, s, c, c, h, dw=True)
     # Channel counts that are not multiples of 16 / 8 take other kernels (no NCHWc layout for fp32, slower int8
     # paths), and pruning leaves such counts everywhere: those classes get their own points.
+    # Up to 112x112: the early layers of a pruned model fed 224-px images (in a mobilenet_v2 pruned 40% at 224 px,
+    # ORT's profiler timed the unaligned 1x1 convs at 56-112 px at 1.4x what these classes, then stopping at 32x32,
+    # extrapolated, and the unaligned int8 stem at 2.3x); the MAC cap keeps the wide ones out.
     odd = {"a8": [24, 72], "u": [13, 61]} if quick else {"a8": [24, 40, 72, 136, 264], "u": [13, 29, 61, 125, 253]}
     for cls_chans in odd.values():
         cpairs = [(a, b) for a in cls_chans for b in cls_chans if 0.4 <= b / a <= 2.5]
         for s in (1, 2):
-            for h in ([8, 32] if quick else [1, 2, 4, 8, 16, 32]):
+            for h in ([8, 32] if quick else [1, 2, 4, 8, 16, 32, 64, 112]):
                 for k in (1, 3):
                     for cin, cout in cpairs:
                         conv(k, s, cin, cout, h)
                 for k in ([3] if quick else [3, 5]):
                     for c in cls_chans:
                         conv(k, s, c, c, h, dw=True)
+        if not quick:  # a pruned stem: 3 input channels, an unaligned count out, on the full image
+            for cout in cls_chans[:2]:
+                for h in (32, 64, 112, 224):
+                    conv(3, 2, 3, cout, h)
+                    conv(3, 1, 3, cout, h)
     # grouped convolutions (RegNet, ResNeXt): group widths 8 / 16 / 24
     for c in ([32, 128] if quick else [24, 32, 48, 64, 96, 128, 192, 256]):
         for gw in ([16] if quick else [8, 16, 24]):

@@ -103,8 +103,8 @@ def main():
         table = predict.build_table(profile, path, quick=args.quick, calibrate=args.calibrate)
     predict.check_table(table, profile)
     t_table = time.perf_counter() - t0
-    uncalibrated = {k: v for k, v in table.items() if k != "calibration"}
-    compare = predict.read_table(args.compare_table) if args.compare_table else None  # the same table, without it: compared
+    uncalibrated = {k: v for k, v in table.items() if k != "calibration"}  # the same table, without it: compared
+    compare = predict.read_table(args.compare_table) if args.compare_table else None
     rng = random.Random(args.seed)
     sizes = [int(v) for v in args.sizes.split(",")]
     rows, cands = [], []

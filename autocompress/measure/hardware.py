@@ -68,8 +68,9 @@ def available_providers() -> list[str]:
 # TensorRT's libraries are installed: seen on an H200 machine with CUDA 13 and no libnvinfer).
 _START_HINTS = {
     "CUDAExecutionProvider": "check the NVIDIA driver and the CUDA 12/13 and cuDNN 9 libraries onnxruntime-gpu was built for",
-    "TensorrtExecutionProvider": "install TensorRT (libnvinfer) where onnxruntime-gpu finds it, or pick --profile cuda-fp16",
+    "TensorrtExecutionProvider": "install TensorRT (libnvinfer) where onnxruntime-gpu finds it",
 }
+_START_ALTERNATIVE = {"TensorrtExecutionProvider": "--profile cuda-fp16 or --profile cpu"}
 
 
 def check_available(profile: HardwareProfile) -> None:
@@ -84,7 +85,7 @@ def check_available(profile: HardwareProfile) -> None:
             if failed:
                 hint = _START_HINTS.get(ep, "check that its libraries are installed")
                 raise UnavailableError(f"profile '{profile.name}': {ep} is in this onnxruntime but did not start here "
-                                       f"({failed}); {hint}, or pick --profile cpu")
+                                       f"({failed}); {hint}, or pick {_START_ALTERNATIVE.get(ep, '--profile cpu')}")
         return
     hint = _HINTS.get(ep, f"install an onnxruntime build that ships {ep}")
     raise UnavailableError(

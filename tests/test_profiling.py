@@ -211,7 +211,30 @@ def test_check_times_held_out_networks(tiny_table):
     lines = []
     res = pcheck.check(tiny_table, log=lines.append, repeats=1)
     assert res["n"] == len(nets.held_out()) and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in res["rows"])
-    assert "within +-10%" in lines[-1] and "Kendall's tau" in lines[-1]
+    summary = next(ln for ln in lines if ln.startswith("check ("))
+    assert "within +-10%" in summary and "Kendall's tau" in summary
+    assert "the device runs the table's" in lines[-1] and "at today's speed" in lines[-1]
+
+
+def test_the_check_measures_the_devices_speed_against_the_build(tiny_table):
+    """The build keeps its context networks' whole times; a check times them again. A device ten times as slow as at
+    its build (here: the build's times divided by ten) reads a factor ~10, says so, and scores the predictions scaled
+    by it."""
+    then = tiny_table["context"]["measured_ms"]
+    assert then and set(then) <= set(tiny_table["context"]["nets"]) and all(v > 0 for v in then.values())
+    assert 0.33 < pcheck.speed_now(tiny_table, repeats=3)["factor"] < 3.0  # the same machine minutes later
+    slow = {**tiny_table, "context": {**tiny_table["context"], "measured_ms": {k: v / 10 for k, v in then.items()}}}
+    lines = []
+    res = pcheck.check(slow, log=lines.append, repeats=1)
+    f = res["speed_now"]["factor"]
+    assert 3.3 < f < 30, f
+    scaled = pcheck.summary([r["predicted_ms"] * f for r in res["rows"]], [r["measured_ms"] for r in res["rows"]])
+    assert res["at_speed_now"] == scaled
+    assert any("slower than at its build" in ln and "rebuild the table" in ln for ln in lines), lines[-1]
+    old = {**tiny_table, "context": {k: v for k, v in tiny_table["context"].items() if k != "measured_ms"}}
+    lines = []
+    assert "speed_now" not in pcheck.check(old, log=lines.append, repeats=1)
+    assert "predates its reference times" in lines[-1]
 
 
 def test_a_kernel_costs_at_least_the_cheapest_measured_one(tiny_table):

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import nets
 from .lookup import predict_raw, table_target
+from .table import context_nets, time_whole
 from .target import feeds_for, time_session
 
 
@@ -60,10 +61,30 @@ def format_summary(s: dict) -> str:
             f"(x{s['common_factor']:.3f}) is divided out")
 
 
+def speed_now(table: dict, *, repeats: int = 3) -> dict | None:
+    """How fast the device runs now against the table's build: its context networks (whose whole times the build
+    kept) timed again the same way; ``factor`` = the median of now / then (1.15: 15% slower now). A shared machine's
+    speed moves by as much as the +-10% band within half an hour (the AVX2 EPYC here, benchmarks/README.md), so a
+    check says how much of its error is the device's day rather than the table. None for a table built before the
+    build kept those times."""
+    then = (table.get("context") or {}).get("measured_ms")
+    if not then:
+        return None
+    target = table_target(table)
+    quick = bool(table.get("quick"))
+    ratios = {name: float(np.median([time_whole(model, target, quick) for _ in range(repeats)])) / then[name]
+              for name, model in context_nets(target.batch_size, target.int8) if name in then}
+    if not ratios:
+        return None
+    return {"factor": float(np.median(list(ratios.values()))), "nets": ratios}
+
+
 def check(table: dict, *, predict: Callable[[bytes], float] | None = None, log: Callable = print,
           repeats: int = 3) -> dict:
     """Time each held-out network (median of ``repeats`` fresh sessions, the table's clock) and predict it
-    (``predict(model_bytes)``, default: the plain kernel sum); returns the summary with the rows."""
+    (``predict(model_bytes)``, default: the plain kernel sum); returns the summary with the rows, and, where the
+    table kept its reference times, the device's speed against the build (:func:`speed_now`) and the summary of the
+    predictions scaled by it (``at_speed_now``)."""
     target = table_target(table)
     predict = predict or (lambda m: predict_raw(m, table))
     clock = table.get("clock", "wall")
@@ -78,4 +99,17 @@ def check(table: dict, *, predict: Callable[[bytes], float] | None = None, log: 
         log(f"  {name:38s} measured {m:8.3f} ms  predicted {p:8.3f} ms  error {p / m - 1:+.1%}")
     s = summary([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
     log(f"check ({clock} clock): " + format_summary(s))
-    return {**s, "clock": clock, "rows": rows}
+    out = {**s, "clock": clock, "rows": rows}
+    now = speed_now(table, repeats=repeats)
+    if now is None:
+        log("  (this table predates its reference times: rebuild it to have the check measure the device's speed "
+            "against the build)")
+        return out
+    f = now["factor"]
+    at = summary([r["predicted_ms"] * f for r in rows], [r["measured_ms"] for r in rows])
+    log(f"the device runs the table's {len(now['nets'])} reference networks {abs(f - 1):.0%} "
+        f"{'slower' if f > 1 else 'faster'} than at its build ({table.get('date', '?')}, x{f:.3f}); at today's speed: "
+        f"{at['within_10']:.0%} within +-10%, {at['within_20']:.0%} within +-20%, median |error| "
+        f"{at['median_abs_error']:.1%}" + ("; the difference is the device's speed, not the table: rebuild the table "
+                                           "where the device runs as it will in use" if abs(f - 1) > 0.05 else ""))
+    return {**out, "speed_now": now, "at_speed_now": at}

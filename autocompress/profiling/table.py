@@ -184,7 +184,8 @@ def _timing(quick: bool) -> tuple[int, float]:
     return (3, 2.0) if quick else (5, 5.0)  # blocks, ms per block
 
 
-def _wall(model: bytes, target: Target, quick: bool) -> float:
+def time_whole(model: bytes, target: Target, quick: bool) -> float:
+    """One fresh session's time for the model, the way the grid and the context networks are timed."""
     sess = target.session(model)
     n_blocks, block_ms = _timing(quick)
     return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock)
@@ -218,7 +219,7 @@ def time_graph(model: bytes, target: Target, *, quick: bool, overhead_ms: float,
     profiler's per-kernel durations less its per-node inflation; kernels of the same group and features (the
     copies) are averaged into one entry."""
     kernels = list_kernels(model, target, runs=3 if quick else 5)
-    net = max(_wall(model, target, quick) - overhead_ms, 0.0)
+    net = max(time_whole(model, target, quick) - overhead_ms, 0.0)
     w = [max(k["us"] / 1e3 - delta_ms, 0.05 * k["us"] / 1e3) for k in kernels]
     tot = sum(w) or 1.0
     merged: dict = {}
@@ -233,9 +234,9 @@ def time_graph(model: bytes, target: Target, *, quick: bool, overhead_ms: float,
 def _base_costs(target: Target, quick: bool) -> dict:
     """Per-inference overhead (an Identity graph), per-node cost and the profiler's per-node inflation (a chain)."""
     n_nodes = 32
-    ov = float(np.median([_wall(graphs.identity_graph((target.batch_size, 3, 32, 32)), target, quick) for _ in range(3)]))
+    ov = float(np.median([time_whole(graphs.identity_graph((target.batch_size, 3, 32, 32)), target, quick) for _ in range(3)]))
     chain = graphs.chain_graph(n_nodes)
-    chain_net = max(float(np.median([_wall(chain, target, quick) for _ in range(3)])) - ov, 0.0)
+    chain_net = max(float(np.median([time_whole(chain, target, quick) for _ in range(3)])) - ov, 0.0)
     prof = sum(k["us"] for k in list_kernels(chain, target, runs=20)) / 1e3
     return {"overhead_ms": ov, "node_ms": chain_net / n_nodes, "delta_ms": (prof - chain_net) / n_nodes}
 
@@ -428,7 +429,8 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     hand-offs, the executor between nodes): networks (``context_nets``) are timed whole on the target and, per
     dtype, ``measured - overhead = scale * (sum of their kernels) + per_kernel * (number of kernels)`` is fitted
     (:func:`fit_context`). Measured on an AVX2 EPYC: int8 networks with many small kernels (SiLU, squeeze-excite,
-    channel shuffle) ran ~1-4 us per kernel over the sum of their kernels timed alone (benchmarks/README.md)."""
+    channel shuffle) ran ~1-4 us per kernel over the sum of their kernels timed alone (benchmarks/README.md). Their
+    whole times are kept (``measured_ms``): ``check`` times them again to see how far the device's speed has moved."""
     from .lookup import model_dtype, predict_raw
 
     bare = {**table, "context": None}
@@ -436,16 +438,17 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     nets_ = context_nets(target.batch_size, target.int8)
     if quick:
         nets_ = nets_[:2] if target.int8 else nets_[:1]
+    measured: dict[str, float] = {}
     for name, model in nets_:
         ks = list_kernels(model, target)
         pred = predict_raw(model, bare, kernels=ks)
-        meas = float(np.median([_wall(model, target, quick) for _ in range(3)]))
+        meas = measured[name] = float(np.median([time_whole(model, target, quick) for _ in range(3)]))
         points.setdefault(model_dtype(ks), []).append((meas - table["overhead_ms"], pred - table["overhead_ms"], len(ks)))
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {pred:.3f} ms ({len(ks)} kernels)")
     fits = {dt: fit_context(p) for dt, p in points.items()}
     log("in network: " + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel" for dt, (s, k) in fits.items()))
     return {"scale": {dt: s for dt, (s, _) in fits.items()}, "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()},
-            "nets": [n for n, _ in nets_]}
+            "nets": [n for n, _ in nets_], "measured_ms": measured}  # the device's speed at the build (check re-times)
 
 
 def append_line(path, row: dict) -> None:

@@ -173,14 +173,15 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
     t = time.perf_counter()
     ref = int8_reference(store, baseline, data, profile, shape4, seed=spec.seed, metric=metric,
                          metric_direction=spec.metric_direction, table=table, log=log)
-    from .space import int8_seeds_could_move, seeds_for_int8
+    from .space import int8_pays, int8_seeds_could_move, seeds_for_int8
 
+    int8_speedup = None
     if int8_seeds_could_move(space, profile):  # int8 that does not pay here (no VNNI, a small model): fp32 seeds
         from .references import int8_speedup_for_seeds
 
-        speedup = int8_speedup_for_seeds(ref, store, baseline, profile, shape4, seed=spec.seed, measured=table is None,
-                                         log=log)
-        space = seeds_for_int8(space, profile, speedup, log=log, predicted=table is not None)
+        int8_speedup = int8_speedup_for_seeds(ref, store, baseline, profile, shape4, seed=spec.seed,
+                                              measured=table is None, log=log)
+        space = seeds_for_int8(space, profile, int8_speedup, log=log, predicted=table is not None)
     setup_s["int8_reference"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -201,7 +202,8 @@ def prepare(spec: RunSpec, run_dir: Path, *, log: Callable[[str], None] = _log_d
 
     space = priors_for_run(space, teacher.model, groups, data, profile, base_path, run_dir,  # cached; space.sensitivity
                            {"teacher": _teacher_fp(teacher), "data": data.fingerprint}, seed=spec.seed, store=store,
-                           rank_blocks=not user_blocks, log=log)
+                           rank_blocks=not user_blocks, int8_speedup=None if int8_pays(int8_speedup, profile) else int8_speedup,
+                           log=log)
     stopper = None
     if spec.early_stop:  # the gate before distillation and the KD rungs (search/scheduler.py), history from the log
         c = spec.constraints

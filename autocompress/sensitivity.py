@@ -182,8 +182,11 @@ def quant_layers(fp32_path: Path, model) -> list[str]:
 
 
 def analyse(teacher, groups, data, space: SearchSpace, profile: HardwareProfile, fp32_path: Path, *, seed: int = 0,
-            blocks: Sequence[str] = (), log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """The whole record (see the module docstring); ``teacher`` is the nn.Module, ``fp32_path`` its ONNX export."""
+            blocks: Sequence[str] = (), int8_speedup: float | None = None,
+            log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """The whole record (see the module docstring); ``teacher`` is the nn.Module, ``fp32_path`` its ONNX export.
+    ``int8_speedup``: int8 alone's speedup where it does not pay on this target (the seeds run in fp32): the int8
+    ranking, half the analysis' time, is then skipped and sampled int8 candidates run every layer in int8."""
     from .errors import AutocompressError
 
     s = space.sensitivity
@@ -210,7 +213,13 @@ def analyse(teacher, groups, data, space: SearchSpace, profile: HardwareProfile,
         rec["blocks"], rec["blocks_base"] = got["blocks"], got["base"]
         rec["seconds"]["blocks"] = round(time.perf_counter() - t1, 2)
     rec["int8"] = None
-    if s.int8 and "int8" in profile.precisions and "int8" in space.bits.choices:
+    wanted = s.int8 and "int8" in profile.precisions and "int8" in space.bits.choices
+    if wanted and int8_speedup is not None:
+        log(f"sensitivity: int8 not ranked: int8 alone ran {int8_speedup:.2f}x here, under the profile's "
+            f"int8_seeds_min_speedup ({profile.int8_seeds_min_speedup:g}x), so the seeds are fp32; int8 candidates "
+            "the search samples run every layer in int8 (bits.keep_fp32 stays 0)")
+        rec["int8_skipped"] = {"int8_speedup": round(int8_speedup, 3), "bar": profile.int8_seeds_min_speedup}
+    elif wanted:
         t1 = time.perf_counter()
         q = space.quantization
         quant = QuantSpec(format=profile.int8_format or q.format[0], types=profile.int8_types or q.types[0],
@@ -374,18 +383,21 @@ def with_priors(space: SearchSpace, rec: Mapping[str, Any], groups: Mapping[str,
 # ---------------------------------------------------------------------------- the run's hook
 def priors_for_run(space: SearchSpace, teacher, groups, data, profile: HardwareProfile, fp32_path: Path, run_dir: Path,
                    key_parts: Mapping[str, Any], *, seed: int = 0, store=None, rank_blocks: bool = False,
-                   log: Callable[[str], None] = print) -> SearchSpace:
+                   int8_speedup: float | None = None, log: Callable[[str], None] = print) -> SearchSpace:
     """Called once by ``engine.prepare``: the analysis (cached) and the space it shapes; the space unchanged when
     ``sensitivity.enabled`` is false. ``rank_blocks``: measure and rank the space's droppable blocks (found in the
-    teacher by ``space.with_blocks``)."""
+    teacher by ``space.with_blocks``). ``int8_speedup``: set where int8 alone does not pay here (see
+    :func:`analyse`)."""
     from .space import depth_active
 
     if not space.sensitivity.enabled:
         return space
     blocks = list(space.depth.blocks) if rank_blocks and depth_active(space) else []
-    key = cache_key(space, profile, groups, {**key_parts, **({"blocks": blocks} if blocks else {})})
+    key = cache_key(space, profile, groups, {**key_parts, **({"blocks": blocks} if blocks else {}),
+                                             **({"int8_ranked": False} if int8_speedup is not None else {})})
     rec, path, reused = load_or_analyse(run_dir, key, lambda: analyse(teacher, groups, data, space, profile, fp32_path,
-                                                                      seed=seed, blocks=blocks, log=log))
+                                                                      seed=seed, blocks=blocks,
+                                                                      int8_speedup=int8_speedup, log=log))
     shaped = with_priors(space, rec, groups, rank_blocks=bool(blocks))
     twins = [s.label for s in shaped.seeds if s.label and s not in space.seeds]
     secs = rec["seconds"]

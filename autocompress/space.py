@@ -318,7 +318,7 @@ def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: f
     accurate (benchmarks/README.md, "The depth seed at temperature 2, alpha 0.7, on an AVX2-only CPU"). The search
     itself still samples int8. Unchanged when int8 pays, was not measured, or the space or profile has no fp32."""
     bar = profile.int8_seeds_min_speedup
-    if int8_speedup is None or int8_speedup >= bar or not int8_seeds_could_move(space, profile):
+    if int8_pays(int8_speedup, profile) or not int8_seeds_could_move(space, profile):
         return space
     seeds: list[SeedCandidate] = []
     left_out: list[str] = []
@@ -339,6 +339,12 @@ def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: f
                f"{'predicted' if predicted else 'measured'} it)" if left_out else "")
             + "; the search still samples int8")
     return space.model_copy(update={"seeds": seeds})
+
+
+def int8_pays(int8_speedup: float | None, profile: HardwareProfile) -> bool:
+    """Whether int8 alone (measured or predicted at set-up; None: not measured) reaches the profile's
+    ``int8_seeds_min_speedup``: below it the int8 seeds run in fp32 and the int8 sensitivity ranking is skipped."""
+    return int8_speedup is None or int8_speedup >= profile.int8_seeds_min_speedup
 
 
 def int8_seeds_could_move(space: SearchSpace, profile: HardwareProfile) -> bool:

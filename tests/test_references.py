@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from autocompress.cli import main
 from autocompress.store import RunStore
@@ -119,8 +120,12 @@ def test_resume_reuses_the_reference_and_verbose_prints_epochs(finished_run, cap
 
 
 def test_where_int8_alone_does_not_pay_the_run_seeds_in_fp32(tmp_path, monkeypatch, capsys):
-    """A profile whose bar int8 alone cannot reach (1000x): the measured reference decides, in a real run."""
-    ws = make_workspace(tmp_path, SPACE, {**FAST_PROFILE, "int8_seeds_min_speedup": 1000}, teacher="teacher.pt")
+    """A profile whose bar int8 alone cannot reach (1000x): the measured reference decides, in a real run; the
+    sensitivity analysis then skips its int8 ranking (half its time) and sampled int8 candidates are all int8."""
+    space = {**SPACE, "bits": {"choices": ["fp32", "int8"], "keep_fp32": [0, 1]},
+             "sensitivity": {"enabled": True, "ratios": [0.5], "calib_samples": 16, "val_samples": 32,
+                             "int8_samples": 16, "seeds": []}}
+    ws = make_workspace(tmp_path, space, {**FAST_PROFILE, "int8_seeds_min_speedup": 1000}, teacher="teacher.pt")
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(ws / "cache"))
     out = ws / "run"
     assert main(run_args(ws, out) + ["--trials", "2"]) == 0
@@ -132,6 +137,11 @@ def test_where_int8_alone_does_not_pay_the_run_seeds_in_fp32(tmp_path, monkeypat
     recs = sorted(RunStore(out).records(), key=lambda r: r.number)
     assert recs[0].seed == "uniform 50% + fp32" and set(recs[0].candidate.bits_map().values()) == {"fp32"}
     assert [r.seed for r in recs[1:]] == [None]  # int8 alone did not run as a trial; the sampler may still pick int8
+    assert f"sensitivity: int8 not ranked: int8 alone ran {ref['speedup']:.2f}x here" in printed
+    sens = json.loads((out / yaml.safe_load((out / "run.yaml").read_text())["sensitivity"]["file"]).read_text())
+    assert sens["int8"] is None and sens["int8_skipped"]["bar"] == 1000 and sens["stages"]
+    for r in recs:  # nothing ranks layers for bits.keep_fp32: an int8 candidate is int8 throughout
+        assert "bits.keep_fp32" not in dict(r.candidate.params) and len(set(r.candidate.bits_map().values())) == 1
 
 
 def test_an_int8_reference_near_the_bar_is_timed_again_before_it_decides(finished_run):

@@ -245,6 +245,10 @@ def test_torch_side_calibration_is_appended_to_the_table(tmp_path, table):
     assert set(cal["fits"]) == {"fp32", "int8"} and all(0.5 <= f["beta"] <= 1.5 for f in cal["fits"].values())
     t2 = predict.append_calibration(t, cal)
     assert ptable.read(t2["path"])["calibration"]["fits"] == cal["fits"]
+    # the reference networks are timed again with the fit, which set the table's level last: a check compares with those
+    from autocompress.profiling.check import reference_times
+
+    assert set(cal["reference_ms"]) == set(t["context"]["nets"]) and reference_times(t2) == cal["reference_ms"]
 
 
 def test_a_search_in_predict_mode_says_its_figures_are_predicted(tmp_path, monkeypatch, table, capsys):

@@ -231,6 +231,9 @@ def test_the_check_measures_the_devices_speed_against_the_build(tiny_table):
     scaled = pcheck.summary([r["predicted_ms"] * f for r in res["rows"]], [r["measured_ms"] for r in res["rows"]])
     assert res["at_speed_now"] == scaled
     assert any("slower than at its build" in ln and "rebuild the table" in ln for ln in lines), lines[-1]
+    # a whole-model calibration, fitted after the context step, sets the level last: its reference times are read
+    cal = {**tiny_table, "calibration": {"fits": {}, "reference_ms": {k: v * 3 for k, v in then.items()}}}
+    assert pcheck.reference_times(cal) == {k: v * 3 for k, v in then.items()}
     old = {**tiny_table, "context": {k: v for k, v in tiny_table["context"].items() if k != "measured_ms"}}
     lines = []
     assert "speed_now" not in pcheck.check(old, log=lines.append, repeats=1)

@@ -277,7 +277,13 @@ def calibrate_table(table: dict, profile: HardwareProfile, *, quick: bool = Fals
     fits = {dt: fit_calibration(p) for dt, p in points.items() if p}
     for dt, f in fits.items():
         log(f"calibration {dt}: measured = exp({f['alpha']:.3f}) * raw^{f['beta']:.3f} ({f['n']} models)")
-    return {"fits": fits, "models": rows, "load_avg": hardware.load_average(), "seconds": time.perf_counter() - t0}
+    # the reference networks timed again now: the fit carries the machine's speed of these minutes, and a check
+    # compares with it (timed only at the context step, they once ran 1.4-1.6x the later figures: a slow patch)
+    from ..profiling.check import time_references
+
+    refs = time_references(table, (table.get("context") or {}).get("nets") or [])
+    return {"fits": fits, "models": rows, "load_avg": hardware.load_average(), "seconds": time.perf_counter() - t0,
+            "reference_ms": refs or None}
 
 
 def append_calibration(table: dict, calibration: dict) -> dict:

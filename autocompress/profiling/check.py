@@ -61,19 +61,32 @@ def format_summary(s: dict) -> str:
             f"(x{s['common_factor']:.3f}) is divided out")
 
 
-def speed_now(table: dict, *, repeats: int = 3) -> dict | None:
-    """How fast the device runs now against the table's build: its context networks (whose whole times the build
-    kept) timed again the same way; ``factor`` = the median of now / then (1.15: 15% slower now). A shared machine's
-    speed moves by as much as the +-10% band within half an hour (the AVX2 EPYC here, benchmarks/README.md), so a
-    check says how much of its error is the device's day rather than the table. None for a table built before the
-    build kept those times."""
-    then = (table.get("context") or {}).get("measured_ms")
-    if not then:
-        return None
+def time_references(table: dict, names, *, repeats: int = 3) -> dict[str, float]:
+    """The table's context networks named in ``names``, each timed whole as the build times them (the median of
+    ``repeats`` fresh sessions, the table's clock)."""
     target = table_target(table)
     quick = bool(table.get("quick"))
-    ratios = {name: float(np.median([time_whole(model, target, quick) for _ in range(repeats)])) / then[name]
-              for name, model in context_nets(target.batch_size, target.int8) if name in then}
+    return {name: float(np.median([time_whole(model, target, quick) for _ in range(repeats)]))
+            for name, model in context_nets(target.batch_size, target.int8) if name in set(names)}
+
+
+def reference_times(table: dict) -> dict[str, float] | None:
+    """The reference networks' times taken when the table's level was last set: by the whole-model calibration where
+    there is one (fitted last, on the machine's speed of those minutes), else by the context networks."""
+    return (table.get("calibration") or {}).get("reference_ms") or (table.get("context") or {}).get("measured_ms")
+
+
+def speed_now(table: dict, *, repeats: int = 3) -> dict | None:
+    """How fast the device runs now against the table's build: its reference networks (:func:`reference_times`)
+    timed again the same way; ``factor`` = the median of now / then (1.15: 15% slower now). A shared machine's speed
+    moves by as much as the +-10% band within half an hour (the AVX2 EPYC here, benchmarks/README.md), so a check
+    says how much of its error is the device's day rather than the table. None for a table built before the build
+    kept those times."""
+    then = reference_times(table)
+    if not then:
+        return None
+    now = time_references(table, then, repeats=repeats)
+    ratios = {name: ms / then[name] for name, ms in now.items()}
     if not ratios:
         return None
     return {"factor": float(np.median(list(ratios.values()))), "nets": ratios}

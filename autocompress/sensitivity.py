@@ -215,7 +215,7 @@ def analyse(teacher, groups, data, space: SearchSpace, profile: HardwareProfile,
     rec["int8"] = None
     wanted = s.int8 and "int8" in profile.precisions and "int8" in space.bits.choices
     if wanted and int8_speedup is not None:
-        log(f"sensitivity: int8 not ranked: int8 alone ran {int8_speedup:.2f}x here, under the profile's "
+        log(f"sensitivity: int8 not ranked: int8 alone is {int8_speedup:.2f}x the fp32 baseline here, under the profile's "
             f"int8_seeds_min_speedup ({profile.int8_seeds_min_speedup:g}x), so the seeds are fp32; int8 candidates "
             "the search samples run every layer in int8 (bits.keep_fp32 stays 0)")
         rec["int8_skipped"] = {"int8_speedup": round(int8_speedup, 3), "bar": profile.int8_seeds_min_speedup}

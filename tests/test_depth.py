@@ -118,8 +118,11 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
     default = load_space("default").model_copy(update={"sparsity": space.sparsity})
     said = []
     deep = with_blocks(default, _model(), X, log=said.append)
-    assert [s.drop for s in deep.seeds] == [0] * (len(default.seeds) - 1) + [3]
-    assert seed_params(deep.seeds[-1], deep, {})["depth.drop"] == 3
+    assert [s.drop for s in deep.seeds] == [3 if s.drop else 0 for s in default.seeds]
+    order = [(s.sparsity, bool(s.drop)) for s in default.seeds]  # one depth seed, right after the 80% step
+    assert order.count((0.5, True)) == 1 and order[order.index((0.5, True)) - 1] == (0.8, False)
+    depth_seed = next(s for s in deep.seeds if s.drop)
+    assert seed_params(depth_seed, deep, {})["depth.drop"] == 3
     # ... and each change to the seeds is said, in one line naming the seed
     assert said[-1] == ("seeds: the teacher has 3 droppable block(s): seed 'uniform 50%, 8 blocks dropped + int8, "
                         "KD 8 ep (T 2, alpha 0.7)' drops 3, not 8")
@@ -128,7 +131,8 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
     assert said[-1] == ("seeds: the teacher has 0 droppable block(s): seed 'uniform 50%, 8 blocks dropped + int8, "
                         "KD 8 ep (T 2, alpha 0.7)' left out (it drops blocks, and there are none to drop)")
     # a seed that, clamped, becomes an earlier one is left out, naming that one
-    two = default.model_copy(update={"seeds": [default.seeds[-1].model_copy(update={"drop": 3}), default.seeds[-1]]})
+    written = next(s for s in default.seeds if s.drop)  # "every block" (8)
+    two = default.model_copy(update={"seeds": [written.model_copy(update={"drop": 3}), written]})
     assert len(with_blocks(two, _model(), X, log=said.append).seeds) == 1
     assert said[-1].endswith("left out (with 3 blocks dropped it is the same as seed 'uniform 50%, 3 blocks dropped + "
                              "int8, KD 8 ep (T 2, alpha 0.7)')")

@@ -137,7 +137,7 @@ def test_where_int8_alone_does_not_pay_the_run_seeds_in_fp32(tmp_path, monkeypat
     recs = sorted(RunStore(out).records(), key=lambda r: r.number)
     assert recs[0].seed == "uniform 50% + fp32" and set(recs[0].candidate.bits_map().values()) == {"fp32"}
     assert [r.seed for r in recs[1:]] == [None]  # int8 alone did not run as a trial; the sampler may still pick int8
-    assert f"sensitivity: int8 not ranked: int8 alone ran {ref['speedup']:.2f}x here" in printed
+    assert f"sensitivity: int8 not ranked: int8 alone is {ref['speedup']:.2f}x the fp32 baseline here" in printed
     sens = json.loads((out / yaml.safe_load((out / "run.yaml").read_text())["sensitivity"]["file"]).read_text())
     assert sens["int8"] is None and sens["int8_skipped"]["bar"] == 1000 and sens["stages"]
     for r in recs:  # nothing ranks layers for bits.keep_fp32: an int8 candidate is int8 throughout

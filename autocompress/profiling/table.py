@@ -430,7 +430,8 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     dtype, ``measured - overhead = scale * (sum of their kernels) + per_kernel * (number of kernels)`` is fitted
     (:func:`fit_context`). Measured on an AVX2 EPYC: int8 networks with many small kernels (SiLU, squeeze-excite,
     channel shuffle) ran ~1-4 us per kernel over the sum of their kernels timed alone (benchmarks/README.md). Their
-    whole times are kept (``measured_ms``): ``check`` times them again to see how far the device's speed has moved."""
+    whole times are kept (``measured_ms``) as the device's speed at the build; the whole-model calibration, where
+    torch is, times them again when it sets the level last, and ``check`` compares with the later of the two."""
     from .lookup import model_dtype, predict_raw
 
     bare = {**table, "context": None}

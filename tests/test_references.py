@@ -190,8 +190,14 @@ def test_a_budget_that_ends_before_the_seeds_says_so(tmp_path, monkeypatch, caps
     # and the summary at the end lists it beside the seed that ran
     assert "seed int8 alone (trial 0): " in printed
     assert printed.rstrip().count("seed uniform 50% + int8: not run (the budget ended before it)") == 1
+    # a budget that ends just as the last seed does says the same of the search proper
+    assert main(["resume", str(out), "--trials", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert ("the budget ended as the space's seeds did: all 2 seed(s) ran and the search proper (the sampler) did not "
+            f"start, so every model of this run is a seed: continue with `autocompress resume {out} --trials 4`") in printed
+    assert "before the space's seeds did" not in printed and "not run (the budget ended" not in printed
     assert main(["resume", str(out), "--trials", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "before the space's seeds did" not in printed and "not run (the budget ended" not in printed
+    assert "the space's seeds did" not in printed and "not run (the budget ended" not in printed
     recs = sorted(RunStore(out).records(), key=lambda r: r.number)
     assert [r.seed for r in recs] == ["int8 alone", "uniform 50% + int8", None]

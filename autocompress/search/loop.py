@@ -279,9 +279,10 @@ class SearchLoop:
         alone does not pay"), so a user would otherwise read a front of seeds as a search's result."""
         left = [a[SEED_ATTR] for a in self.backend.waiting_attrs() if a.get(SEED_ATTR)]
         self.store.update_run_yaml({"seeds_not_run": left})  # the summary lists them with the seeds that ran
-        if not left or not self.records:  # no trial at all: the deadline's own line said so and how to go on
-            return
         ran = [r for r in self.records if r.seed]
+        # no trial at all: the deadline's own line said so; no seed left and some trial searched: nothing to say
+        if not self.records or (not left and len(ran) < len(self.records)):
+            return
         seeds = len(ran) + len(left)
         searched = len(self.records) - len(ran)
         trained = [r.duration_s for r in self.records if r.kd_history]
@@ -289,10 +290,14 @@ class SearchLoop:
         more = (self._resume_hint(each) if self.deadline is not None else
                 f"continue with `autocompress resume {self.store.dir} --trials {max(self.backend.budget, seeds) + seeds}` "
                 "(every seed, and as many trials again for the search)")
+        proper = ("mutations of the fastest model meeting the constraints, and the sampler" if self.prep.space.explore > 0
+                  else "the sampler")
+        if not left:  # the budget ended just as the last seed did (the one-click default on a slow CPU)
+            self.disp.print(f"the budget ended as the space's seeds did: all {len(ran)} seed(s) ran and the search proper "
+                            f"({proper}) did not start, so every model of this run is a seed: {more}")
+            return
         self.disp.print(f"the budget ended before the space's seeds did: {len(ran)} seed(s) ran, {len(left)} did not ("
-                        + ", ".join(f"'{x}'" for x in left) + "); the search proper ("
-                        + ("mutations of the fastest model meeting the constraints, and the sampler"
-                           if self.prep.space.explore > 0 else "the sampler") + ") starts after them, so "
+                        + ", ".join(f"'{x}'" for x in left) + f"); the search proper ({proper}) starts after them, so "
                         + ("every model of this run is a seed" if not searched else
                            f"only {searched} trial(s) of this run were not seeds") + f": {more}")
 

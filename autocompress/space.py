@@ -288,24 +288,30 @@ def seeds_for_profile(space: SearchSpace, profile: HardwareProfile, log=None) ->
     if all(s.bits in allowed for s in space.seeds):
         return space
     low = next(p for p in ("int8", "fp16", "fp32") if p in allowed)
-    seeds: list[SeedCandidate] = []
-    left_out: list[str] = []
-    for s in space.seeds:
-        if s.bits not in allowed:
-            t = s.model_copy(update={"bits": low, "keep_fp32": s.keep_fp32 if low == "int8" else 0,
-                                     "label": None if s.label is None else f"{s.label} (in {low})"})
-            if low == "fp32" and t.student == "pruned" and not t.drop and not _any_sparsity(t.sparsity):
-                left_out.append(f"{seed_label(s)!r} (it is the baseline)")
-                continue
-            s = t
-        if s in seeds:
-            continue
-        seeds.append(s)
+    seeds, left_out = _seeds_moved(space.seeds, lambda s: s.bits not in allowed, low)
     if log is not None:
         lacking = sorted({s.bits for s in space.seeds if s.bits not in allowed})
         log(f"seeds: profile '{profile.name}' runs {'/'.join(allowed)}, not {'/'.join(lacking)}: those seeds run in {low}"
-            + (f"; left out: {', '.join(left_out)}" if left_out else ""))
+            + (f"; left out: {', '.join(f'{x!r} (it is the baseline)' for x in left_out)}" if left_out else ""))
     return space.model_copy(update={"seeds": seeds})
+
+
+def _seeds_moved(seeds, moves, to: str) -> tuple[list[SeedCandidate], list[str]]:
+    """``seeds`` with those ``moves(seed)`` picks run in precision ``to`` (the same student and KD; ``keep_fp32``
+    only for int8; a label says where it runs), and the labels of the moved seeds left out: one that in fp32 is the
+    baseline itself (nothing pruned, no block dropped). A seed equal to an earlier one is not repeated."""
+    out: list[SeedCandidate] = []
+    left_out: list[str] = []
+    for s in seeds:
+        if moves(s):
+            if to == "fp32" and s.student == "pruned" and not s.drop and not _any_sparsity(s.sparsity):
+                left_out.append(seed_label(s))
+                continue
+            s = s.model_copy(update={"bits": to, "keep_fp32": s.keep_fp32 if to == "int8" else 0,
+                                     "label": None if s.label is None else f"{s.label} (in {to})"})
+        if s not in out:
+            out.append(s)
+    return out, left_out
 
 
 def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: float | None, log=None, *,
@@ -320,17 +326,8 @@ def seeds_for_int8(space: SearchSpace, profile: HardwareProfile, int8_speedup: f
     bar = profile.int8_seeds_min_speedup
     if int8_pays(int8_speedup, profile) or not int8_seeds_could_move(space, profile):
         return space
-    seeds: list[SeedCandidate] = []
-    left_out: list[str] = []
-    for s in space.seeds:
-        if s.bits == "int8" and s.student == "pruned" and not s.drop and not _any_sparsity(s.sparsity):
-            left_out.append(seed_label(s))  # int8 alone: no student to train, and the set-up timed it
-            continue
-        if s.bits == "int8":
-            s = s.model_copy(update={"bits": "fp32", "keep_fp32": 0,
-                                     "label": None if s.label is None else f"{s.label} (in fp32)"})
-        if s not in seeds:
-            seeds.append(s)
+    # int8 alone is left out: in fp32 it is the baseline, and the set-up timed it in int8
+    seeds, left_out = _seeds_moved(space.seeds, lambda s: s.bits == "int8", "fp32")
     if log is not None:
         how = "is predicted to run" if predicted else "ran"
         log(f"seeds: int8 alone {how} {int8_speedup:.2f}x the fp32 baseline on this target, under the profile's "

@@ -141,12 +141,12 @@ def test_teacher_logits_on_disk_round_trip(teacher, digits, tmp_path, monkeypatc
 
 @pytest.mark.gpu
 def test_kd_on_cuda_in_mixed_precision(teacher, digits):
+    """The same distillation on the GPU (bf16 autocast) learns as it does on the CPU in fp32. (A bar of 80% after 3
+    epochs, written before a GPU was at hand, failed on an H200: 36.7% there, and 37.5% on the CPU.)"""
     from autocompress.devices import cuda_available
 
     if not cuda_available():
         pytest.skip("no CUDA GPU here")
-    """The same distillation on the GPU (bf16 autocast) learns as it does on the CPU in fp32. (A bar of 80% after 3
-    epochs, written before a GPU was at hand, failed on an H200: 36.7% there, and 37.5% on the CPU.)"""
     model, logits = teacher
     spec = DistillSpec(epochs=3, lr=0.05, batch_size=64)
     got = {}

@@ -172,3 +172,21 @@ def test_a_user_model_has_the_same_signature_in_every_process(tmp_path):
     sigs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
             for _ in range(3)}
     assert len(sigs) == 1 and len(next(iter(sigs))) == 16, sigs
+
+
+def test_a_checkpoint_trained_on_other_input_statistics_is_refused(digits, tiny_model_file, tmp_path):
+    """Weights trained on raw 0..1 pixels, fed the default per-dataset normalisation, lose accuracy silently: the
+    run stops with one line naming the preset they score well under; fed that preset, they load."""
+    spec = f"{tiny_model_file}:tiny_cnn"
+    raw = digits.renormalised("none", (0.0,) * 3, (1.0,) * 3)
+    trained = get_teacher(spec, raw, train=FAST, seed=0, cache_dir=tmp_path, log=lambda s: None)
+    ck = tmp_path / "raw_pixels.pt"
+    torch.save(trained.model.state_dict(), ck)
+    with pytest.raises(ConfigError) as e:
+        get_teacher(spec, digits, checkpoint=str(ck), log=lambda s: None)
+    msg = str(e.value)
+    assert "\n" not in msg and "with --normalize dataset but" in msg and "rerun with --normalize none" in msg
+    ok = get_teacher(spec, raw, checkpoint=str(ck), log=lambda s: None)
+    assert ok.val_accuracy == pytest.approx(trained.val_accuracy)
+    explicit = digits.renormalised("explicit", digits.mean, digits.std)  # statistics the user gave: as given
+    assert get_teacher(spec, explicit, checkpoint=str(ck), log=lambda s: None).val_accuracy < trained.val_accuracy

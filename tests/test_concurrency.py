@@ -31,9 +31,10 @@ SPACE = {
 }
 PROFILE = FAST_PROFILE
 STUDY = "concurrency-study"
-# The run's process starts its trials only once every worker has its baseline, so that all of them compete
-# for the budget (otherwise a fast run can finish before a worker has loaded torch).
-RUN_CHILD = """
+# Every process (the run and each worker) enters its search loop only once all of them have reached it, so that
+# all compete for the budget: a worker still computing its set-up (int8 reference, teacher logits) after its
+# baseline is written once lost all six trials to a fast run (CI, 2026-12-04).
+CHILD = """
 import os, sys, time
 from pathlib import Path
 import autocompress.engine as engine
@@ -41,9 +42,10 @@ import autocompress.engine as engine
 real = engine.search
 
 def search(*a, **k):
-    folders = [Path(p) for p in os.environ["WAIT_FOR"].split(os.pathsep)]
-    end = time.time() + 180
-    while time.time() < end and not all((f / "baseline.json").is_file() for f in folders):
+    ready = Path(os.environ["READY_DIR"])
+    (ready / str(os.getpid())).touch()
+    end = time.time() + 240
+    while time.time() < end and len(list(ready.iterdir())) < int(os.environ["PARTIES"]):
         time.sleep(0.05)
     return real(*a, **k)
 
@@ -56,17 +58,13 @@ sys.exit(main(sys.argv[1:]))
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     d = make_workspace(tmp_path_factory.mktemp("conc"), SPACE, PROFILE, teacher="teacher.pt")
-    (d / "run_child.py").write_text(RUN_CHILD)
+    (d / "child.py").write_text(CHILD)
     return d
 
 
-def _env(ws):
+def _env(ws, ready: Path, parties: int):
     return {**os.environ, "AUTOCOMPRESS_CACHE": str(ws / "cache"), "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "autocompress.cli", *args]
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "READY_DIR": str(ready), "PARTIES": str(parties)}
 
 
 def _study_ready(url: str) -> bool:
@@ -89,21 +87,24 @@ def _records(folder: Path) -> list[dict]:
 def run_shared(ws: Path, tmp: Path, url: str, n_workers: int, budget: int):
     out = tmp / "run"
     workers = [tmp / f"w{i}" for i in range(n_workers)]
+    ready = tmp / "ready"
+    ready.mkdir()
+    env = _env(ws, ready, parties=1 + n_workers)
     procs = [subprocess.Popen(
-        [sys.executable, str(ws / "run_child.py"), "run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
+        [sys.executable, str(ws / "child.py"), "run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "teacher.pt"), "--data", "digits",
              "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
              "--trials", str(budget), "--out", str(out), "--seed", "0", "--max-accuracy-drop", "90",
              "--storage", url, "--study", STUDY, "--sampler", "random"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**_env(ws), "WAIT_FOR": os.pathsep.join(map(str, workers))})]
+        env=env)]
     deadline = time.time() + 240
     while not _study_ready(url):
         assert procs[0].poll() is None, procs[0].communicate()
         assert time.time() < deadline, "the study never appeared"
         time.sleep(0.2)
     for w in workers:
-        procs.append(subprocess.Popen(_cli("worker", "--storage", url, "--study", STUDY, "--out", str(w)),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(ws)))
+        procs.append(subprocess.Popen([sys.executable, str(ws / "child.py"), "worker", "--storage", url, "--study", STUDY,
+                                       "--out", str(w)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
         outs = [p.communicate(timeout=480) for p in procs]
     finally:

@@ -15,7 +15,14 @@ from test_prune import TinyNet
 from torch import nn
 
 from autocompress.compress.export import export_onnx
-from autocompress.compress.quantize import _module_of, check_runs, module_to_nodes, quantize_model, resolve_bits
+from autocompress.compress.quantize import (
+    _module_of,
+    calibration_cache_supported,
+    check_runs,
+    module_to_nodes,
+    quantize_model,
+    resolve_bits,
+)
 from autocompress.errors import ConfigError, StageError
 from autocompress.records import QuantSpec
 
@@ -99,6 +106,30 @@ def test_per_layer_int8_quantizes_only_the_named_layer(r18_onnx, tmp_path):
                 "/layer3/layer3.1/conv2/Conv"}
     assert _quantized_convs(res.path) == expected
     assert expected <= set(res.int8_nodes) and "/conv1/Conv" in res.fp32_nodes and not res.fp16_nodes
+
+
+def _logits(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_one_calibration_serves_every_quantization_of_a_model(r18_onnx, tmp_path):
+    """The sensitivity analysis quantizes one layer at a time: with a calibration cache every point reads the
+    activation ranges the first one computed, and gives exactly the model a calibration of its own gives."""
+    if not calibration_cache_supported():
+        pytest.skip("this onnxruntime's quantize_static has no calibration_cache_path (onnxruntime < 1.32): "
+                    "every quantization calibrates")
+    cache, x = tmp_path / "ranges.json", CALIB[:4].numpy()
+    for i, bits in enumerate([{"_default": "int8"}, {"layer1.0.conv1": "int8"}, {"layer3": "int8"}]):
+        shared = quantize_model(r18_onnx, tmp_path / f"s{i}.onnx", bits, QuantSpec(), CALIB, calibration_cache=cache)
+        assert cache.is_file()
+        own = quantize_model(r18_onnx, tmp_path / f"o{i}.onnx", bits, QuantSpec(), CALIB)
+        assert _quantized_convs(shared.path) == _quantized_convs(own.path)
+        np.testing.assert_array_equal(_logits(shared.path, x), _logits(own.path, x))
+    # the ranges really come from the file: other calibration data leaves the result as the first data made it
+    again = quantize_model(r18_onnx, tmp_path / "again.onnx", {"layer3": "int8"}, QuantSpec(), CALIB * 10,
+                           calibration_cache=cache)
+    np.testing.assert_array_equal(_logits(again.path, x), _logits(tmp_path / "o2.onnx", x))
 
 
 def test_u8s8_and_s8s8_types(tiny_onnx, tmp_path):

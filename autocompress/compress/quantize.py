@@ -182,7 +182,18 @@ def reduce_range_for(quant: QuantSpec, flags: list[str] | None = None) -> bool:
     return "avx2" in flags and not any(f in flags for f in VNNI_FLAGS)
 
 
-def _int8(src: Path, dst: Path, quant: QuantSpec, calib: np.ndarray, include: list[str], exclude: list[str]) -> None:
+def calibration_cache_supported() -> bool:
+    """Whether this onnxruntime's ``quantize_static`` keeps its activation ranges in a file (``calibration_cache_path``,
+    onnxruntime >= 1.32), so that one calibration serves every quantization of the same fp32 model."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _int8(src: Path, dst: Path, quant: QuantSpec, calib: np.ndarray, include: list[str], exclude: list[str],
+          calibration_cache: Path | None = None) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -217,6 +228,7 @@ def _int8(src: Path, dst: Path, quant: QuantSpec, calib: np.ndarray, include: li
         activation_type=acts[quant.types], weight_type=weight_type,
         nodes_to_quantize=include, nodes_to_exclude=exclude,
         calibrate_method=methods[quant.calibration], reduce_range=reduce,
+        **({"calibration_cache_path": str(calibration_cache)} if calibration_cache is not None else {}),
     )
 
 
@@ -320,6 +332,7 @@ def quantize_model(
     calib_x,
     *,
     batch_size: int = 1,
+    calibration_cache: str | os.PathLike | None = None,
 ) -> QuantResult:
     """Write ``out_path``: ``fp32_path`` with each module's nodes in the precision ``bits`` gives it.
 
@@ -327,6 +340,11 @@ def quantize_model(
     ``nodes_to_exclude``), fp16 nodes are converted afterwards (inputs/outputs stay float32), all-fp32
     is a plain copy. ``calib_x`` feeds static calibration (in batches of 32); a batch of ``batch_size``
     rows of it checks that the result runs and gives finite outputs.
+
+    ``calibration_cache``: a file for the activation ranges of static calibration (see
+    :func:`calibration_cache_supported`; ignored where this onnxruntime has none): written by the first call,
+    read by the next, so many quantizations of the *same* ``fp32_path`` with the same ``calib_x`` and ``quant``
+    calibrate once (the ranges are the fp32 model's, whichever nodes go int8). The caller owns the file and its key.
     """
     t0 = time.perf_counter()
     src, out = Path(fp32_path), Path(out_path)
@@ -355,7 +373,8 @@ def quantize_model(
                 if int8:
                     model = _fold_identities(onnx.load(str(src)))
                     onnx.save(model, str(clean))
-                    _int8(clean, tmp8 if fp16 else tmp, quant, calib, list(int8), list(fp16 + fp32))
+                    cache = Path(calibration_cache) if calibration_cache is not None and calibration_cache_supported() else None
+                    _int8(clean, tmp8 if fp16 else tmp, quant, calib, list(int8), list(fp16 + fp32), cache)
                     stage_src = tmp8
                 if fp16:
                     _fp16(stage_src, tmp, set(fp16))

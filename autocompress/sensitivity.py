@@ -71,9 +71,12 @@ def _top1(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean()) if len(y) else float("nan")
 
 
-def _torch_logits(model, x, batch_size: int = 256) -> np.ndarray:
+def _torch_logits(model, x, batch_size: int | None = None) -> np.ndarray:
     import torch
 
+    from .devices import infer_batch
+
+    batch_size = batch_size or infer_batch("cpu")
     with torch.no_grad():
         return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]).numpy()
 

@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.bundle import Split
-from ..devices import autocast, grad_scaler
+from ..devices import autocast, grad_scaler, infer_batch
 from ..errors import ConfigError, StageError
 from ..records import DistillSpec
 
-EVAL_BATCH = 256
 LOGITS_FP16_MIN = 1 << 22  # logits of at least this many values (N x classes) are stored as float16 on disk
 
 
@@ -54,12 +53,13 @@ def as_split(x, y=None) -> Split:
     return Split.from_tensors(x, y)
 
 
-def compute_logits(model: nn.Module, x, batch_size: int = 256, *, device: str = "cpu",
+def compute_logits(model: nn.Module, x, batch_size: int | None = None, *, device: str = "cpu",
                    out: np.ndarray | None = None, progress: str | None = None) -> torch.Tensor | np.ndarray:
     """The model's logits for ``x`` (a tensor or a :class:`Split`) in eval mode, no grad, float32 on the CPU;
     written into ``out`` (e.g. a float16 memmap) and returned as it when given. The model is run on
-    ``device`` and left where it was."""
+    ``device`` and left where it was, in batches of ``batch_size`` (default: :func:`..devices.infer_batch`)."""
     split = as_split(x)
+    batch_size = batch_size or infer_batch(device)
     was_training = model.training
     home = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.eval()
@@ -83,7 +83,7 @@ def compute_logits(model: nn.Module, x, batch_size: int = 256, *, device: str = 
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def accuracy(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int = EVAL_BATCH, *,
+def accuracy(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int | None = None, *,
              device: str = "cpu") -> float:
     """Top-1 accuracy (0..1) in eval mode on ``x, y`` tensors or a :class:`Split`."""
     split = as_split(x, y)
@@ -107,7 +107,7 @@ def epoch_val_indices(n: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(0).permutation(n)[:EPOCH_VAL_MAX])
 
 
-def epoch_accuracy(model: nn.Module, val, *, device: str = "cpu", batch_size: int = EVAL_BATCH) -> float:
+def epoch_accuracy(model: nn.Module, val, *, device: str = "cpu", batch_size: int | None = None) -> float:
     """Top-1 accuracy on :func:`epoch_val_indices` of ``val`` (eval mode, no grad)."""
     idx = epoch_val_indices(len(val))
     if idx is None:
@@ -116,14 +116,14 @@ def epoch_accuracy(model: nn.Module, val, *, device: str = "cpu", batch_size: in
     model.eval()
     correct = 0
     with torch.no_grad():
-        for xb, yb in val.batches(batch_size, idx, device=device):
+        for xb, yb in val.batches(batch_size or infer_batch(device), idx, device=device):
             correct += int((model(xb).argmax(1) == yb).sum())
     model.train(was_training)
     return correct / len(idx)
 
 
 def logits_on_disk(model: nn.Module, split: Split, folder: Path, key: str, *, device: str = "cpu",
-                   batch_size: int = 256, log=None) -> tuple[np.ndarray, bool]:
+                   batch_size: int | None = None, log=None) -> tuple[np.ndarray, bool]:
     """Teacher logits over ``split`` kept on disk: ``folder/<key>.npy`` (float16 for large sets, else
     float32), memory-mapped read-only. Computed once; a later call with the same key (a resumed run)
     reads the file. Returns (logits, reused)."""

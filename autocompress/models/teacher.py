@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..config import TeacherSpec
 from ..data import DataBundle
 from ..data.bundle import Split
-from ..devices import autocast, grad_scaler
+from ..devices import autocast, grad_scaler, infer_batch
 from ..records import content_hash
 from .loader import ModelInfo, architecture_signature, load_checkpoint, resolve_model
 
@@ -45,7 +45,7 @@ def cpu_count() -> int:
 
 
 @torch.no_grad()
-def _val_metrics(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int = 256, *,
+def _val_metrics(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int | None = None, *,
                  device: str = "cpu") -> tuple[float, float]:
     """(top-1 accuracy 0..1, mean cross-entropy) in eval mode, over a :class:`Split` or ``x, y`` tensors."""
     split = x if isinstance(x, Split) else Split.from_tensors(x, y)
@@ -54,7 +54,7 @@ def _val_metrics(model: nn.Module, x, y: torch.Tensor | None = None, batch_size:
     correct, loss = 0, 0.0
     try:
         with autocast(device):
-            for xb, yb in split.batches(batch_size, device=device):
+            for xb, yb in split.batches(batch_size or infer_batch(device), device=device):
                 out = model(xb).float()
                 correct += int((out.argmax(1) == yb).sum())
                 loss += float(F.cross_entropy(out, yb, reduction="sum"))
@@ -63,7 +63,7 @@ def _val_metrics(model: nn.Module, x, y: torch.Tensor | None = None, batch_size:
     return correct / max(1, len(split)), loss / max(1, len(split))
 
 
-def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int = 256, *, device: str = "cpu") -> float:
+def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int | None = None, *, device: str = "cpu") -> float:
     """Top-1 accuracy (0..1) in eval mode, over a :class:`Split` (e.g. ``data.val``) or ``x, y`` tensors."""
     return _val_metrics(model, x, y, batch_size, device=device)[0]
 

@@ -101,6 +101,37 @@ def test_due_at_the_end_of_time_or_trials():
     assert not POLICY.due(remaining_s=None, search_s=None, remaining_trials=3)
 
 
+def test_the_last_chance_comes_before_the_reserve_share():
+    r = _rec(1, 2.5, 2.5, distill_s=100.0)  # 120 s; its finishing at 2x needs (120 + 100) x 1.15 = 253 s
+    # 300 s left: it fits now, and not after one more 60-s trial (240 s): due now
+    assert POLICY.last_chance([r], [], remaining_s=300, trial_s=60)
+    assert not POLICY.last_chance([r], [], remaining_s=400, trial_s=60)  # it still fits after one more trial
+    assert not POLICY.last_chance([r], [], remaining_s=200, trial_s=60)  # it does not fit now either
+    assert not POLICY.last_chance([r], [], remaining_s=300, trial_s=None)  # no trained trial yet: no estimate
+    assert not POLICY.last_chance([r], [], remaining_s=None, trial_s=60)  # no deadline: the reserve rules decide
+    assert not POLICY.last_chance([r], [3.0], remaining_s=300, trial_s=60)  # nothing worth finishing
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_enqueued_first_runs_ahead_of_the_waiting_trials_which_still_run(tmp_path, storage):
+    from autocompress.search.optuna_backend import OptunaBackend
+
+    url = f"sqlite:///{tmp_path}/s.db" if storage == "sqlite" else f"journal://{tmp_path}/s.log"
+    spec = load_run_spec(None, trials=3)
+    b = OptunaBackend.open(url=url, study_name="s", objectives=spec.objectives, sampler="random", seed=0, budget=3,
+                           constraints_len=0)
+    b.enqueue([{"x": 1}, {"x": 2}], [{"seed": "a"}, {"seed": "b"}])
+    b.enqueue([{"x": 3}], [{FINISH_ATTR: {"of": 0}}], unique=False, first=True)
+    assert b.waiting_attrs() == [{FINISH_ATTR: {"of": 0}}, {"seed": "a"}, {"seed": "b"}]
+    asked = []
+    while (a := b.ask()) is not None:
+        t = a[0]
+        asked.append(t.suggest_int("x", 0, 9))
+        b.tell(t, _rec(len(asked), 2.0, 0.5), [])
+    assert asked == [3, 1, 2]  # the moved trials keep their order and their attributes, and count once
+    assert b.finished() == 3 and len(b.records()) == 3
+
+
 def test_apply_finish_changes_only_the_kd_budget_so_the_student_is_a_new_one():
     c = _rec(1, 2.5, 2.5).candidate
     f = apply_finish(c, {"of": 1, "epochs": 8, "samples_per_epoch": 20_000, "factor": 4})
@@ -177,6 +208,50 @@ def test_the_loop_enqueues_a_finishing_trial_in_its_last_trials_and_the_record_n
     assert twin.candidate.student_key() == f.candidate.student_key() and twin.candidate.key() != f.candidate.key()
     assert any("then its fp32 twin from the same student" in line for line in lines)
     assert "its fp32 twin (the same distilled student)" in finish_label(t.user_attrs[FINISH_ATTR] | {"twin": "fp32"})
+
+
+class _SlowRuleExecutor(_RuleExecutor):
+    """The same rule, each trial recorded as 120 s (100 s distilling): what the loop reads to plan its finishing."""
+
+    def outcome(self, number, cand):
+        return replace(super().outcome(number, cand), duration_s=120.0, stage_times=(("distill", 100.0),))
+
+
+def test_at_the_last_chance_the_finishing_goes_ahead_of_the_seeds_not_run_yet(tmp_path):
+    """300 s left (the reserve share not reached) and trials of 120 s: the 50% seed's finishing (253 s at 2x) fits
+    now and would not after one more seed, so it runs next, before int8 alone, which still runs after it."""
+    import time
+
+    from autocompress.progress import LoopDisplay
+    from autocompress.search.loop import SearchLoop
+    from autocompress.search.optuna_backend import OptunaBackend
+    from autocompress.space import seed_params
+    from autocompress.store import RunStore
+
+    space, profile = load_space("default"), load_profile("cpu")[0]
+    space = space.model_copy(update={"sensitivity": space.sensitivity.model_copy(update={"enabled": False}),
+                                     "bits": space.bits.model_copy(update={"keep_fp32": [0]})})
+    groups = {"layer1": ["l1"], "layer2": ["l2"]}
+    spec = load_run_spec(None, trials=5, constraints={"max_accuracy_drop": 1.0})
+    store = RunStore(tmp_path)
+    store.create()
+    backend = OptunaBackend.open(url=f"sqlite:///{tmp_path}/study.db", study_name="s", objectives=spec.objectives,
+                                 sampler="random", seed=0, budget=5, constraints_len=1)
+    seeds = [space.seeds[0]] + [s for s in space.seeds if s.sparsity == 0]  # 50% + int8 + KD 8 (2.5 pp short); int8 alone
+    backend.enqueue([seed_params(s, space, groups) for s in seeds])
+    ctx = SimpleNamespace(early_stopper=None, baseline=SimpleNamespace(accuracy=0.93), metric=None,
+                          data=SimpleNamespace(size=lambda split: 50_000))
+    prep = SimpleNamespace(spec=spec, space=space, profile=profile, ctx=ctx, groups=groups, layer_names=[], store=store)
+    lines = []
+    SearchLoop(prep, backend, _SlowRuleExecutor(), LoopDisplay(lines.append, total=5, done=0, live=False, verbose=False),
+               deadline=time.time() + 300).run()
+
+    recs = sorted(store.records(), key=lambda r: r.number)
+    assert len(recs) == 5, lines
+    assert [r.finish_of for r in recs[:3]] == [None, 0, 0], lines  # the finishing, then its fp32 twin
+    assert recs[1].candidate.distill.samples_per_epoch == 2 * recs[0].candidate.distill.samples_per_epoch
+    assert all(v == 0 for v in recs[3].candidate.sparsity_map().values())  # int8 alone ran after them
+    assert any(line.startswith("finishing: trial 0") for line in lines)
 
 
 def test_the_fp32_twin_of_a_candidate():

@@ -36,8 +36,9 @@ class Backend(Protocol):
         """The user attributes of the enqueued trials not asked yet (a seed's carries its label)."""
         ...
 
-    def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None, *, unique: bool = True) -> None:
+    def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None, *, unique: bool = True,
+                first: bool = False) -> None:
         """Fixed parameter sets run by the next asks (seeds; a finishing trial, ``unique=False``: its parameters
-        have run before)."""
+        have run before; ``first``: ahead of those already waiting)."""
 
     def records(self) -> list[TrialRecord]: ...

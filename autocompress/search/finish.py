@@ -7,7 +7,10 @@ front's fastest model within 1 pp was int8 alone, and the search's fast candidat
 training, not of capacity. So the last part of the budget goes to the candidate that could move the front most:
 
 * **when** (:meth:`FinishPolicy.due`): once the time left is at most ``reserve_share`` of the search's time
-  (``--timeout``), or the trials left are at most ``reserve_trials`` (``--trials``);
+  (``--timeout``), or the trials left are at most ``reserve_trials`` (``--trials``); or earlier, at the last chance
+  (:meth:`FinishPolicy.last_chance`): when the candidate to finish fits the time left but would not after one
+  more trained trial. The finishing trial (and its fp32 twin) then go ahead of the trials already waiting (seeds
+  not run yet): they run after it if time is left;
 * **which** (:meth:`FinishPolicy.choose`): among candidates distilled to their last epoch and not finished before,
   those faster (by ``speed_tolerance``, the noise of two speed measurements) than every model that meets the
   constraints, or, within ``speed_noise`` of the fastest of those, with ``macs_margin`` fewer MACs than it (two
@@ -103,6 +106,23 @@ class FinishPolicy:
         if remaining_s is not None and search_s and remaining_s <= self.reserve_share * search_s:
             return True
         return remaining_trials is not None and remaining_trials <= self.reserve_trials
+
+    def last_chance(self, records: Iterable[TrialRecord], feasible_speedups: Iterable[float], *,
+                    remaining_s: float | None, trial_s: float | None, busy: Iterable[int] = (),
+                    fastest: TrialRecord | None = None) -> bool:
+        """Due before the reserve share says so: a candidate worth finishing fits the time left now, and would not
+        after one more trial of ``trial_s`` seconds (a trained trial's typical time). On the custom CNN at the
+        one-click budget (sampler seed 2) the depth seed's finishing needed ~79 s when 121 s were left; the reserve
+        share was not reached yet, a 90% seed ran first, and 73 s were left (benchmarks/README.md, "Finishing at the
+        last chance")."""
+        if remaining_s is None or not trial_s:
+            return False
+        records, feasible_speedups, busy = list(records), list(feasible_speedups), list(busy)
+        now = self.choose(records, feasible_speedups, remaining_s=remaining_s, busy=busy, fastest=fastest)
+        if now is None:
+            return False
+        later = self.choose(records, feasible_speedups, remaining_s=remaining_s - trial_s, busy=busy, fastest=fastest)
+        return later is None or later.of != now.of
 
     # ------------------------------------------------------------------ which
     def drop_pp(self, rec: TrialRecord) -> float | None:

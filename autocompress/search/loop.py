@@ -212,13 +212,17 @@ class SearchLoop:
         remaining_s = None if self.deadline is None else self.deadline - now
         search_s = None if self.deadline is None else self.deadline - self._started
         left = self.backend.budget - self.backend.finished() - len(self.inflight)
-        if left < 1 or not self.finisher.due(remaining_s=remaining_s, search_s=search_s, remaining_trials=left):
+        if left < 1:
             return
         ok = [r for r in feasible_records(self.records, self.constraints) if r.metrics.speedup is not None]
         busy = self._finishing | {f.finish_of for f in self.inflight.values() if f.finish_of is not None}
         top = max(ok, key=lambda r: r.metrics.speedup, default=None)
-        fin = self.finisher.choose(self.records, [r.metrics.speedup for r in ok], remaining_s=remaining_s, busy=busy,
-                                   fastest=top)
+        speeds = [r.metrics.speedup for r in ok]
+        if not (self.finisher.due(remaining_s=remaining_s, search_s=search_s, remaining_trials=left)
+                or self.finisher.last_chance(self.records, speeds, remaining_s=remaining_s, trial_s=self._trial_s(),
+                                             busy=busy, fastest=top)):
+            return
+        fin = self.finisher.choose(self.records, speeds, remaining_s=remaining_s, busy=busy, fastest=top)
         if fin is None:
             return
         src = next(r for r in self.records if r.number == fin.of)
@@ -227,9 +231,14 @@ class SearchLoop:
         if twin is not None:  # the same distilled student (cached by the first) in fp32: seconds
             params.append(twin)
             attrs.append({FINISH_ATTR: {**fin.attrs(), "twin": "fp32"}})
-        self.backend.enqueue(params, attrs, unique=False)
+        self.backend.enqueue(params, attrs, unique=False, first=True)  # ahead of seeds not run yet
         self._finishing.add(fin.of)
         self.disp.print(f"finishing: {fin.why}" + ("; then its fp32 twin from the same student" if twin else ""))
+
+    def _trial_s(self) -> float | None:
+        """A trained trial's typical time in this run (the median over trials that distilled), or None before one."""
+        times = sorted(r.duration_s for r in self.records if r.duration_s and dict(r.stage_times).get("distill"))
+        return times[len(times) // 2] if times else None
 
     def _maybe_explore(self) -> None:
         """After the seeds, keep the space's ``explore`` share of the trials as mutations of the fastest candidates

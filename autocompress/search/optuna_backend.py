@@ -292,9 +292,28 @@ class OptunaBackend:
                 out.append(r)
         return out
 
-    def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None, *, unique: bool = True) -> None:
+    def enqueue(self, params_list: Sequence[dict], user_attrs: Sequence[dict] | None = None, *, unique: bool = True,
+                first: bool = False) -> None:
         """Enqueue fixed parameter sets (the space's seeds); ``user_attrs[i]`` is set on the trial that runs the i-th.
         ``unique``: skip a set some trial already has (seeds on resume); False for a finishing trial, whose
-        parameters ran before (search/finish.py)."""
+        parameters ran before (search/finish.py). ``first``: ahead of the trials already waiting (Optuna asks them
+        oldest first): each waiting one is claimed, discarded and enqueued again after the new ones, with its
+        parameters and attributes (a worker that claims one first runs it, as it would have)."""
+        later = self._claim_waiting() if first else []
         for i, p in enumerate(params_list):
             self.study.enqueue_trial(p, user_attrs=user_attrs[i] if user_attrs else None, skip_if_exists=unique)
+        for params, attrs in later:
+            self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+
+    def _claim_waiting(self) -> list[tuple[dict, dict]]:
+        """Take every waiting trial out of the queue: (fixed parameters, user attributes) in their order. A trial is
+        claimed the way Optuna's own ask claims it (WAITING -> RUNNING succeeds for one process only), then
+        discarded: it does not count against the budget."""
+        storage, out = self.study._storage, []
+        for t in self._trials():
+            if t.state != TrialState.WAITING or not storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                continue
+            storage.set_trial_user_attr(t._trial_id, DISCARDED_ATTR, True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            out.append((dict(t.system_attrs.get("fixed_params", {})), self._redo_attrs(t)))
+        return out

@@ -119,8 +119,8 @@ def test_the_space_finds_the_blocks_clamps_the_count_and_samples_consistent_cand
     said = []
     deep = with_blocks(default, _model(), X, log=said.append)
     assert [s.drop for s in deep.seeds] == [3 if s.drop else 0 for s in default.seeds]
-    order = [(s.sparsity, bool(s.drop)) for s in default.seeds]  # one depth seed, right after the 80% step
-    assert order.count((0.5, True)) == 1 and order[order.index((0.5, True)) - 1] == (0.8, False)
+    order = [(s.sparsity, bool(s.drop)) for s in default.seeds]  # one depth seed, right after the 70% step
+    assert order.count((0.5, True)) == 1 and order[order.index((0.5, True)) - 1] == (0.7, False)
     depth_seed = next(s for s in deep.seeds if s.drop)
     assert seed_params(depth_seed, deep, {})["depth.drop"] == 3
     # ... and each change to the seeds is said, in one line naming the seed

@@ -162,7 +162,9 @@ class _RuleExecutor(RuleExecutor):
                            kd_history=(0.9,) * (d.epochs if d else 0), duration_s=1.0, stage_times=(("distill", 0.5),))
 
 
-def test_the_loop_enqueues_a_finishing_trial_in_its_last_trials_and_the_record_names_its_source(tmp_path):
+def _run_loop(tmp_path, executor, deadline=None):
+    """The real loop, Optuna backend, store and default space (sensitivity off) over ``executor``, budget 5, seeded
+    with the 50% + int8 + KD 8 seed and int8 alone: (store, backend, printed lines)."""
     from autocompress.progress import LoopDisplay
     from autocompress.search.loop import SearchLoop
     from autocompress.search.optuna_backend import OptunaBackend
@@ -184,8 +186,13 @@ def test_the_loop_enqueues_a_finishing_trial_in_its_last_trials_and_the_record_n
                           data=SimpleNamespace(size=lambda split: 50_000))
     prep = SimpleNamespace(spec=spec, space=space, profile=profile, ctx=ctx, groups=groups, layer_names=[], store=store)
     lines = []
-    SearchLoop(prep, backend, _RuleExecutor(), LoopDisplay(lines.append, total=5, done=0, live=False, verbose=False),
-               deadline=None).run()
+    SearchLoop(prep, backend, executor, LoopDisplay(lines.append, total=5, done=0, live=False, verbose=False),
+               deadline=deadline).run()
+    return store, backend, lines
+
+
+def test_the_loop_enqueues_a_finishing_trial_in_its_last_trials_and_the_record_names_its_source(tmp_path):
+    store, backend, lines = _run_loop(tmp_path, _RuleExecutor())
 
     recs = sorted(store.records(), key=lambda r: r.number)
     assert len(recs) == 5  # the finishing trial is one of the budget, not an extra
@@ -222,29 +229,7 @@ def test_at_the_last_chance_the_finishing_goes_ahead_of_the_seeds_not_run_yet(tm
     now and would not after one more seed, so it runs next, before int8 alone, which still runs after it."""
     import time
 
-    from autocompress.progress import LoopDisplay
-    from autocompress.search.loop import SearchLoop
-    from autocompress.search.optuna_backend import OptunaBackend
-    from autocompress.space import seed_params
-    from autocompress.store import RunStore
-
-    space, profile = load_space("default"), load_profile("cpu")[0]
-    space = space.model_copy(update={"sensitivity": space.sensitivity.model_copy(update={"enabled": False}),
-                                     "bits": space.bits.model_copy(update={"keep_fp32": [0]})})
-    groups = {"layer1": ["l1"], "layer2": ["l2"]}
-    spec = load_run_spec(None, trials=5, constraints={"max_accuracy_drop": 1.0})
-    store = RunStore(tmp_path)
-    store.create()
-    backend = OptunaBackend.open(url=f"sqlite:///{tmp_path}/study.db", study_name="s", objectives=spec.objectives,
-                                 sampler="random", seed=0, budget=5, constraints_len=1)
-    seeds = [space.seeds[0]] + [s for s in space.seeds if s.sparsity == 0]  # 50% + int8 + KD 8 (2.5 pp short); int8 alone
-    backend.enqueue([seed_params(s, space, groups) for s in seeds])
-    ctx = SimpleNamespace(early_stopper=None, baseline=SimpleNamespace(accuracy=0.93), metric=None,
-                          data=SimpleNamespace(size=lambda split: 50_000))
-    prep = SimpleNamespace(spec=spec, space=space, profile=profile, ctx=ctx, groups=groups, layer_names=[], store=store)
-    lines = []
-    SearchLoop(prep, backend, _SlowRuleExecutor(), LoopDisplay(lines.append, total=5, done=0, live=False, verbose=False),
-               deadline=time.time() + 300).run()
+    store, backend, lines = _run_loop(tmp_path, _SlowRuleExecutor(), deadline=time.time() + 300)
 
     recs = sorted(store.records(), key=lambda r: r.number)
     assert len(recs) == 5, lines

@@ -136,12 +136,12 @@ def feasible_mask(df: pd.DataFrame, c: Constraints) -> pd.Series:
 
 
 def pareto_front(df: pd.DataFrame, objectives: list[Objective], constraints: Constraints) -> pd.DataFrame:
-    """The non-dominated feasible trials (pure: computed from the table, not from a backend)."""
+    """The non-dominated feasible trials (pure: computed from the table, not from a backend). A model shows once:
+    a re-proposed candidate as its first trial, and so do trials with equal figures on every objective (a graph is
+    measured once per run, so neighbouring ratios that channel rounding maps to one network tie exactly)."""
     if df.empty:
         return df.copy()
-    feas = df[feasible_mask(df, constraints)]
-    if "candidate_key" in feas:  # a re-proposed candidate shows once, as its first trial
-        feas = feas.sort_values("number", kind="stable").drop_duplicates("candidate_key", keep="first")
+    feas = _first_of_each(df[feasible_mask(df, constraints)], [o.name for o in objectives])
     if feas.empty:
         return feas.copy()
     vals = feas[[o.name for o in objectives]].astype(float).to_numpy()
@@ -149,14 +149,21 @@ def pareto_front(df: pd.DataFrame, objectives: list[Objective], constraints: Con
     return feas[mask].sort_values(objectives[0].name, ascending=objectives[0].resolved_direction == "minimize")
 
 
+def _first_of_each(feas: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``feas`` with one row per candidate and per set of equal ``columns`` values, the earliest trial's."""
+    if "number" in feas:
+        feas = feas.sort_values("number", kind="stable")
+    if "candidate_key" in feas:
+        feas = feas.drop_duplicates("candidate_key", keep="first")
+    return feas.drop_duplicates(columns, keep="first")
+
+
 def front_2d(df: pd.DataFrame, x: str, x_direction: str, constraints: Constraints, y: str = "accuracy",
              y_direction: str = "maximize") -> pd.DataFrame:
     """The feasible trials no other feasible trial beats on both ``y`` and ``x`` (a 2-D staircase), by ``x``."""
     if df.empty:
         return df.copy()
-    feas = df[feasible_mask(df, constraints)]
-    if "candidate_key" in feas:
-        feas = feas.sort_values("number", kind="stable").drop_duplicates("candidate_key", keep="first")
+    feas = _first_of_each(df[feasible_mask(df, constraints)], [y, x])
     if feas.empty:
         return feas.copy()
     mask = non_dominated_mask(feas[[y, x]].astype(float).to_numpy(), [y_direction, x_direction])

@@ -226,6 +226,21 @@ def test_a_duplicate_candidate_appears_once_on_the_front():
     assert front["number"].tolist() == [0]
 
 
+def test_one_network_reached_by_several_ratios_appears_once_on_the_front():
+    """Channel rounding maps 70%, 80% and 90% of a small network to one graph, measured once per run: the trials tie
+    on every objective and the front lists the earliest (a user CNN's front listed 5 copies of one model)."""
+    from autocompress.report import front_2d
+
+    recs = [_rec(3, 0.99, 3.0, 10.0, sparsity=0.8), _rec(2, 0.99, 3.0, 10.0, sparsity=0.7),
+            _rec(4, 0.99, 3.0, 10.0, sparsity=0.9), _rec(5, 0.995, 2.0, 12.0, sparsity=0.5)]
+    front = pareto_front(trials_frame(recs), OBJ, Constraints())
+    assert sorted(front["number"]) == [2, 5]
+    assert sorted(front_2d(trials_frame(recs), "speedup", "maximize", Constraints())["number"]) == [2, 5]
+    # a tie on some objectives only is two models
+    other = [_rec(2, 0.99, 3.0, 10.0, sparsity=0.7), _rec(3, 0.99, 3.5, 11.0, sparsity=0.8)]
+    assert sorted(pareto_front(trials_frame(other), OBJ, Constraints())["number"]) == [2, 3]
+
+
 def _store_on_study(tmp_path, records, storage: str, study: str):
     store = RunStore(tmp_path / "run")
     store.create()

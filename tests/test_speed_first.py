@@ -222,11 +222,30 @@ def test_a_complete_trial_reuses_the_speed_measured_before_training(prepared):
     assert plain.status == TrialStatus.COMPLETE and plain.latency_source == "untrained graph" and not plain.kd_history
 
 
+def test_a_graph_measured_before_in_the_run_takes_that_figure(prepared):
+    """One measurement per graph: a candidate whose model has a graph an earlier trial measured (here the same
+    student again; channel rounding gives the same case for neighbouring ratios) takes that trial's speed instead
+    of another draw of the machine's noise."""
+    from autocompress.trial import graph_signature, run_trial
+
+    prep, _ = prepared
+    lines = []
+    ctx = replace(prep.ctx, log=lines.append, early_stopper=None)  # trained in full
+    first = run_trial(130, _cand(0.5, "int8", 2), ctx)
+    again = run_trial(131, _cand(0.5, "int8", 2), ctx)
+    assert first.status == again.status == TrialStatus.COMPLETE, (first.message, again.message)
+    assert again.metrics.speedup == first.metrics.speedup and again.metrics.latency_ms == first.metrics.latency_ms
+    sig = graph_signature(prep.ctx.run_dir / again.artifact)
+    owner = json.loads((prep.ctx.run_dir / "cache" / "speed" / f"{sig}.json").read_text())["trial"]
+    assert owner in (100, 130)  # trial 100 (the same network, another KD budget) may have measured this graph first
+    assert lines[-1] == f"    the same graph as trial {owner}: its speed ({first.metrics.speedup:.2f}x) taken, not measured again"
+
+
 def test_a_graph_that_changed_in_training_is_timed_again(prepared, monkeypatch):
     import autocompress.trial as trial
 
     prep, _ = prepared
-    monkeypatch.setattr(trial, "graph_signature", lambda p: p.name)  # every file its own graph
+    monkeypatch.setattr(trial, "graph_signature", lambda p: f"{p.parent.name}-{p.name}")  # every file its own graph
     rec = trial.run_trial(110, _cand(0.75, "int8", 1), prep.ctx)
     assert rec.status == TrialStatus.COMPLETE and rec.latency_source == "trained model"
     t = _times(rec)

@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -182,6 +183,7 @@ def reduce_range_for(quant: QuantSpec, flags: list[str] | None = None) -> bool:
     return "avx2" in flags and not any(f in flags for f in VNNI_FLAGS)
 
 
+@lru_cache(maxsize=None)
 def calibration_cache_supported() -> bool:
     """Whether this onnxruntime's ``quantize_static`` keeps its activation ranges in a file (``calibration_cache_path``,
     onnxruntime >= 1.32), so that one calibration serves every quantization of the same fp32 model."""

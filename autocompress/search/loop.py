@@ -236,9 +236,10 @@ class SearchLoop:
         self.disp.print(f"finishing: {fin.why}" + ("; then its fp32 twin from the same student" if twin else ""))
 
     def _trial_s(self) -> float | None:
-        """A trained trial's typical time in this run (the median over trials that distilled), or None before one."""
-        times = sorted(r.duration_s for r in self.records if r.duration_s and dict(r.stage_times).get("distill"))
-        return times[len(times) // 2] if times else None
+        """A trained trial's typical time in this run: the median over trials that distilled (not those whose
+        distilled student came from the cache, in seconds), or None before one."""
+        times = [r.duration_s for r in self.records if r.duration_s and dict(r.stage_times).get("distill")]
+        return statistics.median(times) if times else None
 
     def _maybe_explore(self) -> None:
         """After the seeds, keep the space's ``explore`` share of the trials as mutations of the fastest candidates
@@ -294,8 +295,8 @@ class SearchLoop:
             return
         seeds = len(ran) + len(left)
         searched = len(self.records) - len(ran)
-        trained = [r.duration_s for r in self.records if r.kd_history]
-        each = f" (its trained trials took ~{statistics.median(trained):.0f} s each)" if trained else ""
+        typical = self._trial_s()
+        each = f" (its trained trials took ~{typical:.0f} s each)" if typical else ""
         more = (self._resume_hint(each) if self.deadline is not None else
                 f"continue with `autocompress resume {self.store.dir} --trials {max(self.backend.budget, seeds) + seeds}` "
                 "(every seed, and as many trials again for the search)")

@@ -237,6 +237,62 @@ def test_torchscript_archive(tmp_path, how):
         load_checkpoint(TinyResNet(num_classes=5), path)
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "weights.bin"])
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_safetensors_as_the_hub_and_timm_publish_them(tmp_path, name, prefix):
+    from safetensors.torch import save_file
+
+    src = trained()
+    path = tmp_path / name  # read by its layout, whatever the file is called
+    save_file(prefixed(src.state_dict(), prefix), str(path), metadata={"format": "pt"})
+    dst = TinyResNet()
+    load_checkpoint(dst, path)
+    assert same_weights(dst, src)
+    with pytest.raises(ConfigError, match=r"linear\.weight: checkpoint \(10, 16\), model \(5, 16\)"):
+        load_checkpoint(TinyResNet(num_classes=5), path)
+
+
+class TiedHead(TinyResNet):
+    """A classifier whose two heads share one weight (tied, as language models tie their embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux = nn.Linear(16, 10, bias=False)
+        self.aux.weight = self.linear.weight
+
+
+def test_tied_weights_saved_once_reach_every_name(tmp_path):
+    from safetensors.torch import save_model
+
+    torch.manual_seed(0)
+    src = TiedHead().eval()
+    path = tmp_path / "tied.safetensors"
+    save_model(src, str(path))  # keeps one name of the shared tensor
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert len([k for k in f.keys() if k in ("aux.weight", "linear.weight")]) == 1
+    dst = TiedHead()
+    load_checkpoint(dst, path)
+    assert same_weights(dst, src) and dst.aux.weight is dst.linear.weight
+    # an untied model is not given one weight for two: the missing one is named
+    untied = TinyResNet()
+    untied.aux = nn.Linear(16, 10, bias=False)
+    with pytest.raises(ConfigError, match="missing: (aux|linear)\\.weight"):
+        load_checkpoint(untied, path)
+
+
+def test_a_damaged_safetensors_file_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file(trained().state_dict(), str(path))
+    path.write_bytes(path.read_bytes()[:-100])  # an interrupted download
+    with pytest.raises(ConfigError) as e:
+        load_checkpoint(TinyResNet(), path)
+    assert "\n" not in str(e.value) and "model.safetensors" in str(e.value) and "safetensors" in str(e.value)
+
+
 def test_a_true_mismatch_names_keys_and_shapes(tmp_path):
     path = tmp_path / "ck.pt"
     torch.save({"state_dict": prefixed(trained(num_classes=100, width=8).state_dict(), "module.")}, path)

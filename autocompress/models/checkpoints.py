@@ -5,7 +5,9 @@ Read: a plain ``state_dict``; a dict holding it under the usual keys (``state_di
 model best is used, the non-EMA one on a tie); the old (non-zip) ``torch.save`` format; ``module.``
 (DataParallel/DDP) and ``_orig_mod.`` (``torch.compile``) prefixes, also combined; BatchNorm
 ``num_batches_tracked`` buffers missing (saved by PyTorch < 0.4.1: the model keeps its own, as
-``load_state_dict`` does); a TorchScript archive (its ``state_dict``); a whole pickled ``nn.Module``
+``load_state_dict`` does); a TorchScript archive (its ``state_dict``); a ``.safetensors`` file (the Hugging
+Face Hub's and timm's format; read by its layout, not its name; tied weights saved once are given to every
+name that shares them in the model); a whole pickled ``nn.Module``
 only with ``trust`` (weights_only loading refuses it). Besides tensors, weights_only loading accepts the
 data-only objects published checkpoints carry (numpy scalars and arrays, ``argparse.Namespace``).
 Anything else that does not match is a :class:`ConfigError` naming the first keys with both shapes.
@@ -72,7 +74,21 @@ def _user_modules_by_file_name(model: nn.Module):
             sys.modules.pop(stem, None)
 
 
+def _is_safetensors(p: Path) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON header of that length."""
+    with p.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= p.stat().st_size
+
+
 def _read(p: Path, path: str, trust: bool, model: nn.Module) -> Any:
+    if _is_safetensors(p):  # tensors only, no pickle: nothing in it can run code
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p), device="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"checkpoint '{path}': safetensors file cannot be read ({_first_line(e)})") from None
     if _is_torchscript(p):
         try:
             return torch.jit.load(str(p), map_location="cpu")
@@ -169,6 +185,22 @@ def _bn_counters(model: nn.Module) -> set[str]:
             for n, m in model.named_modules() if isinstance(m, norm) and m.num_batches_tracked is not None}
 
 
+def _tied(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights the model ties (one tensor under several names) that the checkpoint holds under one name only
+    (safetensors' ``save_model`` keeps one name of each shared tensor): every name gets that tensor."""
+    names: dict[tuple, list[str]] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if isinstance(v, torch.Tensor) and v.numel():
+            names.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride()), []).append(k)
+    out = dict(sd)
+    for group in names.values():
+        have = [k for k in group if k in sd]
+        for k in group:
+            if k not in sd and have and tuple(sd[have[0]].shape) == tuple(own[k].shape):
+                out[k] = sd[have[0]]
+    return out
+
+
 def _shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
@@ -208,6 +240,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, trust: bool = False) -> 
             "torch.save(model.state_dict(), path) (or a dict with a 'state_dict' or 'model' key)"
         )
     where, sd = max(found, key=lambda c: _score(c[1], own))  # max keeps the first of equals: preferred keys
+    sd = _tied(sd, own, model)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k, v in own.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]

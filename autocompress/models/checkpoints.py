@@ -75,10 +75,11 @@ def _user_modules_by_file_name(model: nn.Module):
 
 
 def _is_safetensors(p: Path) -> bool:
-    """The safetensors layout: an 8-byte little-endian header length, then a JSON header of that length."""
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON header (a pickle starts with its
+    protocol byte, a zip archive with ``PK``: neither has ``{`` at byte 8). A truncated file still counts."""
     with p.open("rb") as f:
         head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= p.stat().st_size
+    return len(head) == 9 and head[8:9] == b"{"
 
 
 def _read(p: Path, path: str, trust: bool, model: nn.Module) -> Any:
@@ -88,7 +89,8 @@ def _read(p: Path, path: str, trust: bool, model: nn.Module) -> Any:
         try:
             return load_file(str(p), device="cpu")
         except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"checkpoint '{path}': safetensors file cannot be read ({_first_line(e)})") from None
+            raise ConfigError(f"checkpoint '{path}': safetensors file cannot be read ({_first_line(e)}); it is damaged or "
+                              "was cut short: download or save it again") from None
     if _is_torchscript(p):
         try:
             return torch.jit.load(str(p), map_location="cpu")

@@ -320,9 +320,11 @@ def test_a_true_mismatch_names_keys_and_shapes(tmp_path):
         load_checkpoint(TinyResNet(), path)
 
 
-def test_cli_run_with_a_published_checkpoint(tmp_path, monkeypatch, capsys):
-    """`autocompress run --model file.py:fn --checkpoint ck`: the old-format, DataParallel, counter-less file loads
-    and the baseline (ONNX Runtime) scores what PyTorch scores with the original weights on the same images."""
+@pytest.mark.parametrize("fmt", ["legacy", "safetensors"])
+def test_cli_run_with_a_published_checkpoint(tmp_path, monkeypatch, capsys, fmt):
+    """`autocompress run --model file.py:fn --checkpoint ck`: an old-format, DataParallel, counter-less file (or the
+    same weights as a Hub-style ``model.safetensors``) loads and the baseline (ONNX Runtime) scores what PyTorch
+    scores with the original weights on the same images."""
     import json
 
     from conftest import TINY_CNN_SOURCE, make_workspace
@@ -343,9 +345,15 @@ def test_cli_run_with_a_published_checkpoint(tmp_path, monkeypatch, capsys):
             src.train()(data.x_train[i:i + 64])
     src.eval()
     sd = prefixed(without_counters(src.state_dict()), "module.")
-    torch.save({"state_dict": sd, "best_prec1": 12.5, "arch": "tiny_cnn"}, ws / "ck.th", _use_new_zipfile_serialization=False)
+    ck = ws / ("ck.th" if fmt == "legacy" else "model.safetensors")
+    if fmt == "legacy":
+        torch.save({"state_dict": sd, "best_prec1": 12.5, "arch": "tiny_cnn"}, ck, _use_new_zipfile_serialization=False)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(sd, str(ck), metadata={"format": "pt"})
     out = tmp_path / "run"
-    rc = main(["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ws / "ck.th"), "--data", "digits",
+    rc = main(["run", "--model", f"{ws / 'models.py'}:tiny_cnn", "--checkpoint", str(ck), "--data", "digits",
                "--image-size", "16", "--space", str(ws / "space.yaml"), "--profile", str(ws / "profile.yaml"),
                "--trials", "1", "--out", str(out), "--max-accuracy-drop", "90"])
     printed = capsys.readouterr()
@@ -353,7 +361,7 @@ def test_cli_run_with_a_published_checkpoint(tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         torch_acc = float((src(data.x_val).argmax(1) == data.y_val).float().mean())
     base = json.loads((out / "baseline.json").read_text())
-    assert base["teacher_source"] == f"checkpoint:{ws / 'ck.th'}"
+    assert base["teacher_source"] == f"checkpoint:{ck}"
     assert abs(base["accuracy"] - torch_acc) <= 1 / len(data.y_val) + 1e-9  # a near-tie may flip one argmax
     import onnxruntime as ort
 

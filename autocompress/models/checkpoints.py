@@ -187,7 +187,7 @@ def _bn_counters(model: nn.Module) -> set[str]:
             for n, m in model.named_modules() if isinstance(m, norm) and m.num_batches_tracked is not None}
 
 
-def _tied(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def _tied(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Weights the model ties (one tensor under several names) that the checkpoint holds under one name only
     (safetensors' ``save_model`` keeps one name of each shared tensor): every name gets that tensor."""
     names: dict[tuple, list[str]] = {}
@@ -195,10 +195,10 @@ def _tied(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], model: nn.M
         if isinstance(v, torch.Tensor) and v.numel():
             names.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride()), []).append(k)
     out = dict(sd)
-    for group in names.values():
-        have = [k for k in group if k in sd]
+    for (_, _, shape, _), group in names.items():
+        have = [k for k in group if k in sd and tuple(sd[k].shape) == shape]
         for k in group:
-            if k not in sd and have and tuple(sd[have[0]].shape) == tuple(own[k].shape):
+            if k not in sd and have:
                 out[k] = sd[have[0]]
     return out
 
@@ -242,7 +242,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, trust: bool = False) -> 
             "torch.save(model.state_dict(), path) (or a dict with a 'state_dict' or 'model' key)"
         )
     where, sd = max(found, key=lambda c: _score(c[1], own))  # max keeps the first of equals: preferred keys
-    sd = _tied(sd, own, model)
+    sd = _tied(sd, model)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k, v in own.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]

@@ -454,6 +454,9 @@ def test_the_budget_is_said_and_a_run_naming_neither_trials_nor_timeout_gets_the
     assert load_run_spec(timeout=900).trials == 24 and load_run_spec(timeout=900).timeout == 900
     assert "7 min" in budget_line(default) and "names neither" in budget_line(default)
     assert "names neither" not in budget_line(default, resume=True)
+    # the end-of-run re-timing is not in the budget: the line says it follows (one-click runs of 7 minutes took 10.5-11.3 here)
+    assert "re-timing (3 fresh processes) and the report follow" in budget_line(default.model_copy(update={"retime_windows": 3}))
+    assert "re-timing" not in budget_line(default.model_copy(update={"retime_windows": 0}))
     assert budget_line(load_run_spec(trials=40)) == "budget: 40 trials (no time limit)"
     # the deadline counts the set-up: a budget shorter than any set-up (a warm process sets this one up in ~1 s) ends
     # before the first trial and says how to go on

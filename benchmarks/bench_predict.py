@@ -110,6 +110,8 @@ def score(res: dict, rows: list[dict]) -> None:
               "int8": [r for r in rows if r["precision"] == "int8"]} | {a: [r for r in rows if r["arch"] == a] for a in ARCHS}
     extra = [("predicted_uncalibrated_ms", "measured_ms", "no calibration", "without the whole-model calibration"),
              ("predicted_compare_ms", "measured_ms", "compare table", "with --compare-table"),
+             ("predicted_unmarked_ms", "measured_ms", "no speed marks",
+              "the grid's times as measured (the table's speed marks ignored; same in-network fit and calibration)"),
              ("predicted_at_speed_now_ms", "measured_ms", "at speed now",
               "scaled by the device's speed in these windows against the build (its reference networks re-timed)"),
              ("predicted_macs_ms", "measured_ms", "MACs rival", "the MACs rival (other architectures' fit)"),
@@ -190,6 +192,8 @@ def main():
     t_table = time.perf_counter() - t0
     uncalibrated = {k: v for k, v in table.items() if k != "calibration"}  # the same table, without it: compared
     compare = predict.read_table(args.compare_table) if args.compare_table else None
+    # the same table with its graphs at the speed each was timed at, not rescaled to the last mark's: compared
+    unmarked = {**table, "marks": []} if len(table.get("marks") or []) >= 2 else None
     rng = random.Random(args.seed)
     sizes = [int(v) for v in args.sizes.split(",")]
     rows, cands = [], []
@@ -224,6 +228,7 @@ def main():
             meas = float(np.median(ms))
             pred = predict.predict_latency(c["path"], profile, table, c["shape"])
             other = predict.predict_latency(c["path"], profile, compare, c["shape"]) if compare else None
+            plain = predict.predict_latency(c["path"], profile, unmarked, c["shape"]) if unmarked else None
             raw = (predict.predict_latency(c["path"], profile, uncalibrated, c["shape"])
                    if table.get("calibration") else None)
             cpu = per_window[0][i]["cpu_ms"]
@@ -232,6 +237,7 @@ def main():
                 "error": round(pred / meas - 1, 4),
                 "predicted_uncalibrated_ms": round(raw, 4) if raw else None, "measured_cpu_ms": round(cpu, 4) if cpu else None,
                 "predicted_compare_ms": round(other, 4) if other else None,
+                "predicted_unmarked_ms": round(plain, 4) if plain else None,
                 "predicted_at_speed_now_ms": round(pred * factor, 4) if factor else None,
                 "error_vs_cpu": round(pred / cpu - 1, 4) if cpu else None,
                 "cv": round(per_window[0][i]["cv"], 3), "load_avg": per_window[0][i]["load_avg"],

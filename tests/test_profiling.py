@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from autocompress.profiling import check as pcheck
-from autocompress.profiling import graphs, kernels, lookup, nets
+from autocompress.profiling import graphs, kernels, lookup, marks, nets
 from autocompress.profiling import table as ptable
 from autocompress.profiling.target import Target, TargetError
 
@@ -125,6 +125,11 @@ def test_build_resumes_where_it_stopped(tmp_path):
     assert full["done"] and any("continuing" in m and "5 graphs already timed" in m for m in msgs)
     ids = [ln["id"] for ln in full["lines"]]
     assert len(ids) == len(set(ids)) == len(ptable.patterns(1)) + len(specs)
+    # the device's speed was marked where each part of the build started and ended, between the graphs
+    assert [m["pos"] for m in part["marks"]] == [0, 5]
+    assert [m["pos"] for m in full["marks"]] == [0, 5, 5, len(ids)]
+    assert all(set(m["ms"]) == {"resnet w24-48-96 32px fp32", "resnet w24-48-96 32px int8"} for m in full["marks"])
+    assert any(m.startswith("speed marks: 4 taken") for m in msgs)
     with pytest.raises(TargetError, match="other settings"):
         ptable.build(Target(intra_op_threads=2), path, quick=True, specs=specs, log=lambda *a: None)
 
@@ -289,3 +294,31 @@ def test_grid_covers_what_pruned_models_run():
     assert [k["group"] for k in ks] == ["com.microsoft:QLinearConcat/int8"]
     ks = kernels.list_kernels(ptable.build_graph(dict(op="split", numel=4096, n=1, dtype="fp32")), TARGET)
     assert [k["group"] for k in ks] == ["Split/fp32"]
+
+
+def test_speed_marks_bring_every_graph_to_the_last_marks_speed():
+    """A graph timed while the device ran slow is rescaled to the speed of the last mark (the one the in-network fit
+    is taken at); between two marks the speed is interpolated; the sentinels' median decides."""
+    slow_then_normal = [{"pos": 0, "ms": {"a": 2.0, "b": 4.0}}, {"pos": 4, "ms": {"a": 2.0, "b": 4.0}},
+                        {"pos": 8, "ms": {"a": 1.0, "b": 2.0}}]
+    f = marks.line_factors(8, slow_then_normal)
+    assert np.allclose(f[:4], 0.5) and f[-1] > f[4] > 0.5 and f[-1] < 1.0
+    assert np.allclose(marks.line_factors(8, [{"pos": 0, "ms": {"a": 1.0}}, {"pos": 8, "ms": {"a": 1.0}}]), 1.0)
+    # one sentinel disturbed at one mark does not move the median of three
+    noisy = [{"pos": 0, "ms": {"a": 1.0, "b": 1.0, "c": 5.0}}, {"pos": 2, "ms": {"a": 1.0, "b": 1.0, "c": 1.0}}]
+    assert np.allclose(marks.line_factors(2, noisy), 1.0)
+    assert marks.line_factors(5, []) is None and marks.line_factors(5, slow_then_normal[:1]) is None
+    assert "fewer than two" in marks.describe(None, 1)
+
+
+def test_the_lookup_uses_the_rescaled_times():
+    """Two graphs of one kernel group, the first timed in a patch twice as slow as the end of the build: the table
+    predicts that kernel at the time it takes at the last mark's speed."""
+    def line(i):
+        return {"id": f"g{i}", "spec": {}, "kernels": [{"group": "conv/fp32/x", "feats": [float(i)], "work": 1.0, "ms": 2.0}]}
+    base = {"lines": [line(0), line(1)], "node_ms": 0.01}
+    slow_first = {**base, "marks": [{"pos": 0, "ms": {"a": 2.0}}, {"pos": 1, "ms": {"a": 2.0}},
+                                    {"pos": 1, "ms": {"a": 1.0}}, {"pos": 2, "ms": {"a": 1.0}}]}
+    assert lookup.Index(base).lookup("conv/fp32/x", [0.0], 1.0)[0] == pytest.approx(2.0)
+    assert lookup.Index(slow_first).lookup("conv/fp32/x", [0.0], 1.0)[0] == pytest.approx(1.0, rel=0.05)
+    assert lookup.Index(slow_first).lookup("conv/fp32/x", [1.0], 1.0)[0] == pytest.approx(2.0, rel=0.05)

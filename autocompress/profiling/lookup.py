@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from . import marks
 from .kernels import ALIGN, list_kernels
 from .target import Target
 
@@ -20,9 +21,12 @@ from .target import Target
 class Index:
     def __init__(self, table: dict):
         by: dict[str, list] = {}
-        for ln in table["lines"]:
+        lines = table["lines"]
+        factors = marks.line_factors(len(lines), table.get("marks") or [])  # each graph at the last mark's speed
+        for i, ln in enumerate(lines):
+            f = 1.0 if factors is None else float(factors[i])
             for k in ln["kernels"]:
-                by.setdefault(k["group"], []).append(k)
+                by.setdefault(k["group"], []).append(k if f == 1.0 else {**k, "ms": k["ms"] * f})
         self.node_ms = float(table.get("node_ms", 0.0))
         self.groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for g, ks in by.items():
@@ -104,10 +108,13 @@ _INDEX_CACHE: dict[int, tuple[dict, Index]] = {}
 
 
 def index_of(table: dict) -> Index:
+    """The table's index, built once per table object (the last few kept: a benchmark alternates between a table
+    and its variants)."""
     hit = _INDEX_CACHE.get(id(table))
     if hit is None or hit[0] is not table:
         hit = (table, Index(table))
-        _INDEX_CACHE.clear()
+        while len(_INDEX_CACHE) >= 4:
+            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
         _INDEX_CACHE[id(table)] = hit
     return hit[1]
 

@@ -7,6 +7,8 @@ File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an 
 * one line per timed graph: ``{"id", "spec", "wall_ms", "signature": [kernel types], "kernels": [{"group",
   "feats", "work", "ms"}]}``; a graph's ``wall_ms`` (net of the per-inference overhead) is split over its kernels
   in proportion to the profiler's per-kernel durations, less the profiler's per-node inflation ``delta_ms``;
+* ``{"mark": {"ms": {reference network: ms}, "at"}}`` lines between the graphs: the device's speed where they
+  were timed (:mod:`.marks`; each graph's kernels are rescaled to the last mark's speed when the table is read);
 * ``{"done": true, "seconds"}`` when the grid is complete; optionally ``{"calibration": {...}}`` lines after it
   (whole-model correction fitted by the search side, ``autocompress.measure.predict``).
 
@@ -27,7 +29,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from . import graphs
+from . import graphs, marks
 from .kernels import kernel_signature, list_kernels
 from .target import Target, TargetError, feeds_for, fingerprint, load_average, time_session
 
@@ -270,7 +272,12 @@ def read(path) -> dict:
         raise TargetError(f"{p}: not an autocompress lookup table (version {VERSION}); rebuild it with "
                           "`autocompress profile-device`")
     table = dict(rows[0])
-    table["lines"] = [r for r in rows[1:] if "id" in r]
+    table["lines"], table["marks"] = [], []
+    for r in rows[1:]:
+        if "id" in r:
+            table["lines"].append(r)
+        elif "mark" in r:  # where it sits among the graphs: the number of graphs before it
+            table["marks"].append({**r["mark"], "pos": len(table["lines"])})
     table["done"] = any(r.get("done") for r in rows[1:])
     ctx = [r["context"] for r in rows[1:] if "context" in r]
     table["context"] = ctx[-1] if ctx else None
@@ -373,15 +380,27 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
     specs = [s for s in all_specs if spec_id(s) not in done and s.get("dtype", "fp32") in dtypes]
     prog = Progress(len(done) + len(specs), len(done), log)
     todo = specs if limit is None else specs[:limit]
+    sentinels = marks.sentinels(target.batch_size, target.int8, quick)
+
+    def mark(f) -> None:
+        f.write(json.dumps({"mark": marks.take(target, quick, time_whole=time_whole, nets=sentinels)}) + "\n")
+        f.flush()
+
     with p.open("a") as f:
-        for spec in todo:
+        if todo:
+            mark(f)  # where this build (or its resumption) starts
+        for i, spec in enumerate(todo, 1):
             row = time_graph(graphs.replicate(build_graph(spec), copies_for(spec)), target, quick=quick,
                              overhead_ms=table["overhead_ms"], delta_ms=table["delta_ms"])
             f.write(json.dumps({"id": spec_id(spec), "spec": spec, **row}) + "\n")
             f.flush()
             prog.step()
+            if i % marks.EVERY == 0 or i == len(todo):
+                mark(f)
     if len(todo) == len(specs):
-        ctx = context_calibration(read(p), target, quick=quick, log=log)
+        grid_done = read(p)
+        log(marks.describe(marks.line_factors(len(grid_done["lines"]), grid_done["marks"]), len(grid_done["marks"])))
+        ctx = context_calibration(grid_done, target, quick=quick, log=log)
         append_line(p, {"context": ctx})
         append_line(p, {"done": True, "seconds": round(time.perf_counter() - t0, 1), "load_avg_end": load_average()})
     table = read(p)

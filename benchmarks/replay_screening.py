@@ -112,6 +112,29 @@ def recovery_forecast(target: float, rows: list[dict], margin: float, spare_fast
     return dict(stopped=stopped, saved=saved, spent=spent, lost=lost)
 
 
+def rung_dominance(target: float, rows: list[dict], margin: float, rung: int) -> dict:
+    """Successive halving's multi-objective promotion, the strict form: after epoch ``rung`` a student stops when any
+    earlier same-budget candidate that reached that epoch (promoted or not) was ``margin`` more accurate there while
+    at least as fast (5% speed noise) and at least as small."""
+    seen: dict[tuple, list] = {}
+    stopped, saved, spent, lost = 0, 0, 0, []
+    for r in rows:
+        if r["kd"] is None or r["speedup"] is None or r["stage"] == "gate":
+            continue
+        h, key = r["history"], (r["kd"]["epochs"], r["kd"].get("samples_per_epoch"))
+        spent += len(h)
+        if len(h) < rung or rung >= key[0]:
+            continue
+        acc = h[rung - 1]
+        if any(a >= acc + margin and sp >= r["speedup"] * 0.95 and sz <= r["size"] for a, sp, sz in seen.get(key, [])):
+            stopped += 1
+            saved += len(h) - rung
+            if r["meets"]:
+                lost.append(r)
+        seen.setdefault(key, []).append((acc, r["speedup"], r["size"]))
+    return dict(stopped=stopped, saved=saved, spent=spent, lost=lost)
+
+
 def damage(params: dict, sens: dict) -> float | None:
     """Summed accuracy loss (pp) of each stage pruned alone at the candidate's ratio (interpolated), the analysis's view."""
     stages = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("sparsity.")}
@@ -158,6 +181,9 @@ def main() -> None:
         for spare in (False, True):
             print(f"recovery forecast, margin {m * 100:g} pp{', sparing the fastest' if spare else ''}: "
                   f"{total(recovery_forecast, m, spare)}")
+    for rung in (1, 2, 3):
+        for m in (0.0, 0.02):
+            print(f"rung dominance after epoch {rung}, margin {m * 100:g} pp: {total(rung_dominance, m, rung)}")
     by_budget: dict[int, list] = {}
     for run, _, rows in data:
         sfile = next(iter(sorted((run / "cache").glob("sensitivity-*.json"))), None) if (run / "cache").is_dir() else None

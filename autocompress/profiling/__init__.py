@@ -9,7 +9,9 @@ Only numpy, onnx, onnxruntime and the standard library are imported here (no tor
 * :mod:`.target`: session settings from a profile, sessions, block timing, the machine's fingerprint;
 * :mod:`.graphs`: single-op and small fused-pattern ONNX graphs (``onnx.helper``);
 * :mod:`.kernels`: the kernels ORT runs for a model after graph optimisation, keyed for the table;
-* :mod:`.table`: the grid, the resumable JSON Lines table, fusion rules, compatibility checks.
+* :mod:`.table`: the grid, the resumable JSON Lines table, fusion rules, compatibility checks;
+* :mod:`.marks`: the device's speed marked between the grid's phases, each graph rescaled to the last mark's;
+* :mod:`.nets`, :mod:`.lookup`, :mod:`.check`: generated networks, the prediction, ``--check``.
 """
 
 from .kernels import list_kernels

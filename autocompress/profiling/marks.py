@@ -21,21 +21,19 @@ EVERY = 400  # graphs between two marks (~35-60 s of grid here); a mark costs ~1
 REPEATS = 3  # fresh sessions per reference network, the median kept
 
 
-def sentinels(batch: int, int8: bool, quick: bool) -> list[tuple[str, bytes]]:
-    """The reference networks a mark times: the two smallest context networks (residual, inverted-residual) in each
-    dtype the target runs; one family in a quick build."""
-    from . import nets
-
-    fams = [("resnet w24-48-96 32px", lambda q: nets.resnet([24, 48, 96], 1, 32, q, 11, batch)),
-            ("mobilenet w16-32-48-96 e4 32px", lambda q: nets.mobilenet([16, 32, 48, 96], 4, 32, q, 13, batch))]
-    fams = fams[:1] if quick else fams
-    return [(f"{n} {dt}", fn(dt == "int8")) for n, fn in fams for dt in (("fp32", "int8") if int8 else ("fp32",))]
+SENTINELS = ("resnet w24-48-96 32px", "mobilenet w16-32-48-96 e4 32px")  # context networks (table.context_nets)
 
 
-def take(target, quick: bool, *, time_whole: Callable, nets: list[tuple[str, bytes]] | None = None) -> dict:
-    """One mark: each sentinel network timed whole (the median of :data:`REPEATS` fresh sessions, as the grid times
-    its graphs) and the UTC time."""
-    nets = nets if nets is not None else sentinels(target.batch_size, target.int8, quick)
+def sentinels(context: list[tuple[str, bytes]], quick: bool) -> list[tuple[str, bytes]]:
+    """The reference networks a mark times, from the table's context networks: the two smallest families (residual,
+    inverted-residual) in each dtype the target runs; the first one only in a quick build."""
+    keep = SENTINELS[:1] if quick else SENTINELS
+    return [(name, model) for name, model in context if name.rsplit(" ", 1)[0] in keep]
+
+
+def take(target, quick: bool, nets: list[tuple[str, bytes]], *, time_whole: Callable) -> dict:
+    """One mark: each of ``nets`` timed whole (the median of :data:`REPEATS` fresh sessions, as the grid times its
+    graphs) and the UTC time."""
     ms = {name: float(np.median([time_whole(model, target, quick) for _ in range(REPEATS)])) for name, model in nets}
     return {"ms": ms, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 

@@ -380,10 +380,10 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
     specs = [s for s in all_specs if spec_id(s) not in done and s.get("dtype", "fp32") in dtypes]
     prog = Progress(len(done) + len(specs), len(done), log)
     todo = specs if limit is None else specs[:limit]
-    sentinels = marks.sentinels(target.batch_size, target.int8, quick)
+    sentinels = marks.sentinels(context_nets(target.batch_size, target.int8), quick)
 
     def mark(f) -> None:
-        f.write(json.dumps({"mark": marks.take(target, quick, time_whole=time_whole, nets=sentinels)}) + "\n")
+        f.write(json.dumps({"mark": marks.take(target, quick, sentinels, time_whole=time_whole)}) + "\n")
         f.flush()
 
     with p.open("a") as f:

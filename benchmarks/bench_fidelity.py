@@ -14,6 +14,8 @@ constraints gets its whole KD budget). Then reads each run folder:
     python benchmarks/bench_fidelity.py --task digits-default --trials 12 --seeds 0 1 2 --timeout 3600
     python benchmarks/bench_fidelity.py --task digits-resnet18 --trials 12 --seeds 0 1 2 -- --model resnet18
     python benchmarks/bench_fidelity.py --task T --score-only    # re-score the runs in benchmarks/work/fidelity-T
+    python benchmarks/bench_fidelity.py --task T --score-dirs benchmarks/work/A-s0 benchmarks/work/A-s1 ...
+        # score finished run folders of any `autocompress run` (arm = the folder's name without -s<seed>)
 
 Writes benchmarks/results/fidelity-<task>.csv (one row per run) and prints a markdown table with the median of
 each arm over the seeds. It times things: run it on a quiet machine.
@@ -73,6 +75,7 @@ def score(run: Path, arm: str, seed: int) -> dict:
         "kd_epochs_run": sum(len(r.kd_history) for r, t in zip(recs, st) if "distill" in t),
         "distill_s": round(sum(t.get("distill", 0.0) for t in st), 1),
         "latency_pre_s": round(sum(t.get("latency_pre", 0.0) for t in st), 1),
+        "engine_overhead_pct": round(100 * timing["overhead_fraction"], 2) if timing.get("overhead_fraction") is not None else None,
         "hypervolume": round(front_hypervolume(df, list(spec.objectives), spec.constraints, base), 4),
         "best_speedup_1pp": round(float(ok["speedup"].max()), 2) if len(ok) else None,
         "model": spec.model, "space": spec.space, "run_dir": str(run),
@@ -86,6 +89,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds (>= 3 for the figure)")
     ap.add_argument("--timeout", type=float, default=None, help="each run stops starting trials after this many seconds")
     ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("--score-dirs", type=Path, nargs="+", help="score these finished run folders instead (arm: the "
+                    "folder's name without its -s<seed> suffix)")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work", help="where the run folders go")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="where the CSV goes")
     ap.add_argument("rest", nargs=argparse.REMAINDER, help="after --: more flags for `autocompress run` (model, data...)")
@@ -94,7 +99,11 @@ def main() -> None:
     work = a.work / f"fidelity-{a.task}"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for s in a.seeds:
+    for out in a.score_dirs or []:
+        arm, _, seed = out.name.rpartition("-s")
+        arm, seed = (arm, int(seed)) if seed.isdigit() else (out.name, 0)
+        rows.append({"task": a.task, **score(out, arm, seed), "date": datetime.now().isoformat(timespec="seconds")})
+    for s in ([] if a.score_dirs else a.seeds):
         for arm, arm_flags in ARMS.items():
             out = work / f"{arm}-s{s}"
             if not a.score_only and not (out / "trials.csv").is_file():
@@ -117,15 +126,16 @@ def main() -> None:
         w.writeheader()
         w.writerows([{k: "" if v is None else v for k, v in r.items()} for r in rows])
     cols = ["arm", "sampler_seed", "trials", "search_s", "speed_measured", "candidates_per_h", "fully_distilled",
-            "gate_stopped", "gate_infeasible", "rung_stopped", "kd_epochs_run", "hypervolume", "best_speedup_1pp"]
+            "gate_stopped", "gate_infeasible", "rung_stopped", "kd_epochs_run", "engine_overhead_pct", "hypervolume",
+            "best_speedup_1pp"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    for arm in ARMS:
+    for arm in dict.fromkeys(r["arm"] for r in rows):
         mine = [r for r in rows if r["arm"] == arm]
         if mine:
             med = {c: statistics.median(float(r[c]) for r in mine if r[c] is not None) if any(r[c] is not None for r in mine)
-                   else None for c in ("candidates_per_h", "fully_distilled", "hypervolume", "best_speedup_1pp")}
+                   else None for c in ("candidates_per_h", "fully_distilled_per_h", "hypervolume", "best_speedup_1pp")}
             print(f"{arm}: median over {len(mine)} seed(s): " + ", ".join(f"{k} {v:g}" if v is not None else f"{k} -"
                                                                        for k, v in med.items()))
     print(f"written: {path}")

@@ -28,9 +28,12 @@ import argparse
 import glob
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def spearman(x, y) -> float:
@@ -83,12 +86,8 @@ def recovery_forecast(target: float, rows: list[dict], margin: float, spare_fast
     peers: dict[tuple, list] = {}
     best, stopped, saved, spent, lost = 0.0, 0, 0, 0, []
     for r in rows:
-        if r["meets"]:
-            best_after = max(best, r["speedup"] or 0.0)
-        else:
-            best_after = best
         if r["kd"] is None:
-            best = best_after
+            best = max(best, r["speedup"] or 0.0) if r["meets"] else best
             continue
         h, key = r["history"], (r["kd"]["epochs"], r["kd"].get("samples_per_epoch"))
         spent += len(h)
@@ -108,7 +107,8 @@ def recovery_forecast(target: float, rows: list[dict], margin: float, spare_fast
                 lost.append(r)
         elif r["full"]:
             peers.setdefault(key, []).append((h, r["curve_end"]))
-        best = best_after
+        if r["meets"]:  # known once it finished: later candidates compare with it
+            best = max(best, r["speedup"] or 0.0)
     return dict(stopped=stopped, saved=saved, spent=spent, lost=lost)
 
 
@@ -136,18 +136,17 @@ def rung_dominance(target: float, rows: list[dict], margin: float, rung: int) ->
 
 
 def damage(params: dict, sens: dict) -> float | None:
-    """Summed accuracy loss (pp) of each stage pruned alone at the candidate's ratio (interpolated), the analysis's view."""
+    """Summed accuracy loss (pp) of each stage pruned alone at the candidate's ratio, interpolated on the analysis's
+    curves (:func:`autocompress.sensitivity._curve`, the ones its priors use)."""
+    from autocompress.sensitivity import _curve
+
     stages = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("sparsity.")}
-    if not stages:
+    if not stages or not all((sens["stages"].get(s) or {}).get("accuracy") for s in stages):
         return None
-    base, ratios = sens["base_accuracy"], [0.0] + list(sens["ratios"])
     out = 0.0
     for s, ratio in stages.items():
-        st = sens["stages"].get(s)
-        if not st or not st["accuracy"]:
-            return None
-        drops = np.maximum.accumulate([0.0] + [max(0.0, 100 * (base - a)) for a in st["accuracy"]])
-        out += float(np.interp(ratio, ratios[: len(drops)], drops))
+        xs, drops, _ = _curve(sens["stages"][s], sens["ratios"], sens["base_accuracy"])
+        out += float(np.interp(ratio, xs, drops))
     return out
 
 

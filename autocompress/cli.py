@@ -202,7 +202,7 @@ def list_(what: Listable = typer.Argument(..., help="models | spaces | profiles 
 def profile_device(profile: str = typer.Option("cpu", help="profile to run the benchmarks with"),
                    out_path: Optional[Path] = typer.Option(None, "--out", help="new profile YAML to write (its table beside it)"),
                    quick: bool = typer.Option(False, help="small grid (a minute) to try the command; rough figures, not a table to search with"),
-                   calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate", help="fit a whole-model correction on zoo models (default: where torch is installed)"),
+                   calibrate: bool = typer.Option(False, "--calibrate/--no-calibrate", help="also fit a whole-model correction on pruned zoo models (needs torch; off: it has not improved on the table's own in-network fit)"),
                    check: Optional[str] = typer.Option(None, "--check", help="a table or predict-mode profile: time held-out models here and print how well it predicts them")):
     """Benchmark kernels on this device and write a predict-mode profile with a lookup table (rerun to continue
     an interrupted build); or --check a table on its device. Needs no torch."""

@@ -4,8 +4,8 @@
    ``autocompress.profiling``, keyed on the kernels ORT runs after graph optimisation, plus its in-network
    scale), at ``benchmarks/results/<profile>.table.jsonl`` (resumable: rerun continues it), or ``--table``.
    The torch-side whole-model calibration on zoo models (disjoint from the candidates) is fitted as
-   ``profile-device`` does where torch is installed (``--no-calibrate``: not); the same predictions without it
-   are scored beside, on the same measurements.
+   ``profile-device --calibrate`` does (opt-in there; here by default, ``--no-calibrate``: not); the same predictions
+   without it are scored beside, on the same measurements.
 2. Held-out candidates: zoo models (resnet18, mobilenet_v2, efficientnet_b0, regnet_x_400mf, shufflenet_v2_x1_0;
    ``build_model(name, 10, (3, S, S))``, S = 32 or 64, or ``--sizes``) pruned uniformly at a random ratio in 0-0.8 (2 decimals,
    seeds < 1000) with the product's stages, each in fp32 and int8 (static QDQ U8S8, the product's quantizer).
@@ -150,7 +150,8 @@ def main():
     ap.add_argument("--table", help="reuse a table (JSON Lines) instead of building benchmarks/results/<profile>.table.jsonl")
     ap.add_argument("--quick", action="store_true", help="small grid (the tests' table)")
     ap.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                    help="leave out the torch-side whole-model calibration (profile-device fits it where torch is)")
+                    help="leave out the torch-side whole-model calibration (profile-device --calibrate: scored beside "
+                         "the same predictions without it)")
     ap.add_argument("--n", type=int, default=20, help="pruned models (each in fp32 and int8)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--sizes", default="32,64", help="input sides drawn from (e.g. 224: ImageNet-size models, whose "
@@ -187,7 +188,7 @@ def main():
             table = predict.append_calibration(table, predict.calibrate_table(table, profile, quick=args.quick, dtypes=dts))
     else:
         path = RESULTS / f"{profile.name}{'-quick' if args.quick else ''}.table.jsonl"
-        table = predict.build_table(profile, path, quick=args.quick, calibrate=args.calibrate)
+        table = predict.build_table(profile, path, quick=args.quick, calibrate=args.calibrate)  # opt-in in the product
     predict.check_table(table, profile)
     t_table = time.perf_counter() - t0
     uncalibrated = {k: v for k, v in table.items() if k != "calibration"}  # the same table, without it: compared

@@ -131,14 +131,17 @@ def test_profile_device_writes_a_valid_predict_profile(tmp_path, monkeypatch, mo
     assert prof.fingerprint["onnxruntime"] and prof.intra_op_threads == 1
     t = predict.load_table(prof, path, log=lambda *a: None)
     assert predict.predict_latency(models[0], prof, t, (1, 3, 32, 32)) > 0
-    # torch is installed here: the whole-model calibration is fitted by default
+    # the whole-model calibration is opt-in: the finished table is reused and the fit appended to it
+    assert t.get("calibration") is None and not any(m.startswith("calibration ") for m in logs)
+    predict.profile_device("cpu-1thread", tmp_path / "mybox.yaml", quick=True, log=logs.append, calibrate=True)
+    t = predict.read_table(tmp_path / "mybox.table.jsonl")
     assert set(t["calibration"]["fits"]) == {"fp32", "int8"} and any(m.startswith("calibration int8: ") for m in logs)
-    # on a target without torch (an edge box) it is skipped, and the build says so
+    assert all(len(m["windows_ms"]) == 1 for m in t["calibration"]["models"])  # timed in a fresh process
+    # asked for on a target without torch (an edge box): refused before anything is timed
     monkeypatch.setattr(predict, "_torch_available", lambda: False)
-    logs.clear()
-    predict.profile_device("cpu-1thread", tmp_path / "edge.yaml", quick=True, log=logs.append)
-    assert predict.read_table(tmp_path / "edge.table.jsonl").get("calibration") is None
-    assert any("calibration skipped: torch is not installed" in m for m in logs)
+    with pytest.raises(ConfigError, match="--calibrate builds zoo models with torch"):
+        predict.profile_device("cpu-1thread", tmp_path / "edge.yaml", quick=True, calibrate=True)
+    assert not (tmp_path / "edge.table.jsonl").exists()
 
 
 def _write(table: dict, path: Path, **header) -> Path:

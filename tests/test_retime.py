@@ -93,6 +93,27 @@ def test_retime_measures_each_model_in_fresh_processes(tmp_path):
     assert r.threads == 1  # recorded: why windows disagree depends on it
 
 
+
+def test_latency_windows_times_each_model_alone_at_its_own_shape_in_fresh_processes(tmp_path):
+    from autocompress.compress.export import export_onnx
+    from autocompress.measure.retime import latency_windows
+
+    def net(width):
+        return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(width, 10)).eval()
+
+    torch.manual_seed(0)
+    export_onnx(net(64), torch.zeros(1, 3, 64, 64), tmp_path / "wide.onnx")
+    export_onnx(net(4), torch.zeros(1, 3, 16, 16), tmp_path / "narrow.onnx")
+    profile = HardwareProfile(**{**FAST_PROFILE, "latency": {**FAST_PROFILE["latency"], "statistic": "min",
+                                                             "min_rounds": 5, "max_rounds": 8, "time_cap_s": 1}})
+    out = latency_windows({"wide": (tmp_path / "wide.onnx", (1, 3, 64, 64)),
+                           "narrow": (tmp_path / "narrow.onnx", (1, 3, 16, 16))}, profile, windows=2)
+    assert set(out) == {"wide", "narrow"} and all(len(v) == 2 and min(v) > 0 for v in out.values())
+    assert min(out["wide"]) > 4 * max(out["narrow"]), out  # 16x the channels on 16x the pixels
+    with pytest.raises(ValueError):
+        latency_windows({}, profile, windows=0)
+
 def test_a_run_retimes_its_front_and_references_and_reports_the_spread(tmp_path, monkeypatch, capsys):
     import pandas as pd
     from conftest import int8_run

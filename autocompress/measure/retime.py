@@ -86,9 +86,11 @@ def _window(job: dict) -> dict:
     profile = HardwareProfile(**job["profile"])
     out = {}
     for label, path in job["models"].items():
-        r = measure_latency(path, profile, job["shape"], baseline_path=job["baseline"], seed=job["seed"])
+        shape = job["shapes"][label] if job.get("shapes") else job["shape"]
+        r = measure_latency(path, profile, shape, baseline_path=job["baseline"], seed=job["seed"])
         out[label] = {"speedup": r.speedup, "latency_ms": r.median_ms, "baseline_ms": r.baseline_median_ms,
-                      "ci": r.speedup_ci, "stop": r.stop_reason, "machine": r.machine}
+                      "ci": r.speedup_ci, "stop": r.stop_reason, "machine": r.machine,
+                      "stat_ms": r.stat_ms(profile.latency.statistic)}
     return out
 
 
@@ -140,6 +142,27 @@ def retime(models: Mapping[str, str | Path], baseline: str | Path, profile, shap
                 todo = [k for k in todo if not _summary(k, job["models"][k], runs[k], target_cv).agree]
     threads = profile.intra_op_threads or os.cpu_count() or 1  # 0 in a profile: ONNX Runtime's default, every core
     return {k: replace(_summary(k, job["models"][k], runs[k], target_cv), threads=threads) for k in job["models"]}
+
+
+def latency_windows(models: Mapping[str, tuple[str | Path, Sequence[int]]], profile, *, windows: int = 3,
+                    seed: int = 0) -> dict[str, list[float]]:
+    """Each model (label -> (ONNX path, input shape)) timed alone, as the profile says (its statistic), in
+    ``windows`` fresh processes one after another: {label: [ms per window]}. A fresh process holds no state of
+    the work that built the models (timed in the process that had just built them with torch, zoo models ran at
+    x0.96-x2.25 their fresh-process figure, benchmarks/bench_inprocess.py)."""
+    if windows < 1:
+        raise ValueError("windows must be >= 1")
+    job = {"profile": profile.model_dump(), "shape": None, "baseline": None, "seed": int(seed),
+           "models": {k: str(v[0]) for k, v in models.items()},
+           "shapes": {k: [int(d) for d in v[1]] for k, v in models.items()}}
+    out: dict[str, list[float]] = {k: [] for k in models}
+    with tempfile.TemporaryDirectory() as d:
+        spec = Path(d) / "job.json"
+        spec.write_text(json.dumps(job))
+        for w in range(windows):
+            for k, v in _run_window(spec, w + 1).items():
+                out[k].append(float(v["stat_ms"]))
+    return out
 
 
 def _summary(label: str, path: str, per_window: list[dict], target_cv: float) -> Retimed:

@@ -97,7 +97,8 @@ def main() -> None:
     a = ap.parse_args()
     flags = [x for x in a.rest if x != "--"]
     work = a.work / f"fidelity-{a.task}"
-    work.mkdir(parents=True, exist_ok=True)
+    if not a.score_dirs:  # scoring given folders writes nothing under work/
+        work.mkdir(parents=True, exist_ok=True)
     rows = []
     for out in a.score_dirs or []:
         arm, _, seed = out.name.rpartition("-s")

@@ -172,6 +172,27 @@ def test_tables_are_checked_before_use(tmp_path, table):
     assert any(m.startswith("latency: predicted from a table built on Some Edge SoC") for m in logs)
 
 
+
+def test_a_calibration_timed_in_the_building_process_is_not_applied(tmp_path, table, models):
+    prof = parse(HardwareProfile, {"name": "box", "intra_op_threads": 1, "latency": {"mode": "predict"},
+                                   "lookup_table": "t.table.jsonl"}, "p.yaml")
+    path = _write(table, tmp_path / "t.table.jsonl")
+    fits = {"fp32": {"alpha": 0.19, "beta": 1.05, "n": 1}}
+    old = {"fits": fits, "models": [{"arch": "resnet18", "dtype": "fp32", "raw_ms": 1.0, "measured_ms": 1.2}]}
+    ptable.append_line(path, {"calibration": old})
+    logs = []
+    t = predict.load_table(prof, tmp_path / "p.yaml", log=logs.append)
+    assert t["calibration"] is None and t["stale_calibration"] == old
+    assert any("whole-model calibration was timed in the process that built its models" in m for m in logs)
+    raw = predict.predict_latency(models[1], PROFILE, {k: v for k, v in t.items() if k != "stale_calibration"},
+                                  (1, 3, 32, 32))
+    assert predict.predict_latency(models[1], PROFILE, t, (1, 3, 32, 32)) == pytest.approx(raw)
+    # one timed in fresh processes (windows recorded) is applied
+    ptable.append_line(path, {"calibration": {**old, "models": [{**old["models"][0], "windows_ms": [1.2]}]}})
+    logs.clear()
+    t = predict.load_table(prof, tmp_path / "p.yaml", log=logs.append)
+    assert t["calibration"]["fits"] == fits and not any("calibration" in m for m in logs)
+
 def test_a_fusion_rule_that_differs_here_is_printed(table):
     lines = [dict(ln, signature=["SomethingElse"]) if ln["spec"].get("pattern") == "gemm fp32" else ln for ln in table["lines"]]
     logs = []

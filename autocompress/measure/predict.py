@@ -39,10 +39,16 @@ TABLE_VERSION = ptable.VERSION
 
 # ---------------------------------------------------------------- tables on disk
 def read_table(path, source: str | None = None) -> dict:
+    """The table; a whole-model calibration timed in the process that built its models (before they were timed in
+    fresh processes: no ``windows_ms``) is set aside as ``stale_calibration``: such timing ran them up to 2x slow."""
     try:
-        return ptable.read(path)
+        table = ptable.read(path)
     except TargetError as e:
         raise ConfigError(str(e) if source is None else f"{source}: {e}") from None
+    cal = table.get("calibration")
+    if cal and cal.get("models") and any("windows_ms" not in m for m in cal["models"]):
+        table["calibration"], table["stale_calibration"] = None, cal
+    return table
 
 
 def check_table(table: dict, profile: HardwareProfile | Target, *, log: Callable = print, rules: bool = True) -> None:
@@ -86,6 +92,9 @@ def load_table(profile: HardwareProfile, profile_path, *, log: Callable = print)
                           "run `autocompress profile-device` on the target to build it")
     table = read_table(p)
     check_table(table, profile, log=log)
+    if table.get("stale_calibration"):
+        log(f"latency: {p.name}'s whole-model calibration was timed in the process that built its models (up to 2x "
+            "slow there) and is not applied; `autocompress profile-device --calibrate` on the target fits it again")
     return table
 
 

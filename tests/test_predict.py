@@ -193,6 +193,19 @@ def test_a_calibration_timed_in_the_building_process_is_not_applied(tmp_path, ta
     t = predict.load_table(prof, tmp_path / "p.yaml", log=logs.append)
     assert t["calibration"]["fits"] == fits and not any("calibration" in m for m in logs)
 
+
+def test_profile_device_calibrate_fits_again_over_a_stale_calibration(tmp_path, monkeypatch):
+    monkeypatch.setattr(ptable, "grid", lambda quick, n, dtypes: ptable.patterns(n) + tiny_specs())
+    predict.profile_device("cpu-1thread", tmp_path / "box.yaml", quick=True, log=lambda *a: None)
+    old = {"fits": {"fp32": {"alpha": 0.19, "beta": 1.05, "n": 1}},
+           "models": [{"arch": "resnet18", "dtype": "fp32", "raw_ms": 1.0, "measured_ms": 1.2}]}
+    ptable.append_line(tmp_path / "box.table.jsonl", {"calibration": old})
+    logs = []
+    predict.profile_device("cpu-1thread", tmp_path / "box.yaml", quick=True, log=logs.append, calibrate=True)
+    t = predict.read_table(tmp_path / "box.table.jsonl")
+    assert set(t["calibration"]["fits"]) == {"fp32", "int8"} and "stale_calibration" not in t
+    assert any(m.startswith("calibration fp32: ") for m in logs)
+
 def test_a_fusion_rule_that_differs_here_is_printed(table):
     lines = [dict(ln, signature=["SomethingElse"]) if ln["spec"].get("pattern") == "gemm fp32" else ln for ln in table["lines"]]
     logs = []

@@ -42,9 +42,12 @@ def read_table(path, source: str | None = None) -> dict:
     """The table; a whole-model calibration timed in the process that built its models (before they were timed in
     fresh processes: no ``windows_ms``) is set aside as ``stale_calibration``: such timing ran them up to 2x slow."""
     try:
-        table = ptable.read(path)
+        return _stale_set_aside(ptable.read(path))
     except TargetError as e:
         raise ConfigError(str(e) if source is None else f"{source}: {e}") from None
+
+
+def _stale_set_aside(table: dict) -> dict:
     cal = table.get("calibration")
     if cal and cal.get("models") and any("windows_ms" not in m for m in cal["models"]):
         table["calibration"], table["stale_calibration"] = None, cal
@@ -327,7 +330,7 @@ def build_table(profile: HardwareProfile, path, *, quick: bool = False, log: Cal
         raise ConfigError("--calibrate builds zoo models with torch, which is not installed here; "
                           "leave it out (the table's in-network factors are measured without torch)")
     try:
-        table = ptable.build(Target.from_profile(profile), path, quick=quick, log=log)
+        table = _stale_set_aside(ptable.build(Target.from_profile(profile), path, quick=quick, log=log))
     except TargetError as e:
         raise ConfigError(str(e)) from None
     if calibrate and table.get("calibration") is None:

@@ -13,6 +13,9 @@ Windows that disagree get more windows: a model whose first ``windows`` disagree
 baseline, in further fresh processes up to ``max_windows`` in all, and its figure is the median of them all. On
 these 2-vCPU machines one window in five can land 25-40% off for one model while the others stay put
 (benchmarks/README.md, issue 14); the median of five is not moved by one such window, the median of three can be.
+
+``latency_windows`` runs the same windows without a baseline: absolute times, each model at its own input shape (the
+predict mode's whole-model calibration, timed away from the process that built its models with torch).
 """
 
 from __future__ import annotations

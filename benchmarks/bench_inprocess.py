@@ -53,8 +53,11 @@ def main() -> None:
         print(f"{k:34s} right after the build {r['right_after']:7.3f} ms (x{r['right_after'] / f:.2f})  later "
               f"{r['later']:7.3f} ms (x{r['later'] / f:.2f})  fresh processes {f:7.3f} ms {np.round(fresh[k], 3).tolist()}")
     for dt in ("fp32", "int8"):
-        a = [rows[k]["later"] / float(np.median(fresh[k])) for k in rows if k.endswith(dt)]
-        print(f"{dt}: in this process after the builds, median x{np.median(a):.2f} the fresh processes' figure")
+        f = {k: float(np.median(fresh[k])) for k in rows if k.endswith(dt)}
+        now, later = ([rows[k][w] / f[k] for k in f] for w in ("right_after", "later"))
+        print(f"{dt}: against the fresh processes' figure, right after the build x{min(now):.2f}-x{max(now):.2f} "
+              f"(median x{np.median(now):.2f}), after every build x{min(later):.2f}-x{max(later):.2f} "
+              f"(median x{np.median(later):.2f})")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main() -> None:
     from autocompress.measure import predict
     from autocompress.profiling.kernels import list_kernels
     from autocompress.profiling.lookup import breakdown, table_target
-    from autocompress.profiling.table import time_whole
+    from autocompress.profiling.table import split_wall, time_whole
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", required=True)
@@ -56,8 +56,7 @@ def main() -> None:
                 model = Path(path).read_bytes()
                 ks = list_kernels(model, target, runs=30)
                 net = float(np.median([time_whole(model, target, False) for _ in range(3)])) - table["overhead_ms"]
-                w = np.array([max(k["us"] / 1e3 - table["delta_ms"], 0.05 * k["us"] / 1e3) for k in ks])
-                share = net * w / w.sum()
+                share = split_wall(ks, net, table["delta_ms"])  # as the table's own entries were made
                 pred = breakdown(model, uncal, kernels=ks)
                 kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
                 for (name, group, ms, how), sh in zip(pred, share):

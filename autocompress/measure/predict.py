@@ -40,7 +40,7 @@ TABLE_VERSION = ptable.VERSION
 # ---------------------------------------------------------------- tables on disk
 def read_table(path, source: str | None = None) -> dict:
     """The table; a whole-model calibration timed in the process that built its models (before they were timed in
-    fresh processes: no ``windows_ms``) is set aside as ``stale_calibration``: such timing ran them up to 2x slow."""
+    fresh processes: no ``windows_ms``) is set aside as ``stale_calibration``: such timing was off by up to 2x."""
     try:
         return _stale_set_aside(ptable.read(path))
     except TargetError as e:
@@ -97,7 +97,7 @@ def load_table(profile: HardwareProfile, profile_path, *, log: Callable = print)
     check_table(table, profile, log=log)
     if table.get("stale_calibration"):
         log(f"latency: {p.name}'s whole-model calibration was timed in the process that built its models (up to 2x "
-            "slow there) and is not applied; `autocompress profile-device --calibrate` on the target fits it again")
+            "off there) and is not applied; `autocompress profile-device --calibrate` on the target fits it again")
     return table
 
 

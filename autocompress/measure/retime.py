@@ -152,7 +152,7 @@ def latency_windows(models: Mapping[str, tuple[str | Path, Sequence[int]]], prof
     """Each model (label -> (ONNX path, input shape)) timed alone, as the profile says (its statistic), in
     ``windows`` fresh processes one after another: {label: [ms per window]}. A fresh process holds no state of
     the work that built the models (timed in the process that had just built them with torch, zoo models ran at
-    x0.96-x2.25 their fresh-process figure, benchmarks/bench_inprocess.py)."""
+    x0.83-x2.25 their fresh-process figure over four runs, benchmarks/bench_inprocess.py)."""
     if windows < 1:
         raise ValueError("windows must be >= 1")
     job = {"profile": profile.model_dump(), "shape": None, "baseline": None, "seed": int(seed),

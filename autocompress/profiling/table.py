@@ -222,15 +222,21 @@ def time_graph(model: bytes, target: Target, *, quick: bool, overhead_ms: float,
     copies) are averaged into one entry."""
     kernels = list_kernels(model, target, runs=3 if quick else 5)
     net = max(time_whole(model, target, quick) - overhead_ms, 0.0)
-    w = [max(k["us"] / 1e3 - delta_ms, 0.05 * k["us"] / 1e3) for k in kernels]
-    tot = sum(w) or 1.0
     merged: dict = {}
-    for k, wi in zip(kernels, w):
+    for k, ms in zip(kernels, split_wall(kernels, net, delta_ms)):
         key = (k["group"], tuple(round(f, 5) for f in k["feats"]))
-        merged.setdefault(key, [k["work"], []])[1].append(net * wi / tot)
+        merged.setdefault(key, [k["work"], []])[1].append(ms)
     return {"wall_ms": net, "signature": kernel_signature(kernels), "n_kernels": len(kernels),
             "kernels": [{"group": g, "feats": list(f), "work": wk, "ms": float(np.mean(ms)), "n": len(ms)}
                         for (g, f), (wk, ms) in merged.items()]}
+
+
+def split_wall(kernels: list[dict], net_ms: float, delta_ms: float) -> list[float]:
+    """A graph's wall time (net of the per-inference overhead) split over its kernels in proportion to the profiler's
+    durations less its per-node inflation (each kept at >= 5% of its own duration)."""
+    w = [max(k["us"] / 1e3 - delta_ms, 0.05 * k["us"] / 1e3) for k in kernels]
+    tot = sum(w) or 1.0
+    return [net_ms * wi / tot for wi in w]
 
 
 def _base_costs(target: Target, quick: bool) -> dict:

@@ -153,6 +153,10 @@ def test_not_a_table(tmp_path):
     p.write_text('{"hello": 1}\n')
     with pytest.raises(TargetError, match="not an autocompress lookup table"):
         ptable.read(p)
+    p.write_text(json.dumps({"kind": ptable.KIND, "version": ptable.VERSION - 1}) + "\n")
+    with pytest.raises(TargetError, match=f"a lookup table of version {ptable.VERSION - 1}, this autocompress reads "
+                                          f"version {ptable.VERSION}.*rebuild it on the target"):
+        ptable.read(p)
 
 
 def test_replicated_graph_runs_each_copy_with_its_own_weights():
@@ -322,3 +326,38 @@ def test_the_lookup_uses_the_rescaled_times():
     assert lookup.Index(base).lookup("conv/fp32/x", [0.0], 1.0)[0] == pytest.approx(2.0)
     assert lookup.Index(slow_first).lookup("conv/fp32/x", [0.0], 1.0)[0] == pytest.approx(1.0, rel=0.05)
     assert lookup.Index(slow_first).lookup("conv/fp32/x", [1.0], 1.0)[0] == pytest.approx(2.0, rel=0.05)
+
+
+def test_element_wise_kernels_cost_more_with_more_elements():
+    """A one-feature group (log elements) is read off the medians at each measured size, made non-decreasing and
+    interpolated log-log: scattered entries of one size (the same DequantizeLinear alone and between two ops) cannot
+    make a bigger tensor cheaper; below the smallest size the smallest's cost, above the largest scaled by work."""
+    sizes = [256, 1024, 4096, 16384, 65536]
+    us = {256: [0.2, 0.6], 1024: [0.3, 1.1], 4096: [2.4, 1.6], 16384: [1.5, 2.0], 65536: [9.0, 9.4]}
+    lines = [{"kernels": [{"group": "DequantizeLinear/int8", "feats": [float(np.log(n))], "work": float(n), "ms": u / 1e3}]}
+             for n in sizes for u in us[n]]
+    idx = lookup.Index({"lines": lines, "node_ms": 0.0003})
+    got = [idx.lookup("DequantizeLinear/int8", [float(np.log(n))], n)[0] for n in np.geomspace(100, 200000, 40)]
+    assert all(b >= a - 1e-12 for a, b in zip(got, got[1:]))
+    assert got[0] == pytest.approx(np.sqrt(0.2 * 0.6) * 1e-3)  # the smallest size's median (of the log times)
+    assert idx.lookup("DequantizeLinear/int8", [float(np.log(131072))], 131072)[0] == pytest.approx(np.sqrt(9.0 * 9.4) * 2e-3)
+    assert lookup._monotone(np.array([1.0, 3.0, 2.0, 4.0]), np.ones(4)).tolist() == [1.0, 2.5, 2.5, 4.0]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_grid_times_squeeze_excite_convs_and_the_exporters_dynamic_shuffle(int8):
+    """Two shapes real pruned models run that the square grid missed: a 1x1 conv on one pixel between a wide and a
+    narrow channel count, and a channel shuffle whose sizes are read at run time (a dynamic batch axis), where the
+    quantized form keeps a DequantizeLinear whose output the Shape nodes read."""
+    specs = ptable.grid(False, 1, ["fp32", "int8"])
+    se = {(s["cin"], s["cout"]) for s in specs if s["op"] == "conv" and s["h"] == 1 and s["k"] == 1}
+    assert {(506, 21), (21, 506), (63, 2), (2, 63)} <= se
+    assert {s["dtype"] for s in specs if s["op"] == "shuffle"} == {"fp32", "int8"}
+    ks = kernels.list_kernels(ptable.build_graph(dict(op="shuffle", numel=4096, n=1, dtype="int8" if int8 else "fp32")),
+                              TARGET)
+    groups = {k["group"] for k in ks}
+    assert {"Shape/fp32", "Gather/int64", "Unsqueeze/int64", "Concat/int64", "Div/int64"} <= groups  # not folded away
+    if int8:
+        assert {"DequantizeLinear/int8", "Transpose/int8"} <= groups
+    else:
+        assert {"Reshape/fp32", "Transpose/fp32", "Slice/fp32"} <= groups

@@ -151,6 +151,64 @@ def layout_graph(op, shape) -> bytes:
                   [i64("i0", 0), i64("ax0", [0]), i64("rest", [-1])])
 
 
+def shuffle_graph(shape, int8) -> bytes:
+    """A channel shuffle and split as torch's exporter writes them for a model with a dynamic batch axis
+    (``x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w).chunk(2, 1)``): the sizes read with
+    Shape -> Gather at run time (Div, Cast, Unsqueeze, Concat on int64 scalars), so ORT cannot fold them. int8: Q/DQ
+    around every op, as the quantizer writes them; ORT drops the pairs around Transpose and the second Reshape but
+    keeps the DequantizeLinear whose output the Shape nodes also read, a float Reshape and a QuantizeLinear after it."""
+    n, c, h, w = shape
+    c = max(2, c - c % 2)
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    inits = [i64("i0", 0), i64("i1", 1), i64("i2", 2), i64("i3", 3), i64("two", 2), i64("ax0", [0]), i64("grp", [2]),
+             i64("one1", [1]), i64("two1", [2]), i64("zero1", [0])]
+    nodes: list = []
+
+    def qdq(t):  # fp32: t; int8: Q -> DQ on t (the quantizer's pair between two ops)
+        if not int8:
+            return t
+        nodes.extend([helper.make_node("QuantizeLinear", [t, "ys", "yz"], [t + "_q"]),
+                      helper.make_node("DequantizeLinear", [t + "_q", "ys", "yz"], [t + "_dq"])])
+        return t + "_dq"
+
+    def size(x, i, tag):  # Shape -> Gather: one of x.size()
+        nodes.extend([helper.make_node("Shape", [x], [f"sh{tag}"]),
+                      helper.make_node("Gather", [f"sh{tag}", f"i{i}"], [f"g{tag}"], axis=0)])
+        return f"g{tag}"
+
+    def unsq(t, tag):
+        nodes.append(helper.make_node("Unsqueeze", [t, "ax0"], [f"u{tag}"]))
+        return f"u{tag}"
+
+    x = "x0"
+    if int8:
+        nodes.append(helper.make_node("DequantizeLinear", ["x0", "ys", "yz"], ["xf"]))
+        x = "xf"
+    b, ch, hh, ww = (size(x, i, str(i)) for i in range(4))
+    nodes.extend([helper.make_node("Div", [ch, "two"], ["cg"]), helper.make_node("Cast", ["cg"], ["cg1"], to=TensorProto.INT64),
+                  helper.make_node("Cast", ["cg1"], ["cg2"], to=TensorProto.INT64)])
+    nodes.append(helper.make_node("Concat", [unsq(b, "b"), "grp", unsq("cg2", "c"), unsq(hh, "h"), unsq(ww, "w")], ["s5"], axis=0))
+    nodes.append(helper.make_node("Reshape", [x, "s5"], ["r5"]))
+    nodes.append(helper.make_node("Transpose", [qdq("r5")], ["t5"], perm=[0, 2, 1, 3, 4]))
+    nodes.append(helper.make_node("Concat", [unsq(b, "b2"), unsq(ch, "c2"), unsq(hh, "h2"), unsq(ww, "w2")], ["s4"], axis=0))
+    nodes.append(helper.make_node("Reshape", [qdq("t5"), "s4"], ["r4"]))
+    r4 = qdq("r4")
+    # chunk(2, 1): the split point computed from the size at run time
+    nodes.extend([helper.make_node("Shape", [r4], ["shk"]), helper.make_node("Gather", ["shk", "one1"], ["gk"], axis=0),
+                  helper.make_node("Add", ["gk", "one1"], ["ak"]), helper.make_node("Div", ["ak", "two1"], ["dk"]),
+                  helper.make_node("Mul", ["dk", "one1"], ["mk"]), helper.make_node("Mul", ["dk", "two1"], ["mk2"]),
+                  helper.make_node("Slice", [r4, "zero1", "mk", "one1"], ["y0f" if int8 else "y0"]),
+                  helper.make_node("Slice", [r4, "mk", "mk2", "one1"], ["y1f" if int8 else "y1"])])
+    dt = TensorProto.UINT8 if int8 else TensorProto.FLOAT
+    if int8:
+        inits += [numpy_helper.from_array(np.array(_Y_SCALE, np.float32), "ys"),
+                  numpy_helper.from_array(np.array(_Y_ZP, np.uint8), "yz")]
+        nodes.extend([helper.make_node("QuantizeLinear", ["y0f", "ys", "yz"], ["y0"]),
+                      helper.make_node("QuantizeLinear", ["y1f", "ys", "yz"], ["y1"])])
+    return _model(nodes, [_vi("x0", dt, ("N", c, h, w))],
+                  [_vi("y0", dt, ("N", c // 2, h, w)), _vi("y1", dt, ("N", c // 2, h, w))], inits)
+
+
 def concat_graph(shape, int8) -> bytes:
     """Two inputs concatenated on channels; int8: DQ -> Concat -> Q, which ORT runs as one QLinearConcat."""
     n, c, h, w = shape

@@ -97,9 +97,14 @@ def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
     numel = max(_numel(osh), _numel(ish))
     tag = f"{domain}:{op}" if domain else op
     acts = [_shape(t) for t in ins if t and len(_shape(t)) >= 2]
+    feats = [math.log(max(numel, 1))]
     if len(acts) >= 2 and _numel(acts[0]) != _numel(acts[1]):  # a broadcast (squeeze-excite Mul): its own kernel
         tag += "-bcast"
-    return {"group": f"{tag}/{dt}", "feats": [math.log(max(numel, 1))], "work": float(max(numel, 1))}
+        # and the elements per broadcast value (h*w of an (n,c,h,w) x (n,c,1,1) product): with a few pixels per
+        # channel ORT's broadcast loop runs short rows, 3x the time per element of the same product on a wide image
+        big, small = sorted(acts[:2], key=_numel, reverse=True)
+        feats.append(math.log(max(_numel(big) / max(_numel(small), 1), 1)))
+    return {"group": f"{tag}/{dt}", "feats": feats, "work": float(max(numel, 1))}
 
 
 def _attrs(node) -> dict:

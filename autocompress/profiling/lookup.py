@@ -2,8 +2,9 @@
 
 Inside one table group (kernel implementation, dtype, kernel size, stride, depthwise or full, channel alignment)
 a kernel's time is interpolated by a local weighted log-linear fit over the nearest measured kernels (features:
-log channels in / out, log batch*pixels; log elements for element-wise kernels), kept within 3x of the nearest
-measured kernel scaled by work. A group the table lacks falls back to the nearest alignment class, then to the same
+log channels in / out, log batch*pixels; a broadcast's log elements and log elements per broadcast value), kept
+within 3x of the nearest measured kernel scaled by work; an element-wise or data-movement kernel (one feature, log
+elements) by log-log interpolation between the non-decreasing medians at each measured size. A group the table lacks falls back to the nearest alignment class, then to the same
 implementation at another kernel size or stride scaled by work, then to the per-node cost. numpy + onnx + onnxruntime.
 """
 
@@ -46,6 +47,8 @@ class Index:
             i = int(np.argmin(np.abs(np.log(w) - math.log(max(work, 1)))))
             return max(float(math.exp(lt[i]) * work / w[i]), self._floor(lt)), "scaled"
         X, w, lt = g
+        if X.shape[1] == 1:
+            return max(self._interp(X[:, 0], w, lt, feats[0], work), self._floor(lt)), how
         q = np.array(feats, float)
         d = np.sqrt(((X - q) ** 2).sum(1))
         order = np.argsort(d)
@@ -61,6 +64,22 @@ class Index:
         est = float(coef[0] + coef[1:] @ q)
         est = min(max(est, nn_est - math.log(3)), nn_est + math.log(3))  # an extrapolating fit stays near the data
         return max(float(math.exp(est)), self._floor(lt)), how
+
+    @staticmethod
+    def _interp(x: np.ndarray, w: np.ndarray, lt: np.ndarray, q: float, work: float) -> float:
+        """A one-feature group (element-wise and data-movement kernels: log elements): the median time at each
+        measured size, interpolated log-log between them; below the smallest the smallest's time (a fixed cost per
+        call), above the largest the largest's scaled by work. A local line through scattered points of one size
+        (the same DequantizeLinear alone and between two ops) swung 2.5x between neighbouring sizes; the medians are made non-decreasing (more elements never cost less)."""
+        xs = np.unique(np.round(x, 6))
+        at = [np.abs(x - v) < 1e-6 for v in xs]
+        med = _monotone(np.array([np.median(lt[m]) for m in at]), np.array([m.sum() for m in at], float))
+        if q <= xs[0]:
+            return float(math.exp(med[0]))
+        if q >= xs[-1]:
+            top = np.abs(x - xs[-1]) < 1e-6
+            return float(math.exp(med[-1]) * max(work, 1) / float(np.median(w[top])))
+        return float(math.exp(np.interp(q, xs, med)))
 
     @staticmethod
     def _floor(lt: np.ndarray) -> float:
@@ -89,6 +108,17 @@ class Index:
         if not cands:
             return None
         return (None, np.concatenate([self.groups[k][1] for k in cands]), np.concatenate([self.groups[k][2] for k in cands]))
+
+
+def _monotone(y: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence nearest ``y`` in weighted least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, wv in zip(y, wt):
+        blocks.append([float(v), float(wv), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, w1, n1), (m2, w2, n2) = blocks[-2], blocks[-1]
+            blocks[-2:] = [[(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2]]
+    return np.concatenate([np.full(n, m) for m, _, n in blocks])
 
 
 def _kin(impl: str) -> list[str]:

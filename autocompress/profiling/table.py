@@ -34,7 +34,8 @@ from .kernels import kernel_signature, list_kernels
 from .target import Target, TargetError, feeds_for, fingerprint, load_average, time_session
 
 KIND = "autocompress-latency-table"
-VERSION = 3  # 3: kernels of ORT's optimised graph (JSON Lines); 2: per-ONNX-op groups
+VERSION = 4  # 4: broadcasts keyed on elements per broadcast value too; 3: kernels of ORT's optimised graph (JSON
+# Lines); 2: per-ONNX-op groups
 
 
 # ---------------------------------------------------------------- what is timed
@@ -79,6 +80,13 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
                 for h in res + (tiny.get(k, []) if s == 1 or k == 3 else []):
                     if not (h < k and k > 1 and h not in tiny.get(k, [])):
                         conv(k, s, cin, cout, h)
+    # squeeze-excite: a 1x1 conv on one pixel from a wide count to a narrow one (4-24x fewer) and back; pruning
+    # leaves both ends at every alignment (efficientnet_b0 pruned 56%: 506 -> 21 -> 506, 63 -> 2 -> 63, ...), far
+    # from the square pairs above, which over-predicted them by half
+    for c in ([64, 240, 506] if quick else [32, 64, 96, 144, 240, 480, 672, 1152, 42, 63, 105, 211, 295, 506]):
+        for r in ([4, 24] if quick else [4, 12, 24]):
+            conv(1, 1, c, max(1, c // r), 1)
+            conv(1, 1, max(1, c // r), c, 1)
     for k in dks:
         for s in (1, 2):
             for c in chans:
@@ -131,11 +139,16 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
     for numel in numels:
         for op in ("relu", "sigmoid", "hardsigmoid", "hardswish", "add", "mul"):
             specs.append(dict(op=op, numel=numel, n=n))
-        for op in ("mul", "add"):
-            specs.append(dict(op=op + "_bcast", numel=numel, n=n))
         specs.append(dict(op="silu", numel=numel, n=n))
+    # (n,c,h,w) x (n,c,1,1): squeeze-excite's scaling, from many channels on a few pixels to few on a wide image
+    for c in ([16, 128, 512] if quick else [8, 16, 32, 64, 128, 256, 512, 1024]):
+        for h in ([1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64]):
+            if n * c * h * h <= 1 << 20:
+                for op in ("mul", "add"):
+                    specs.append(dict(op=op + "_bcast", c=c, h=h, n=n))
     for numel in numels:
         specs.append(dict(op="concat", numel=numel, n=n))  # fp32 Concat, int8 QLinearConcat
+        specs.append(dict(op="shuffle", numel=numel, n=n))  # a dynamic-batch channel shuffle: int64 size arithmetic
     out = [dict(sp, dtype=dt) for sp in specs for dt in dtypes]
     out += [dict(op=op, numel=numel, n=n, dtype="fp32") for numel in numels for op in ("split", "slice", "transpose", "shape")]
     out += [dict(op=q, numel=numel, n=n, dtype="fp32") for numel in numels for q in ("quantize", "dequantize")
@@ -174,10 +187,12 @@ def build_graph(spec: dict) -> bytes:
         return graphs.silu_graph(_ew_shape(spec["n"], spec["numel"]), int8)
     if op == "concat":
         return graphs.concat_graph(_ew_shape(spec["n"], spec["numel"]), int8)
+    if op == "shuffle":
+        return graphs.shuffle_graph(_ew_shape(spec["n"], spec["numel"]), int8)
     if op in ("split", "slice", "transpose", "shape"):
         return graphs.layout_graph(op, _ew_shape(spec["n"], spec["numel"]))
     if op.endswith("_bcast"):
-        return graphs.bcast_graph(op[: -len("_bcast")], _ew_shape(spec["n"], spec["numel"]), int8)
+        return graphs.bcast_graph(op[: -len("_bcast")], (spec["n"], spec["c"], spec["h"], spec["h"]), int8)
     return graphs.eltwise_graph(op, _ew_shape(spec["n"], spec["numel"]), int8)
 
 
@@ -274,7 +289,11 @@ def read(path) -> dict:
                 break
             raise TargetError(f"{p}: line {i + 1} is not JSON; not an autocompress lookup table, rebuild it with "
                               "`autocompress profile-device`") from None
-    if not rows or not isinstance(rows[0], dict) or rows[0].get("kind") != KIND or rows[0].get("version") != VERSION:
+    if rows and isinstance(rows[0], dict) and rows[0].get("kind") == KIND and rows[0].get("version") != VERSION:
+        raise TargetError(f"{p}: a lookup table of version {rows[0].get('version')}, this autocompress reads version "
+                          f"{VERSION} (its kernels are keyed otherwise); rebuild it on the target with "
+                          "`autocompress profile-device`")
+    if not rows or not isinstance(rows[0], dict) or rows[0].get("kind") != KIND:
         raise TargetError(f"{p}: not an autocompress lookup table (version {VERSION}); rebuild it with "
                           "`autocompress profile-device`")
     table = dict(rows[0])

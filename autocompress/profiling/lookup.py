@@ -4,8 +4,9 @@ Inside one table group (kernel implementation, dtype, kernel size, stride, depth
 a kernel's time is interpolated by a local weighted log-linear fit over the nearest measured kernels (features:
 log channels in / out, log batch*pixels; a broadcast's log elements and log elements per broadcast value), kept
 within 3x of the nearest measured kernel scaled by work; an element-wise or data-movement kernel (one feature, log
-elements) by log-log interpolation between the non-decreasing medians at each measured size. A group the table lacks falls back to the nearest alignment class, then to the same
-implementation at another kernel size or stride scaled by work, then to the per-node cost. numpy + onnx + onnxruntime.
+elements) by log-log interpolation between the non-decreasing medians at each measured size. A group the table
+lacks falls back to the nearest alignment class, then to the same implementation at another kernel size or stride
+scaled by work, then to the per-node cost. numpy + onnx + onnxruntime.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class Index:
         """A one-feature group (element-wise and data-movement kernels: log elements): the median time at each
         measured size, interpolated log-log between them; below the smallest the smallest's time (a fixed cost per
         call), above the largest the largest's scaled by work. A local line through scattered points of one size
-        (the same DequantizeLinear alone and between two ops) swung 2.5x between neighbouring sizes; the medians are made non-decreasing (more elements never cost less)."""
+        (the same DequantizeLinear alone and between two ops) swung 2.5x between neighbouring sizes; the medians are
+        made non-decreasing (more elements never cost less)."""
         xs = np.unique(np.round(x, 6))
         at = [np.abs(x - v) < 1e-6 for v in xs]
         med = _monotone(np.array([np.median(lt[m]) for m in at]), np.array([m.sum() for m in at], float))

@@ -82,7 +82,7 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
                         conv(k, s, cin, cout, h)
     # squeeze-excite: a 1x1 conv on one pixel from a wide count to a narrow one (4-24x fewer) and back; pruning
     # leaves both ends at every alignment (efficientnet_b0 pruned 56%: 506 -> 21 -> 506, 63 -> 2 -> 63, ...), far
-    # from the square pairs above, which over-predicted them by half
+    # from the square pairs above, from which the fit extrapolated them
     for c in ([64, 240, 506] if quick else [32, 64, 96, 144, 240, 480, 672, 1152, 42, 63, 105, 211, 295, 506]):
         for r in ([4, 24] if quick else [4, 12, 24]):
             conv(1, 1, c, max(1, c // r), 1)

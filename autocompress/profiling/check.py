@@ -66,7 +66,7 @@ def time_references(table: dict, names, *, repeats: int = 3) -> dict[str, float]
     ``repeats`` fresh sessions, the table's clock)."""
     target = table_target(table)
     quick = bool(table.get("quick"))
-    return {name: float(np.median([time_whole(model, target, quick) for _ in range(repeats)]))
+    return {name: float(np.median([time_whole(model, target, quick, as_reported=True) for _ in range(repeats)]))
             for name, model in context_nets(target.batch_size, target.int8) if name in set(names)}
 
 
@@ -94,7 +94,8 @@ def speed_now(table: dict, *, repeats: int = 3) -> dict | None:
 
 def check(table: dict, *, predict: Callable[[bytes], float] | None = None, log: Callable = print,
           repeats: int = 3) -> dict:
-    """Time each held-out network (median of ``repeats`` fresh sessions, the table's clock) and predict it
+    """Time each held-out network (median of ``repeats`` fresh sessions, each its blocks' statistic as the profile
+    reports it, the table's clock) and predict it
     (``predict(model_bytes)``, default: the plain kernel sum); returns the summary with the rows, and, where the
     table kept its reference times, the device's speed against the build (:func:`speed_now`) and the summary of the
     predictions scaled by it (``at_speed_now``)."""
@@ -106,7 +107,8 @@ def check(table: dict, *, predict: Callable[[bytes], float] | None = None, log: 
         meas = []
         for _ in range(repeats):
             sess = target.session(model)
-            meas.append(time_session(sess, feeds_for(sess), 9, 20.0, warmup=5, clock=clock))
+            meas.append(time_session(sess, feeds_for(sess), 9 if target.statistic == "median" else 20, 20.0, warmup=5,
+                                     clock=clock, statistic=target.statistic))
         m, p = float(np.median(meas)), float(predict(model))
         rows.append({"model": name, "measured_ms": m, "predicted_ms": p, "error": p / m - 1})
         log(f"  {name:38s} measured {m:8.3f} ms  predicted {p:8.3f} ms  error {p / m - 1:+.1%}")

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from . import marks
+from .cold import blend, coldness, model_weight_bytes
 from .kernels import ALIGN, list_kernels
 from .target import Target
 
@@ -28,26 +29,35 @@ class Index:
         for i, ln in enumerate(lines):
             f = 1.0 if factors is None else float(factors[i])
             for k in ln["kernels"]:
-                by.setdefault(k["group"], []).append(k if f == 1.0 else {**k, "ms": k["ms"] * f})
+                by.setdefault(k["group"], []).append((k, f))
         self.node_ms = float(table.get("node_ms", 0.0))
-        self.groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # per group: features, work, log ms warm, log ms cold (= warm where the kernel was not timed cold)
+        self.groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         for g, ks in by.items():
-            self.groups[g] = (np.array([k["feats"] for k in ks], float), np.array([k["work"] for k in ks], float),
-                              np.log(np.maximum([k["ms"] for k in ks], 1e-5)))
+            self.groups[g] = (np.array([k["feats"] for k, _ in ks], float), np.array([k["work"] for k, _ in ks], float),
+                              np.log(np.maximum([k["ms"] * f for k, f in ks], 1e-5)),
+                              np.log(np.maximum([k.get("cold_ms", k["ms"]) * f for k, f in ks], 1e-5)))
 
-    def lookup(self, group: str, feats: list[float], work: float) -> tuple[float, str]:
-        """(ms, how: 'fit' | 'alignment' | 'scaled' | 'node')."""
+    def lookup(self, group: str, feats: list[float], work: float, cold: float = 0.0) -> tuple[float, str]:
+        """(ms, how: 'fit' | 'alignment' | 'scaled' | 'node'); ``cold`` (0-1, :func:`.cold.coldness`): how far the
+        model's weights are out of the cache, blending the warm and cold entries (log-linear)."""
+        if cold <= 0.0:
+            return self._lookup(group, feats, work, 2)
+        warm, how = self._lookup(group, feats, work, 2)
+        return blend(warm, self._lookup(group, feats, work, 3)[0], cold), how
+
+    def _lookup(self, group: str, feats: list[float], work: float, col: int) -> tuple[float, str]:
         g, how = self.groups.get(group), "fit"
         if g is None:
             g, how = self._other_alignment(group), "alignment"
         if g is None or g[0].shape[1] != len(feats):
-            g = self._same_impl(group)
+            g = self._same_impl(group, col)
             if g is None:
                 return self.node_ms, "node"
             _, w, lt = g
             i = int(np.argmin(np.abs(np.log(w) - math.log(max(work, 1)))))
             return max(float(math.exp(lt[i]) * work / w[i]), self._floor(lt)), "scaled"
-        X, w, lt = g
+        X, w, lt = g[0], g[1], g[col]
         if X.shape[1] == 1:
             return max(self._interp(X[:, 0], w, lt, feats[0], work), self._floor(lt)), how
         q = np.array(feats, float)
@@ -99,7 +109,7 @@ class Index:
                 return g
         return None
 
-    def _same_impl(self, group: str):
+    def _same_impl(self, group: str, col: int):
         impl, dt = (group.split("/") + [""])[:2]
         cands = [k for k in self.groups if k.startswith(f"{impl}/{dt}/") or k == f"{impl}/{dt}"] or \
                 [k for k in self.groups if k.split("/")[0] == impl]
@@ -109,7 +119,7 @@ class Index:
             cands = [k for k in self.groups if k.split("/")[0] == other]
         if not cands:
             return None
-        return (None, np.concatenate([self.groups[k][1] for k in cands]), np.concatenate([self.groups[k][2] for k in cands]))
+        return (None, np.concatenate([self.groups[k][1] for k in cands]), np.concatenate([self.groups[k][col] for k in cands]))
 
 
 def _monotone(y: np.ndarray, wt: np.ndarray) -> np.ndarray:
@@ -162,17 +172,20 @@ def model_dtype(kernels: list[dict]) -> str:
 
 
 def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None,
-              shapes: dict | None = None) -> list[tuple[str, str, float, str]]:
+              shapes: dict | None = None, cold: float | None = None) -> list[tuple[str, str, float, str]]:
     """(kernel name, table group, ms, how) for every kernel ORT runs for ``model`` under the table's settings, as in
-    a network: the table's entry times its in-network scale for the model's dtype, plus its per-kernel cost."""
+    a network: the table's entry (warm, cold or between, by the model's weight bytes against the cache the table's
+    networks fitted; ``cold`` forces it) times its in-network scale for the model's dtype, plus its per-kernel
+    cost."""
     idx = index_of(table)
     ks = kernels if kernels is not None else list_kernels(model, table_target(table), shapes=shapes)
     ctx, dt = table.get("context") or {}, model_dtype(ks)
     scale = (ctx.get("scale") or {}).get(dt, 1.0)
     extra = (ctx.get("per_kernel_ms") or {}).get(dt, 0.0)  # tables before it was fitted: none
+    c = coldness(model_weight_bytes(model), ctx.get("cache_bytes")) if cold is None else cold
     out = []
     for k in ks:
-        ms, how = idx.lookup(k["group"], k["feats"], k["work"])
+        ms, how = idx.lookup(k["group"], k["feats"], k["work"], c)
         out.append((k["name"], k["group"], ms * scale + extra, how))
     return out
 

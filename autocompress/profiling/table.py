@@ -3,12 +3,18 @@
 File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an interrupted run continues:
 
 * line 1, the header: ``{"kind": "autocompress-latency-table", "version", "target": {session settings},
-  "onnxruntime", "execution_provider", "fingerprint", "date", "quick", "overhead_ms", "node_ms", "delta_ms"}``;
+  "onnxruntime", "execution_provider", "fingerprint", "date", "quick", "overhead_ms", "node_ms", "delta_ms",
+  "cache_bytes" (the knee of copies of one conv turning cold, :func:`.cold.cache_knee`: how many copies the cold
+  timings take)}``;
 * one line per timed graph: ``{"id", "spec", "wall_ms", "signature": [kernel types], "kernels": [{"group",
-  "feats", "work", "ms"}]}``; a graph's ``wall_ms`` (net of the per-inference overhead) is split over its kernels
-  in proportion to the profiler's per-kernel durations, less the profiler's per-node inflation ``delta_ms``;
+  "feats", "work", "ms", "cold_ms"?}], "cold_copies"?}``; a graph's ``wall_ms`` (net of the per-inference overhead)
+  is split over its kernels in proportion to the profiler's per-kernel durations, less the profiler's per-node
+  inflation ``delta_ms``; ``cold_ms``: the same kernel with its weights out of the cache (:mod:`.cold`), where
+  that can matter;
 * ``{"mark": {"ms": {reference network: ms}, "at"}}`` lines between the graphs: the device's speed where they
   were timed (:mod:`.marks`; each graph's kernels are rescaled to the last mark's speed when the table is read);
+* ``{"context": {"scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
+  (:func:`context_calibration`; ``cache_bytes``: a network's weight bytes where its kernels turn cold);
 * ``{"done": true, "seconds"}`` when the grid is complete; optionally ``{"calibration": {...}}`` lines after it
   (whole-model correction fitted by the search side, ``autocompress.measure.predict``).
 
@@ -29,13 +35,13 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from . import graphs, marks
+from . import cold, graphs, marks
 from .kernels import kernel_signature, list_kernels
 from .target import Target, TargetError, feeds_for, fingerprint, load_average, time_session
 
 KIND = "autocompress-latency-table"
-VERSION = 4  # 4: broadcasts keyed on elements per broadcast value too; 3: kernels of ORT's optimised graph (JSON
-# Lines); 2: per-ONNX-op groups
+VERSION = 5  # 5: weighted kernels timed cold too, a network's cache fitted; 4: broadcasts keyed on elements per
+# broadcast value too; 3: kernels of ORT's optimised graph (JSON Lines); 2: per-ONNX-op groups
 
 
 # ---------------------------------------------------------------- what is timed
@@ -87,6 +93,15 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
         for r in ([4, 24] if quick else [4, 12, 24]):
             conv(1, 1, c, max(1, c // r), 1)
             conv(1, 1, max(1, c // r), c, 1)
+    # an inverted residual's expansion and projection: 1x1 from c to 4-6c and back (mobilenet_v2, efficientnet),
+    # which pruning leaves at every alignment (145 -> 875, 139 -> 835...), outside the pairs above (ratio <= 2.5),
+    # from which the fit had extrapolated them at a fifth of their time on 2x2 pixels
+    if not quick:
+        for c in (16, 24, 32, 40, 64, 96, 160, 13, 29, 61, 83, 145):
+            for r in (4, 6):
+                for h in (1, 2, 4, 8, 16, 32):
+                    conv(1, 1, c, c * r, h)
+                    conv(1, 1, c * r, c, h)
     for k in dks:
         for s in (1, 2):
             for c in chans:
@@ -97,7 +112,9 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
     # Up to 112x112: the early layers of a pruned model fed 224-px images (in a mobilenet_v2 pruned 40% at 224 px,
     # ORT's profiler timed the unaligned 1x1 convs at 56-112 px at 1.4x what these classes, then stopping at 32x32,
     # extrapolated, and the unaligned int8 stem at 2.3x); the MAC cap keeps the wide ones out.
-    odd = {"a8": [24, 72], "u": [13, 61]} if quick else {"a8": [24, 40, 72, 136, 264], "u": [13, 29, 61, 125, 253]}
+    # (up to ~500: a wide layer pruned a little, e.g. resnet18's 512 to 455, whose 3x3 ran at 1.8x the 253 points
+    # scaled by work)
+    odd = {"a8": [24, 72], "u": [13, 61]} if quick else {"a8": [24, 40, 72, 136, 264, 392], "u": [13, 29, 61, 125, 253, 455]}
     for cls_chans in odd.values():
         cpairs = [(a, b) for a in cls_chans for b in cls_chans if 0.4 <= b / a <= 2.5]
         for s in (1, 2):
@@ -108,11 +125,16 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
                 for k in ([3] if quick else [3, 5]):
                     for c in cls_chans:
                         conv(k, s, c, c, h, dw=True)
-        if not quick:  # a pruned stem: 3 input channels, an unaligned count out, on the full image
+        if not quick:  # a pruned stem: 3 input channels, an unaligned count out, on the full image (7x7: resnets)
             for cout in cls_chans[:2]:
                 for h in (32, 64, 112, 224):
                     conv(3, 2, 3, cout, h)
                     conv(3, 1, 3, cout, h)
+                    conv(7, 2, 3, cout, h)
+    if not quick:
+        for cout in (16, 48, 64):
+            for h in (32, 64, 112, 224):
+                conv(7, 2, 3, cout, h)
     # grouped convolutions (RegNet, ResNeXt): group widths 8 / 16 / 24
     for c in ([32, 128] if quick else [24, 32, 48, 64, 96, 128, 192, 256]):
         for gw in ([16] if quick else [8, 16, 24]):
@@ -201,10 +223,15 @@ def _timing(quick: bool) -> tuple[int, float]:
     return (3, 2.0) if quick else (5, 5.0)  # blocks, ms per block
 
 
-def time_whole(model: bytes, target: Target, quick: bool) -> float:
-    """One fresh session's time for the model, the way the grid and the context networks are timed."""
+def time_whole(model: bytes, target: Target, quick: bool, *, as_reported: bool = False) -> float:
+    """One fresh session's time for the model, the way the grid is timed (the blocks' median); ``as_reported``: with
+    the statistic the profile reports (its latency.statistic, over at least 10 blocks), as the context networks,
+    whose fit sets the table's level, and ``--check``'s networks are timed."""
     sess = target.session(model)
     n_blocks, block_ms = _timing(quick)
+    if as_reported and target.statistic != "median":
+        return time_session(sess, feeds_for(sess), max(n_blocks, 10), block_ms, clock=target.clock,
+                            statistic=target.statistic)
     return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock)
 
 
@@ -213,20 +240,19 @@ COLD_BYTES = 4 << 20  # copies of a weighted op hold at least this many weight b
 
 def copies_for(spec: dict) -> int:
     """How many side-by-side copies of a spec's op a timed graph holds (graphs.replicate): enough that their
-    weights together leave the L2 cache as a network's do, at most 8, and 2 for ops heavy enough on their own."""
-    op = spec["op"]
+    weights together leave the L2 cache as a network's do, at most 8, and 2 for ops heavy enough on their own
+    (the warm entry; :mod:`.cold` times the same op again with its weights out of the last-level cache too)."""
     if spec.get("pattern"):
         return 1
-    b = 1 if spec.get("dtype") == "int8" else 4
-    if op == "conv":
-        cin_g = 1 if spec["dw"] else spec["cin"] // spec.get("g", 1)
-        wbytes = spec["cout"] * cin_g * spec["k"] ** 2 * b
-        ho = graphs._out_hw(spec["h"], spec["k"], spec["s"], spec["k"] // 2)
-        macs = spec["n"] * spec["cout"] * ho * ho * cin_g * spec["k"] ** 2
-    elif op == "gemm":
-        wbytes, macs = spec["cin"] * spec["cout"] * b, spec["m"] * spec["cin"] * spec["cout"]
-    else:
+    wbytes = cold.weight_bytes(spec)
+    if not wbytes:
         return 4
+    if spec["op"] == "conv":
+        ho = graphs._out_hw(spec["h"], spec["k"], spec["s"], spec["k"] // 2)
+        cin_g = 1 if spec["dw"] else spec["cin"] // spec.get("g", 1)
+        macs = spec["n"] * spec["cout"] * ho * ho * cin_g * spec["k"] ** 2
+    else:
+        macs = spec["m"] * spec["cin"] * spec["cout"]
     k = -(-COLD_BYTES // max(wbytes, 1))
     return int(max(2, min(8, k, max(2, 2e7 // max(macs, 1)))))
 
@@ -240,10 +266,29 @@ def time_graph(model: bytes, target: Target, *, quick: bool, overhead_ms: float,
     merged: dict = {}
     for k, ms in zip(kernels, split_wall(kernels, net, delta_ms)):
         key = (k["group"], tuple(round(f, 5) for f in k["feats"]))
-        merged.setdefault(key, [k["work"], []])[1].append(ms)
+        merged.setdefault(key, [k["work"], [], []])
+        merged[key][1].append(ms)
+        merged[key][2].append(k["us"])
     return {"wall_ms": net, "signature": kernel_signature(kernels), "n_kernels": len(kernels),
-            "kernels": [{"group": g, "feats": list(f), "work": wk, "ms": float(np.mean(ms)), "n": len(ms)}
-                        for (g, f), (wk, ms) in merged.items()]}
+            "kernels": [{"group": g, "feats": list(f), "work": wk, "ms": float(np.mean(ms)), "n": len(ms),
+                         "us": round(float(np.median(us)), 2)} for (g, f), (wk, ms, us) in merged.items()]}
+
+
+def time_cold(spec: dict, model: bytes, row: dict, target: Target, table: dict) -> None:
+    """The spec's weighted kernel again with its weights out of the cache (:mod:`.cold`), where that can matter:
+    ``cold_ms`` = its warm entry x the ratio of the profiler's durations (copies holding 1.5x the cache, one
+    profiled session: the profiler alone, as the ratio of two of its own figures)."""
+    op = max(row["kernels"], key=lambda k: k["ms"])  # the conv / gemm itself (not a reorder or transpose)
+    if not cold.worth_timing_cold(spec, op["ms"]):
+        return
+    n = cold.cold_copies(spec, table["cache_bytes"])
+    key = (op["group"], tuple(op["feats"]))
+    us = [k["us"] for k in list_kernels(graphs.replicate(model, n), target, runs=2)
+          if (k["group"], tuple(round(f, 5) for f in k["feats"])) == key]
+    if us and op.get("us"):
+        d = table["delta_ms"] * 1e3
+        op["cold_ms"] = op["ms"] * max(float(np.median(us)) - d, 0.05 * float(np.median(us))) / max(op["us"] - d, 0.05 * op["us"])
+        row["cold_copies"] = n
 
 
 def split_wall(kernels: list[dict], net_ms: float, delta_ms: float) -> list[float]:
@@ -397,10 +442,13 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
                   "onnxruntime": ort.__version__, "execution_provider": target.execution_provider,
                   "fingerprint": fingerprint(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                   "quick": quick, "clock": target.clock, **_base_costs(target, quick)}
+        header.update(cold.cache_knee(lambda m, n: max(float(np.median([time_whole(m, target, quick) for _ in range(3)]))
+                                                       - header["overhead_ms"], 0.0) / n, quick))
         p.write_text(json.dumps(header) + "\n")
         table, done = read(p), set()
         log(f"lookup table {p}: overhead {table['overhead_ms'] * 1e3:.1f} us per inference, "
-            f"{table['node_ms'] * 1e3:.2f} us per node")
+            f"{table['node_ms'] * 1e3:.2f} us per node, weights out of the cache from "
+            f"{table['cache_bytes'] / 2**20:.1f} MiB of them")
     all_specs = grid(quick, target.batch_size, dtypes) if specs is None else patterns(target.batch_size) + list(specs)
     specs = [s for s in all_specs if spec_id(s) not in done and s.get("dtype", "fp32") in dtypes]
     prog = Progress(len(done) + len(specs), len(done), log)
@@ -415,8 +463,11 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
         if todo:
             mark(f)  # where this build (or its resumption) starts
         for i, spec in enumerate(todo, 1):
-            row = time_graph(graphs.replicate(build_graph(spec), copies_for(spec)), target, quick=quick,
+            model = build_graph(spec)
+            row = time_graph(graphs.replicate(model, copies_for(spec)), target, quick=quick,
                              overhead_ms=table["overhead_ms"], delta_ms=table["delta_ms"])
+            if table.get("cache_bytes"):
+                time_cold(spec, model, row, target, table)
             f.write(json.dumps({"id": spec_id(spec), "spec": spec, **row}) + "\n")
             f.flush()
             prog.step()
@@ -449,7 +500,14 @@ def context_nets(batch: int, int8: bool) -> list[tuple[str, bytes]]:
              ("effnet w16-24-40-80 e4 32px", lambda q: nets.effnet([16, 24, 40, 80], 4, 32, q, 15, batch)),
              ("effnet w12-20-36 e6 64px", lambda q: nets.effnet([12, 20, 36], 6, 64, q, 16, batch)),
              ("shufflenet w24-48-96-192 32px", lambda q: nets.shufflenet([24, 48, 96, 192], 4, 32, q, 17, batch)),
-             ("shufflenet w16-40-80 64px", lambda q: nets.shufflenet([16, 40, 80], 3, 64, q, 18, batch))]
+             ("shufflenet w16-40-80 64px", lambda q: nets.shufflenet([16, 40, 80], 3, 64, q, 18, batch)),
+             # weight-heavy (1-42 MB): where a network's weights leave the cache (cold.fit_cache)
+             ("wide resnet w32-64-128-256 16px", lambda q: nets.resnet([32, 64, 128, 256], 1, 16, q, 19, batch)),
+             ("wide resnet w40-80-160-320 16px", lambda q: nets.resnet([40, 80, 160, 320], 1, 16, q, 20, batch)),
+             ("wide resnet w44-92-188-380 16px", lambda q: nets.resnet([44, 92, 188, 380], 1, 16, q, 21, batch)),
+             ("wide mobilenet w48-96-160-320 e6 32px", lambda q: nets.mobilenet([48, 96, 160, 320], 6, 32, q, 22, batch)),
+             ("wide resnet w64-128-256-512 16px", lambda q: nets.resnet([64, 128, 256, 512], 1, 16, q, 23, batch)),
+             ("wide resnet w128-256-512-512 16px", lambda q: nets.resnet([128, 256, 512, 512], 1, 16, q, 24, batch))]
     return [(f"{n} {dt}", fn(dt == "int8")) for n, fn in specs for dt in (("fp32", "int8") if int8 else ("fp32",))]
 
 
@@ -472,28 +530,40 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     """What kernels cost inside a network rather than alone (weights and activations out of cache, layout
     hand-offs, the executor between nodes): networks (``context_nets``) are timed whole on the target and, per
     dtype, ``measured - overhead = scale * (sum of their kernels) + per_kernel * (number of kernels)`` is fitted
-    (:func:`fit_context`). Measured on an AVX2 EPYC: int8 networks with many small kernels (SiLU, squeeze-excite,
-    channel shuffle) ran ~1-4 us per kernel over the sum of their kernels timed alone (benchmarks/README.md). Their
-    whole times are kept (``measured_ms``) as the device's speed at the build; the whole-model calibration, where
-    torch is, times them again when it sets the level last, and ``check`` compares with the later of the two."""
-    from .lookup import model_dtype, predict_raw
+    (:func:`fit_context`), with each kernel warm or cold by the network's weight bytes against the cache that
+    explains the networks best (:func:`.cold.fit_cache`). Measured on an AVX2 EPYC: int8 networks with many small
+    kernels (SiLU, squeeze-excite, channel shuffle) ran ~1-4 us per kernel over the sum of their kernels timed alone
+    (benchmarks/README.md). Their whole times are kept (``measured_ms``) as the device's speed at the build; the
+    whole-model calibration, where torch is, times them again when it sets the level last, and ``check`` compares
+    with the later of the two."""
+    from .lookup import breakdown, model_dtype
 
     bare = {**table, "context": None}
-    points: dict[str, list] = {}
     nets_ = context_nets(target.batch_size, target.int8)
     if quick:
         nets_ = nets_[:2] if target.int8 else nets_[:1]
     measured: dict[str, float] = {}
+    points = []
     for name, model in nets_:
         ks = list_kernels(model, target)
-        pred = predict_raw(model, bare, kernels=ks)
-        meas = measured[name] = float(np.median([time_whole(model, target, quick) for _ in range(3)]))
-        points.setdefault(model_dtype(ks), []).append((meas - table["overhead_ms"], pred - table["overhead_ms"], len(ks)))
-        log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {pred:.3f} ms ({len(ks)} kernels)")
-    fits = {dt: fit_context(p) for dt, p in points.items()}
-    log("in network: " + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel" for dt, (s, k) in fits.items()))
+        warm = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=0.0)]
+        cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
+        meas = measured[name] = float(np.median([time_whole(model, target, quick, as_reported=True) for _ in range(3)]))
+        points.append({"dtype": model_dtype(ks), "measured": meas - table["overhead_ms"], "n": len(ks), "warm": warm,
+                       "cold": cold_, "bytes": cold.model_weight_bytes(model)})
+        log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "
+            f"cold ({len(ks)} kernels, {points[-1]['bytes'] / 2**20:.1f} MiB of weights)")
+    cache = cold.fit_cache(points, fit_context)
+    fits = {}
+    for dt in sorted({p["dtype"] for p in points}):
+        pts = [p for p in points if p["dtype"] == dt]
+        fits[dt] = fit_context([(p["measured"], sum(cold.blend(w, c, cold.coldness(p["bytes"], cache))
+                                                    for w, c in zip(p["warm"], p["cold"])), p["n"]) for p in pts])
+    log("in network: " + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel" for dt, (s, k) in fits.items())
+        + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of them" if cache else "; every network warm"))
     return {"scale": {dt: s for dt, (s, _) in fits.items()}, "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()},
-            "nets": [n for n, _ in nets_], "measured_ms": measured}  # the device's speed at the build (check re-times)
+            "cache_bytes": cache, "nets": [n for n, _ in nets_],
+            "measured_ms": measured}  # the device's speed at the build (check re-times)
 
 
 def append_line(path, row: dict) -> None:

@@ -145,3 +145,22 @@ def test_the_table_times_networks_with_the_statistic_the_profile_reports():
     assert cpu.statistic == "p10" and Target.from_profile(load_profile("cpu-1thread")[0]).statistic == "median"
     assert table_target({"target": cpu.settings(), "target_name": "cpu"}).statistic == "p10"
     assert Target.from_profile({"name": "edge", "latency": {"statistic": "min"}}).statistic == "min"
+
+
+def test_weights_an_exporter_folded_into_constant_nodes_count_too():
+    """Some exporters write weights as Constant nodes instead of initializers: they stream through the cache the same,
+    and the parameter count (measure.cost) reads them through the same helper."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from autocompress.measure import cost
+
+    w = np.zeros((64, 32, 3, 3), np.float32)
+    const = helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w, "w"))
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    g = helper.make_graph([const, conv], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32, 8, 8])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64, 8, 8])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    assert cold.model_weight_bytes(m) == w.nbytes
+    assert cold.weight_tensors(m) == [(w.size, 4)]
+    assert cost.onnx_param_count(m) == w.size

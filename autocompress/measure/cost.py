@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import onnx
 
 from ..config import HardwareProfile
+from ..profiling.cold import weight_tensors
 
 
 def count_params_macs(model, example_input) -> tuple[int, int]:
@@ -52,20 +52,9 @@ def file_size_mb(path) -> float:
 
 
 def onnx_param_count(path) -> int:
-    """Elements of all initializers (weights, biases; int8 weights count once, scales/zero points too).
-
-    Quantization parameters are scalars or per-channel vectors, a rounding error next to the weights.
-    """
-    m = onnx.load(str(path), load_external_data=False)
-    n = 0
-    for t in m.graph.initializer:
-        n += int(np.prod(t.dims)) if len(t.dims) else 1
-    for node in m.graph.node:  # weights folded into Constant nodes by some exporters
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.t is not None:
-                    n += int(np.prod(a.t.dims)) if len(a.t.dims) else 1
-    return n
+    """Elements of all weights (initializers and Constant-folded tensors; int8 weights count once, scales/zero
+    points too: quantization parameters are scalars or per-channel vectors, a rounding error next to the weights)."""
+    return sum(n for n, _ in weight_tensors(path))
 
 
 _PEAK_SCRIPT = r"""

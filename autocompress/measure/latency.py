@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from ..config import HardwareProfile
 from ..errors import StageError
+from ..profiling.target import statistic_of
 from . import hardware
 
 N_BOOT = 500
@@ -141,15 +142,7 @@ def time_blocks(runner: Runner, n_blocks: int, block_ms: float, warmup: int = 2)
 
 # ---------------------------------------------------------------- statistics (pure, tested)
 def _stat(x: np.ndarray, statistic: str, axis: int = -1) -> np.ndarray:
-    if statistic == "mean":
-        return np.mean(x, axis=axis)
-    if statistic == "p90":
-        return np.percentile(x, 90, axis=axis)
-    if statistic == "p10":
-        return np.percentile(x, 10, axis=axis)
-    if statistic == "min":
-        return np.min(x, axis=axis)
-    return np.median(x, axis=axis)
+    return statistic_of(x, statistic, axis)  # the target side's, so a table and a measurement read blocks alike
 
 
 def speedup_estimate(base_ms: np.ndarray, cand_ms: np.ndarray, statistic: str = "median") -> np.ndarray:

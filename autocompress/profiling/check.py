@@ -9,7 +9,7 @@ import numpy as np
 from . import nets
 from .lookup import predict_raw, table_target
 from .table import context_nets, time_whole
-from .target import feeds_for, time_session
+from .target import blocks_for, feeds_for, time_session
 
 
 def kendall_tau(x, y) -> float:
@@ -107,7 +107,7 @@ def check(table: dict, *, predict: Callable[[bytes], float] | None = None, log: 
         meas = []
         for _ in range(repeats):
             sess = target.session(model)
-            meas.append(time_session(sess, feeds_for(sess), 9 if target.statistic == "median" else 20, 20.0, warmup=5,
+            meas.append(time_session(sess, feeds_for(sess), blocks_for(target.statistic, 9), 20.0, warmup=5,
                                      clock=clock, statistic=target.statistic))
         m, p = float(np.median(meas)), float(predict(model))
         rows.append({"model": name, "measured_ms": m, "predicted_ms": p, "error": p / m - 1})

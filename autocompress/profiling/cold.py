@@ -52,14 +52,19 @@ def cold_copies(spec: dict, cache_bytes: float) -> int:
     return int(min(MAX_COPIES, max(2, math.ceil(1.5 * cache_bytes / max(weight_bytes(spec), 1)))))
 
 
-def model_weight_bytes(model: bytes | str) -> int:
-    """Bytes of a model's initializers (what ORT streams through the cache every inference)."""
+def weight_tensors(model) -> list[tuple[int, int]]:
+    """(elements, bytes per element) of every weight a model holds: its initializers and the tensors some exporters
+    fold into Constant nodes. ``model``: ONNX bytes or a path (external data not loaded: only the shapes are read)."""
     m = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
-    total = 0
-    for t in m.graph.initializer:
-        n = int(np.prod(t.dims)) if len(t.dims) else 1
-        total += n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    return total
+    tensors = list(m.graph.initializer) + [a.t for nd in m.graph.node if nd.op_type == "Constant"
+                                           for a in nd.attribute if a.name == "value" and a.HasField("t")]
+    return [(int(np.prod(t.dims)) if len(t.dims) else 1,
+             np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize) for t in tensors]
+
+
+def model_weight_bytes(model: bytes | str) -> int:
+    """Bytes of a model's weights (what ORT streams through the cache every inference)."""
+    return sum(n * size for n, size in weight_tensors(model))
 
 
 def coldness(model_bytes: float, cache_bytes: float | None) -> float:

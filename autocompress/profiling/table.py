@@ -37,7 +37,7 @@ import onnxruntime as ort
 
 from . import cold, graphs, marks
 from .kernels import kernel_signature, list_kernels
-from .target import Target, TargetError, feeds_for, fingerprint, load_average, time_session
+from .target import Target, TargetError, blocks_for, feeds_for, fingerprint, load_average, time_session
 
 KIND = "autocompress-latency-table"
 VERSION = 5  # 5: weighted kernels timed cold too, a network's cache fitted; 4: broadcasts keyed on elements per
@@ -225,12 +225,12 @@ def _timing(quick: bool) -> tuple[int, float]:
 
 def time_whole(model: bytes, target: Target, quick: bool, *, as_reported: bool = False) -> float:
     """One fresh session's time for the model, the way the grid is timed (the blocks' median); ``as_reported``: with
-    the statistic the profile reports (its latency.statistic, over at least 10 blocks), as the context networks,
+    the statistic the profile reports (its latency.statistic, over more blocks for a quantile), as the context networks,
     whose fit sets the table's level, and ``--check``'s networks are timed."""
     sess = target.session(model)
     n_blocks, block_ms = _timing(quick)
-    if as_reported and target.statistic != "median":
-        return time_session(sess, feeds_for(sess), max(n_blocks, 10), block_ms, clock=target.clock,
+    if as_reported:
+        return time_session(sess, feeds_for(sess), blocks_for(target.statistic, n_blocks), block_ms, clock=target.clock,
                             statistic=target.statistic)
     return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock)
 
@@ -247,12 +247,9 @@ def copies_for(spec: dict) -> int:
     wbytes = cold.weight_bytes(spec)
     if not wbytes:
         return 4
-    if spec["op"] == "conv":
-        ho = graphs._out_hw(spec["h"], spec["k"], spec["s"], spec["k"] // 2)
-        cin_g = 1 if spec["dw"] else spec["cin"] // spec.get("g", 1)
-        macs = spec["n"] * spec["cout"] * ho * ho * cin_g * spec["k"] ** 2
-    else:
-        macs = spec["m"] * spec["cin"] * spec["cout"]
+    params = wbytes // (1 if spec.get("dtype") == "int8" else 4)  # each weight is used once per output pixel / row
+    reuse = spec["n"] * graphs._out_hw(spec["h"], spec["k"], spec["s"], spec["k"] // 2) ** 2 if spec["op"] == "conv" else spec["m"]
+    macs = params * reuse
     k = -(-COLD_BYTES // max(wbytes, 1))
     return int(max(2, min(8, k, max(2, 2e7 // max(macs, 1)))))
 

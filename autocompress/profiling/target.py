@@ -26,8 +26,25 @@ _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "te
                  "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
-_STATISTICS = {"median": np.median, "mean": np.mean, "min": np.min, "p10": lambda b: np.quantile(b, 0.1),
-               "p90": lambda b: np.quantile(b, 0.9)}
+STATISTICS = ("median", "mean", "p90", "p10", "min")
+
+
+def statistic_of(x, statistic: str, axis: int = -1):
+    """A profile's latency statistic of timed blocks (p10 / min: the undisturbed cost where noise is one-sided)."""
+    if statistic == "mean":
+        return np.mean(x, axis=axis)
+    if statistic == "p90":
+        return np.percentile(x, 90, axis=axis)
+    if statistic == "p10":
+        return np.percentile(x, 10, axis=axis)
+    if statistic == "min":
+        return np.min(x, axis=axis)
+    return np.median(x, axis=axis)
+
+
+def blocks_for(statistic: str, n_blocks: int) -> int:
+    """Blocks to time for ``statistic``: a low quantile needs more of them than a median does."""
+    return n_blocks if statistic == "median" else max(2 * n_blocks, 10)
 
 
 def _statistic(latency, direct=None) -> str:
@@ -38,7 +55,7 @@ def _statistic(latency, direct=None) -> str:
         return "median"
     else:
         st = latency.get("statistic", "median") if isinstance(latency, dict) else getattr(latency, "statistic", "median")
-    return str(st) if str(st) in _STATISTICS else "median"
+    return str(st) if str(st) in STATISTICS else "median"
 
 
 class TargetError(Exception):
@@ -69,7 +86,8 @@ class Target:
                 intra_op_threads=int(get("intra_op_threads", 0)), inter_op_threads=int(get("inter_op_threads", 1)),
                 graph_optimization_level=str(get("graph_optimization_level", "all")),
                 execution_mode=str(get("execution_mode", "sequential")), batch_size=int(get("batch_size", 1)),
-                precisions=tuple(get("precisions", None) or ("fp32", "int8")), statistic=_statistic(get("latency", None), get("statistic", None)))
+                precisions=tuple(get("precisions", None) or ("fp32", "int8")),
+                statistic=_statistic(get("latency", None), get("statistic", None)))
         if t.graph_optimization_level not in _OPT_LEVEL:
             raise TargetError(f"profile '{t.name}': graph_optimization_level '{t.graph_optimization_level}' is not one of "
                               f"{', '.join(_OPT_LEVEL)}")
@@ -164,7 +182,7 @@ def time_session(sess: ort.InferenceSession, feeds: dict, n_blocks: int, block_m
         for _ in range(k):
             run(b)
         blocks.append((now() - t) / k * 1e3)
-    return float(_STATISTICS[statistic](blocks))
+    return float(statistic_of(np.asarray(blocks), statistic))
 
 
 def profile_nodes(sess_factory, feeds_fn, runs: int) -> tuple[list[dict], str]:

@@ -46,6 +46,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ARCHS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x1_0"]
 
 
+def draw(seed: int, n: int, sizes: list[int]) -> list[tuple[str, float, int, int]]:
+    """The held-out candidates (arch, pruning ratio, input side, build seed): architectures in turn, ratios uniform in
+    0-0.8, sides drawn from ``sizes`` (seeded). ``predict_breakdown.py --draw`` diagnoses another seed's draw."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        arch = ARCHS[i % len(ARCHS)]
+        ratio = round(rng.uniform(0.0, 0.8), 2)
+        out.append((arch, ratio, rng.choice(sizes), i))
+    return out
+
+
 def _measure_window(job_path: str, out_path: str) -> None:
     """One fresh process: measure every candidate of the job as the profile says."""
     from autocompress.config import load_profile
@@ -195,14 +207,10 @@ def main():
     compare = predict.read_table(args.compare_table) if args.compare_table else None
     # the same table with its graphs at the speed each was timed at, not rescaled to the last mark's: compared
     unmarked = {**table, "marks": []} if len(table.get("marks") or []) >= 2 else None
-    rng = random.Random(args.seed)
     sizes = [int(v) for v in args.sizes.split(",")]
     rows, cands = [], []
     with tempfile.TemporaryDirectory() as d:
-        for i in range(args.n):
-            arch = ARCHS[i % len(ARCHS)]
-            ratio = round(rng.uniform(0.0, 0.8), 2)
-            size = rng.choice(sizes)
+        for arch, ratio, size, i in draw(args.seed, args.n, sizes):
             fp32, int8 = predict.build_candidate(arch, ratio, size, seed=i, out_dir=d)
             shape = list(hardware.input_shape_for(profile, (3, size, size)))
             macs = candidate_macs(arch, ratio, size, i)

@@ -1,10 +1,10 @@
 """Weights out of the cache: what a weighted kernel costs when its weights come from memory, not the last-level cache.
 
 A network streams all its weights every inference; once they outgrow the cache, each kernel reads its own from
-memory. Measured on an AVX2 EPYC (one thread, per copy of a conv, 1 / 16 / 64 side-by-side copies with their own
-weights): a 1x1 fp32 conv 304 -> 320 on 2x2 pixels ran 14.6 / 13.3 / 28.0 us, 145 -> 875 38.4 / 48.6 / 131.6 us, an
-int8 3x3 455 -> 455 on 4x4 340.6 / 452.1 / 450.7 us; inside pruned regnet / mobilenet_v2 / resnet18 models ORT's
-profiler gave those shapes 29, 125 and 538 us. So the table times a weighted kernel twice where its weights can
+memory. Measured on an AVX2 EPYC (``benchmarks/bench_cold.py``, one thread, per copy of a conv, 1 / 16 / 64
+side-by-side copies with their own weights): a 1x1 fp32 conv 304 -> 320 on 2x2 pixels ran 13.4 / 13.3 / 20.3 us,
+145 -> 875 38.0 / 41.1 / 99.6 us, an int8 3x3 455 -> 455 on 4x4 339.4 / 447.0 / 422.1 us; inside pruned regnet /
+mobilenet_v2 / resnet18 models ORT's profiler gave those shapes 29, 125 and 538 us. So the table times a weighted kernel twice where its weights can
 matter: as before (warm: a few MB of copies) and cold (copies holding a few times the cache), and the prediction
 blends the two by how far the model's own weights exceed the cache (:func:`coldness`). Both caches are found by
 measurement, not read from the CPU's description (a VM's share of a shared L3 is smaller than the L3): the copies'

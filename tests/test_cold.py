@@ -96,14 +96,16 @@ def test_a_model_beyond_the_cache_is_predicted_with_the_cold_entries(tmp_path):
     t = {**t, "context": None}
     doubled = copy.deepcopy(t)
     for ln in doubled["lines"]:
-        for k in ln["kernels"]:
+        for k in ln["kernels"]:  # (a tiny graph timed at ~0 net of the overhead sits at the lookup's 1e-5 ms clamp)
+            k["ms"] = max(k["ms"], 1e-3)
             k["cold_ms"] = 2 * k["ms"]
     net = nets.resnet([16, 32], 1, 16, False, 3, 1)
     wbytes = cold.model_weight_bytes(net)
     ks = kernels.list_kernels(net, TARGET)
     warm = lookup.breakdown(net, {**doubled, "context": {"cache_bytes": 1e15}}, kernels=ks)
     beyond = lookup.breakdown(net, {**doubled, "context": {"cache_bytes": wbytes / 4}}, kernels=ks)
-    assert [ms for *_, ms, _ in warm] == pytest.approx([ms for *_, ms, _ in lookup.breakdown(net, t, kernels=ks)])
+    no_cache = lookup.breakdown(net, {**doubled, "context": None}, kernels=ks)
+    assert [ms for *_, ms, _ in warm] == pytest.approx([ms for *_, ms, _ in no_cache])
     looked_up = [(w, b) for (*_, w, how), (*_, b, _) in zip(warm, beyond) if how != "node"]  # node: a fixed cost
     assert len(looked_up) >= 5 and all(b == pytest.approx(2 * w, rel=1e-6) for w, b in looked_up)
 

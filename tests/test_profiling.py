@@ -80,6 +80,7 @@ def test_table_header_records_device_ort_and_ep(tiny_table):
     assert t["onnxruntime"] == ort.__version__ and t["execution_provider"] == "CPUExecutionProvider"
     assert t["fingerprint"]["cpu"] and t["target"]["intra_op_threads"] == 1 and t["clock"] == "cpu"
     assert 0 < t["overhead_ms"] < 1 and t["node_ms"] > 0
+    assert t["timing"] == {"blocks": 3, "block_ms": 2.0, "statistic": "median"}  # how every graph of it was timed
     assert set(t["context"]["scale"]) == {"fp32", "int8"} and all(v > 0 for v in t["context"]["scale"].values())
 
 
@@ -132,6 +133,30 @@ def test_build_resumes_where_it_stopped(tmp_path):
     assert any(m.startswith("speed marks: 4 taken") for m in msgs)
     with pytest.raises(TargetError, match="other settings"):
         ptable.build(Target(intra_op_threads=2), path, quick=True, specs=specs, log=lambda *a: None)
+
+
+def test_a_table_timed_another_way_is_not_continued(tmp_path):
+    """Graphs timed with another statistic or block length are not mixed into one table: a partial table whose
+    header records other timing (or none: a build from before the rule) is refused, not continued."""
+    path = tmp_path / "r.table.jsonl"
+    ptable.build(TARGET, path, quick=True, specs=tiny_specs()[:3], limit=2, log=lambda *a: None)
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["timing"] == dict(zip(("blocks", "block_ms"), ptable._timing(True, "median")), statistic="median")
+    for timing in (None, {**header["timing"], "statistic": "p10"}):
+        header["timing"] = timing
+        path.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+        with pytest.raises(TargetError, match="how its graphs are timed"):
+            ptable.build(TARGET, path, quick=True, specs=tiny_specs()[:3], log=lambda *a: None)
+
+
+def test_a_low_quantile_is_taken_over_more_and_shorter_blocks():
+    """The two-thread profile's p10: four times the blocks at half the length (the same time spent), so a burst of
+    another process's work on the shared core falls into few of them."""
+    for quick in (True, False):
+        n, ms = ptable._timing(quick, "median")
+        qn, qms = ptable._timing(quick, "p10")
+        assert qms == ms / 2 and qn >= max(2 * n, 10) and qn * qms >= n * ms
 
 
 @pytest.mark.parametrize("change, match", [

@@ -66,7 +66,7 @@ def time_references(table: dict, names, *, repeats: int = 3) -> dict[str, float]
     ``repeats`` fresh sessions, the table's clock)."""
     target = table_target(table)
     quick = bool(table.get("quick"))
-    return {name: float(np.median([time_whole(model, target, quick, as_reported=True) for _ in range(repeats)]))
+    return {name: float(np.median([time_whole(model, target, quick) for _ in range(repeats)]))
             for name, model in context_nets(target.batch_size, target.int8) if name in set(names)}
 
 

@@ -3,7 +3,8 @@
 File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an interrupted run continues:
 
 * line 1, the header: ``{"kind": "autocompress-latency-table", "version", "target": {session settings},
-  "onnxruntime", "execution_provider", "fingerprint", "date", "quick", "overhead_ms", "node_ms", "delta_ms",
+  "onnxruntime", "execution_provider", "fingerprint", "date", "quick", "timing" (blocks, ms per block and the
+  statistic every graph was timed with), "overhead_ms", "node_ms", "delta_ms",
   "cache_bytes" (the knee of copies of one conv turning cold, :func:`.cold.cache_knee`: how many copies the cold
   timings take)}``;
 * one line per timed graph: ``{"id", "spec", "wall_ms", "signature": [kernel types], "kernels": [{"group",
@@ -219,20 +220,23 @@ def build_graph(spec: dict) -> bytes:
 
 
 # ---------------------------------------------------------------- timing one graph
-def _timing(quick: bool) -> tuple[int, float]:
-    return (3, 2.0) if quick else (5, 5.0)  # blocks, ms per block
+def _timing(quick: bool, statistic: str = "median") -> tuple[int, float]:
+    """(blocks, ms per block) a graph is timed with. For a low quantile (the two-thread ``cpu`` profile's p10) four
+    times the blocks at half the length: another process on a shared core slows a two-thread kernel 2-5x for tens of
+    milliseconds at a time, and with the median of five 5-ms blocks two sessions of the same graph came out more than
+    10% apart for 28% / 6% of a grid sample (two runs of ``benchmarks/bench_grid_timing.py``), with the p10 of twenty
+    2.5-ms blocks 4% / 2% (benchmarks/README.md, twenty-seventh session)."""
+    n, ms = (3, 2.0) if quick else (5, 5.0)
+    return (n, ms) if statistic == "median" else (blocks_for(statistic, 2 * n), ms / 2)
 
 
-def time_whole(model: bytes, target: Target, quick: bool, *, as_reported: bool = False) -> float:
-    """One fresh session's time for the model, the way the grid is timed (the blocks' median); ``as_reported``: with
-    the statistic the profile reports (its latency.statistic, over more blocks for a quantile), as the context networks,
-    whose fit sets the table's level, and ``--check``'s networks are timed."""
+def time_whole(model: bytes, target: Target, quick: bool) -> float:
+    """One fresh session's time for the model with the statistic the target reports (its latency.statistic): every
+    graph of a build -- the grid, the speed marks, the context networks that set the table's level, ``--check``'s
+    networks -- is timed as a model is measured there."""
     sess = target.session(model)
-    n_blocks, block_ms = _timing(quick)
-    if as_reported:
-        return time_session(sess, feeds_for(sess), blocks_for(target.statistic, n_blocks), block_ms, clock=target.clock,
-                            statistic=target.statistic)
-    return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock)
+    n_blocks, block_ms = _timing(quick, target.statistic)
+    return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock, statistic=target.statistic)
 
 
 COLD_BYTES = 4 << 20  # copies of a weighted op hold at least this many weight bytes (beyond a core's L2)
@@ -420,15 +424,16 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
     p = Path(path)
     t0 = time.perf_counter()
     dtypes = ["fp32"] + (["int8"] if target.int8 else [])
+    timing = dict(zip(("blocks", "block_ms"), _timing(quick, target.statistic)), statistic=target.statistic)
     if p.is_file() and p.stat().st_size > 0:
         raw = p.read_bytes()
         if not raw.endswith(b"\n"):  # a line cut by a kill: dropped before appending, the graph is redone
             p.write_bytes(raw[: raw.rfind(b"\n") + 1])
         table = read(p)
         if table["target"] != target.settings() or ort_release(table["onnxruntime"]) != ort_release(ort.__version__) \
-                or table["quick"] != quick:
-            raise TargetError(f"{p}: a table for other settings (target, onnxruntime or --quick) is there; "
-                              "write to another --out or delete it")
+                or table["quick"] != quick or table.get("timing") != timing:
+            raise TargetError(f"{p}: a table for other settings (target, onnxruntime, --quick or how its graphs are "
+                              "timed) is there; write to another --out or delete it")
         done = {ln["id"] for ln in table["lines"]}
         log(f"continuing {p}: {len(done)} graphs already timed")
         if table["done"]:
@@ -438,7 +443,8 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
         header = {"kind": KIND, "version": VERSION, "target_name": target.name, "target": target.settings(),
                   "onnxruntime": ort.__version__, "execution_provider": target.execution_provider,
                   "fingerprint": fingerprint(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  "quick": quick, "clock": target.clock, **_base_costs(target, quick)}
+                  "quick": quick, "clock": target.clock, "timing": timing,
+                  **_base_costs(target, quick)}
         header.update(cold.cache_knee(lambda m, n: max(float(np.median([time_whole(m, target, quick) for _ in range(3)]))
                                                        - header["overhead_ms"], 0.0) / n, quick))
         p.write_text(json.dumps(header) + "\n")
@@ -545,7 +551,7 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         ks = list_kernels(model, target)
         warm = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=0.0)]
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
-        meas = measured[name] = float(np.median([time_whole(model, target, quick, as_reported=True) for _ in range(3)]))
+        meas = measured[name] = float(np.median([time_whole(model, target, quick) for _ in range(3)]))
         points.append({"dtype": model_dtype(ks), "measured": meas - table["overhead_ms"], "n": len(ks), "warm": warm,
                        "cold": cold_, "bytes": cold.model_weight_bytes(model)})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "

@@ -18,7 +18,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,7 +34,7 @@ def main() -> None:
     from autocompress.config import load_profile
     from autocompress.measure import hardware
     from autocompress.profiling import cold, graphs
-    from autocompress.profiling.table import time_whole
+    from autocompress.profiling.table import time_sessions
     from autocompress.profiling.target import Target
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +44,7 @@ def main() -> None:
     target = Target.from_profile(load_profile(args.profile)[0])
 
     def ms(model) -> float:
-        return float(np.median([time_whole(model, target, False) for _ in range(3)]))
+        return time_sessions(model, target, False)
     overhead = ms(graphs.identity_graph((target.batch_size, 3, 32, 32)))
 
     def per_copy(model, n) -> float:

@@ -3,7 +3,7 @@ spends there.
 
 Each candidate (built as ``bench_predict.py`` builds it: zoo model, uniform pruning ratio, input side, seed, in a
 child process: a process that ran torch times ONNX Runtime slow, ``bench_inprocess.py``) is timed
-whole the way the table's graphs are (``table.time_whole``, net of the table's per-inference overhead) and profiled
+whole the way the table's context networks are (``table.time_sessions``, net of the table's per-inference overhead) and profiled
 once per kernel (``kernels.list_kernels``); its wall time is split over its kernels in proportion to the profiler's
 durations less the per-node inflation -- exactly how the table's own entries were made -- and set beside
 ``lookup.breakdown`` (the table's prediction per kernel, in-network scale included), summed per kernel kind
@@ -41,7 +41,7 @@ def main() -> None:
     from autocompress.measure import predict
     from autocompress.profiling.kernels import list_kernels
     from autocompress.profiling.lookup import breakdown, table_target
-    from autocompress.profiling.table import split_wall, time_whole
+    from autocompress.profiling.table import split_wall, time_sessions
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", required=True)
@@ -74,7 +74,7 @@ def main() -> None:
             for path in paths:
                 model = Path(path).read_bytes()
                 ks = list_kernels(model, target, runs=30)
-                net = float(np.median([time_whole(model, target, False) for _ in range(3)])) - table["overhead_ms"]
+                net = time_sessions(model, target, False) - table["overhead_ms"]
                 share = split_wall(ks, net, table["delta_ms"])  # as the table's own entries were made
                 pred = breakdown(model, uncal, kernels=ks)
                 kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])

@@ -354,3 +354,16 @@ def test_the_model_is_predicted_as_exported_with_its_dynamic_batch(tmp_path, tab
     conv = {b: sum(ms for _, g, ms in predict.predict_breakdown(dyn, PROFILE, table, (b, 3, 32, 32)) if "Conv" in g)
             for b in (1, 4)}
     assert conv[4] > 2 * conv[1]
+
+
+def test_windows_are_taken_together_with_the_profiles_statistic():
+    """A model timed in several fresh processes: with the two-thread profile's p10, a window the shared machine ran
+    slow from start to end is left out (as a slow block is within a window); with the median, the middle window."""
+    two_of_five_slow = [0.61, 0.89, 0.60, 0.61, 0.87]
+    three_of_five_slow = [0.61, 0.89, 0.90, 0.60, 0.87]
+    assert predict.across_windows(two_of_five_slow, "median") == pytest.approx(0.61)
+    assert predict.across_windows(three_of_five_slow, "median") == pytest.approx(0.87)  # the slow state wins
+    for w in (two_of_five_slow, three_of_five_slow):
+        assert 0.60 <= predict.across_windows(w, "p10") <= 0.61
+    p2, _ = load_profile("cpu")
+    assert p2.latency.statistic == "p10"

@@ -386,3 +386,12 @@ def test_grid_times_squeeze_excite_convs_and_the_exporters_dynamic_shuffle(int8)
         assert {"DequantizeLinear/int8", "Transpose/int8"} <= groups
     else:
         assert {"Reshape/fp32", "Transpose/fp32", "Slice/fp32"} <= groups
+
+
+def test_repeated_sessions_are_taken_together_with_the_targets_statistic(monkeypatch):
+    """Fresh sessions of one graph (marks, context networks, --check) are aggregated as the blocks within each are:
+    the p10 target keeps the undisturbed session, the median target the middle one."""
+    times = iter([1.0, 2.0, 2.1] * 2)
+    monkeypatch.setattr(ptable, "time_whole", lambda model, target, quick: next(times))
+    assert ptable.time_sessions(b"", Target(statistic="p10"), True) == pytest.approx(1.2)
+    assert ptable.time_sessions(b"", Target(statistic="median"), True) == pytest.approx(2.0)

@@ -254,6 +254,17 @@ def fit_calibration(points: list[tuple[float, float]]) -> dict:
     return {"alpha": float(alpha), "beta": float(beta), "n": len(points)}
 
 
+def across_windows(ms, statistic: str) -> float:
+    """A model's latency from its fresh-process windows: the profile's statistic across them, as within them. For the
+    two-thread ``cpu`` profile's p10 that leaves out a window the shared machine ran slow from start to end (minutes
+    of a neighbour's load, which the p10 of its blocks cannot drop: fp32 zoo models 1.3-1.5x): the median of five
+    windows moved by more than 10% between two runs for 35% of 40 held-out models, their p10 for none
+    (benchmarks/README.md, twenty-seventh session). The median with one thread."""
+    from ..profiling.target import statistic_of
+
+    return float(statistic_of(np.asarray(ms, float), statistic))
+
+
 def calibrate_table(table: dict, profile: HardwareProfile, *, quick: bool = False, log: Callable = print,
                     dtypes=("fp32", "int8"), models=None) -> dict:
     """Measure the calibration models whole and fit the per-dtype correction; returns the calibration dict
@@ -286,7 +297,7 @@ def calibrate_table(table: dict, profile: HardwareProfile, *, quick: bool = Fals
         times = latency_windows({k: (v[4], v[5]) for k, v in built.items()}, meas_profile, windows=windows)
         for label, (arch, ratio, size, dt, path, shape) in built.items():
             raw = predict_latency(path, profile, uncal, shape)
-            meas = float(np.median(times[label]))
+            meas = across_windows(times[label], profile.latency.statistic)
             points[dt].append((raw, meas))
             rows.append(dict(arch=arch, ratio=ratio, size=size, dtype=dt, raw_ms=raw, measured_ms=meas,
                              windows_ms=[round(v, 4) for v in times[label]]))

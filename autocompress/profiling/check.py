@@ -8,8 +8,8 @@ import numpy as np
 
 from . import nets
 from .lookup import predict_raw, table_target
-from .table import context_nets, time_whole
-from .target import blocks_for, feeds_for, time_session
+from .table import context_nets, time_sessions
+from .target import blocks_for, feeds_for, statistic_of, time_session
 
 
 def kendall_tau(x, y) -> float:
@@ -66,7 +66,7 @@ def time_references(table: dict, names, *, repeats: int = 3) -> dict[str, float]
     ``repeats`` fresh sessions, the table's clock)."""
     target = table_target(table)
     quick = bool(table.get("quick"))
-    return {name: float(np.median([time_whole(model, target, quick) for _ in range(repeats)]))
+    return {name: time_sessions(model, target, quick, repeats)
             for name, model in context_nets(target.batch_size, target.int8) if name in set(names)}
 
 
@@ -94,8 +94,8 @@ def speed_now(table: dict, *, repeats: int = 3) -> dict | None:
 
 def check(table: dict, *, predict: Callable[[bytes], float] | None = None, log: Callable = print,
           repeats: int = 3) -> dict:
-    """Time each held-out network (median of ``repeats`` fresh sessions, each its blocks' statistic as the profile
-    reports it, the table's clock) and predict it
+    """Time each held-out network (``repeats`` fresh sessions, each its blocks' statistic as the profile reports it,
+    taken together with the same statistic; the table's clock) and predict it
     (``predict(model_bytes)``, default: the plain kernel sum); returns the summary with the rows, and, where the
     table kept its reference times, the device's speed against the build (:func:`speed_now`) and the summary of the
     predictions scaled by it (``at_speed_now``)."""
@@ -109,7 +109,7 @@ def check(table: dict, *, predict: Callable[[bytes], float] | None = None, log: 
             sess = target.session(model)
             meas.append(time_session(sess, feeds_for(sess), blocks_for(target.statistic, 9), 20.0, warmup=5,
                                      clock=clock, statistic=target.statistic))
-        m, p = float(np.median(meas)), float(predict(model))
+        m, p = float(statistic_of(np.array(meas), target.statistic)), float(predict(model))
         rows.append({"model": name, "measured_ms": m, "predicted_ms": p, "error": p / m - 1})
         log(f"  {name:38s} measured {m:8.3f} ms  predicted {p:8.3f} ms  error {p / m - 1:+.1%}")
     s = summary([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 EVERY = 400  # graphs between two marks (~22 s of grid on a quiet AVX2 core, 16 marks in a 318-s build)
-REPEATS = 3  # fresh sessions per reference network, the median kept
+REPEATS = 3  # fresh sessions per reference network, taken together with the target's statistic
 
 
 SENTINELS = ("resnet w24-48-96 32px", "mobilenet w16-32-48-96 e4 32px")  # context networks (table.context_nets)
@@ -31,10 +31,10 @@ def sentinels(context: list[tuple[str, bytes]], quick: bool) -> list[tuple[str, 
     return [(name, model) for name, model in context if name.rsplit(" ", 1)[0] in keep]
 
 
-def take(target, quick: bool, nets: list[tuple[str, bytes]], *, time_whole: Callable) -> dict:
-    """One mark: each of ``nets`` timed whole (the median of :data:`REPEATS` fresh sessions, as the grid times its
-    graphs) and the UTC time."""
-    ms = {name: float(np.median([time_whole(model, target, quick) for _ in range(REPEATS)])) for name, model in nets}
+def take(target, quick: bool, nets: list[tuple[str, bytes]], *, time_sessions: Callable) -> dict:
+    """One mark: each of ``nets`` timed whole in :data:`REPEATS` fresh sessions (``table.time_sessions``: as the grid
+    times its graphs) and the UTC time."""
+    ms = {name: time_sessions(model, target, quick, REPEATS) for name, model in nets}
     return {"ms": ms, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -38,7 +38,7 @@ import onnxruntime as ort
 
 from . import cold, graphs, marks
 from .kernels import kernel_signature, list_kernels
-from .target import Target, TargetError, blocks_for, feeds_for, fingerprint, load_average, time_session
+from .target import Target, TargetError, blocks_for, feeds_for, fingerprint, load_average, statistic_of, time_session
 
 KIND = "autocompress-latency-table"
 VERSION = 5  # 5: weighted kernels timed cold too, a network's cache fitted; 4: broadcasts keyed on elements per
@@ -239,6 +239,13 @@ def time_whole(model: bytes, target: Target, quick: bool) -> float:
     return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock, statistic=target.statistic)
 
 
+def time_sessions(model: bytes, target: Target, quick: bool, n: int = 3) -> float:
+    """``n`` fresh sessions' times (:func:`time_whole`) taken together as the blocks within each are, with the target's
+    statistic: the median, or for the two-thread ``cpu`` profile's p10 the undisturbed one (a session the shared
+    machine ran slow throughout is left out as a slow block is). Every repeated timing of a build goes through here."""
+    return float(statistic_of(np.array([time_whole(model, target, quick) for _ in range(n)]), target.statistic))
+
+
 COLD_BYTES = 4 << 20  # copies of a weighted op hold at least this many weight bytes (beyond a core's L2)
 
 
@@ -303,9 +310,9 @@ def split_wall(kernels: list[dict], net_ms: float, delta_ms: float) -> list[floa
 def _base_costs(target: Target, quick: bool) -> dict:
     """Per-inference overhead (an Identity graph), per-node cost and the profiler's per-node inflation (a chain)."""
     n_nodes = 32
-    ov = float(np.median([time_whole(graphs.identity_graph((target.batch_size, 3, 32, 32)), target, quick) for _ in range(3)]))
+    ov = time_sessions(graphs.identity_graph((target.batch_size, 3, 32, 32)), target, quick)
     chain = graphs.chain_graph(n_nodes)
-    chain_net = max(float(np.median([time_whole(chain, target, quick) for _ in range(3)])) - ov, 0.0)
+    chain_net = max(time_sessions(chain, target, quick) - ov, 0.0)
     prof = sum(k["us"] for k in list_kernels(chain, target, runs=20)) / 1e3
     return {"overhead_ms": ov, "node_ms": chain_net / n_nodes, "delta_ms": (prof - chain_net) / n_nodes}
 
@@ -445,7 +452,7 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
                   "fingerprint": fingerprint(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                   "quick": quick, "clock": target.clock, "timing": timing,
                   **_base_costs(target, quick)}
-        header.update(cold.cache_knee(lambda m, n: max(float(np.median([time_whole(m, target, quick) for _ in range(3)]))
+        header.update(cold.cache_knee(lambda m, n: max(time_sessions(m, target, quick)
                                                        - header["overhead_ms"], 0.0) / n, quick))
         p.write_text(json.dumps(header) + "\n")
         table, done = read(p), set()
@@ -459,7 +466,7 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
     sentinels = marks.sentinels(context_nets(target.batch_size, target.int8), quick)
 
     def mark(f) -> None:
-        f.write(json.dumps({"mark": marks.take(target, quick, sentinels, time_whole=time_whole)}) + "\n")
+        f.write(json.dumps({"mark": marks.take(target, quick, sentinels, time_sessions=time_sessions)}) + "\n")
         f.flush()
 
     with p.open("a") as f:
@@ -551,7 +558,7 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         ks = list_kernels(model, target)
         warm = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=0.0)]
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
-        meas = measured[name] = float(np.median([time_whole(model, target, quick) for _ in range(3)]))
+        meas = measured[name] = time_sessions(model, target, quick)
         points.append({"dtype": model_dtype(ks), "measured": meas - table["overhead_ms"], "n": len(ks), "warm": warm,
                        "cold": cold_, "bytes": cold.model_weight_bytes(model)})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "

@@ -18,7 +18,6 @@ import sys
 import warnings
 from pathlib import Path
 
-
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RESULTS = Path(__file__).resolve().parent / "results"

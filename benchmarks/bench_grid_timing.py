@@ -31,7 +31,7 @@ def main() -> None:
     from autocompress.measure.predict import read_table
     from autocompress.profiling import graphs
     from autocompress.profiling.lookup import table_target
-    from autocompress.profiling.table import build_graph, copies_for
+    from autocompress.profiling.table import _timing, build_graph, copies_for
     from autocompress.profiling.target import feeds_for, time_session
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,12 +43,15 @@ def main() -> None:
     table = read_table(args.table)
     target = table_target(table)
 
-    def once(n_blocks, block_ms, statistic):
-        return lambda m: (lambda s: time_session(s, feeds_for(s), n_blocks, block_ms, clock=target.clock,
-                                                 statistic=statistic))(target.session(m))
-    procs = {"median of 5 x 5 ms": once(5, 5.0, "median"), "p10 of 10 x 5 ms": once(10, 5.0, "p10"),
-             "p10 of 20 x 2.5 ms": once(20, 2.5, "p10"),
-             "min of 2 sessions, p10 of 10 x 5 ms": lambda m: min(once(10, 5.0, "p10")(m), once(10, 5.0, "p10")(m))}
+    def once(model, n_blocks, block_ms, statistic) -> float:
+        sess = target.session(model)
+        return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock, statistic=statistic)
+
+    (n, ms), (qn, qms) = _timing(False, "median"), _timing(False, "p10")  # the grid's timing before, and now for p10
+    procs = {f"median of {n} x {ms:g} ms": lambda m: once(m, n, ms, "median"),
+             f"p10 of {2 * n} x {ms:g} ms": lambda m: once(m, 2 * n, ms, "p10"),
+             f"p10 of {qn} x {qms:g} ms": lambda m: once(m, qn, qms, "p10"),
+             f"min of 2 sessions, p10 of {2 * n} x {ms:g} ms": lambda m: min(once(m, 2 * n, ms, "p10") for _ in range(2))}
     lines = random.Random(args.seed).sample(table["lines"], min(args.n, len(table["lines"])))
     pairs: dict[str, list] = {k: [] for k in procs}
     for ln in lines:

@@ -84,14 +84,6 @@ def _measure_window(job_path: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps({"rows": out, "speed_now": now and now["factor"]}))
 
 
-def reference_ms(windows_ms: list[float], statistic: str) -> float:
-    """A candidate's measured latency from its fresh-process windows: the profile's statistic across them as within
-    them (``predict.across_windows``: the median with one thread, the p10 for ``cpu``)."""
-    from autocompress.measure.predict import across_windows
-
-    return across_windows(windows_ms, statistic)
-
-
 def candidate_macs(arch: str, ratio: float, size: int, seed: int) -> int:
     """The candidate's MACs, rebuilt as ``predict.build_candidate`` builds it (same seed, same pruning)."""
     import torch
@@ -190,10 +182,12 @@ def main():
     if args.measure_window:
         return _measure_window(*args.measure_window)
     if args.rescore:
+        from autocompress.measure.predict import across_windows
+
         res = json.loads(Path(args.rescore).read_text())
-        for r in res["rows"]:  # the reference again from the windows, by today's rule
+        for r in res["rows"]:  # the reference again from the windows, by today's rule (results before it: the median)
             r["measured_median_ms"] = round(float(np.median(r["windows_ms"])), 4)
-            r["measured_ms"] = round(reference_ms(r["windows_ms"], res["statistic"]), 4)
+            r["measured_ms"] = round(across_windows(r["windows_ms"], res.get("statistic", "median")), 4)
             r["error"] = round(r["predicted_ms"] / r["measured_ms"] - 1, 4)
         add_macs_rival(res["rows"])
         score(res, res["rows"])
@@ -248,7 +242,7 @@ def main():
         factor = float(np.median(factors)) if all(factors) else None
         for i, c in enumerate(cands):
             ms = [pw[i]["ms"] for pw in per_window]
-            meas = reference_ms(ms, profile.latency.statistic)
+            meas = predict.across_windows(ms, profile.latency.statistic)  # the profile's statistic across windows too
             pred = predict.predict_latency(c["path"], profile, table, c["shape"])
             other = predict.predict_latency(c["path"], profile, compare, c["shape"]) if compare else None
             plain = predict.predict_latency(c["path"], profile, unmarked, c["shape"]) if unmarked else None

@@ -62,8 +62,9 @@ def format_summary(s: dict) -> str:
 
 
 def time_references(table: dict, names, *, repeats: int = 3) -> dict[str, float]:
-    """The table's context networks named in ``names``, each timed whole as the build times them (the median of
-    ``repeats`` fresh sessions, the table's clock)."""
+    """The table's context networks named in ``names``, each timed whole as the build times them
+    (:func:`.table.time_sessions`: ``repeats`` fresh sessions taken together with the target's statistic, the table's
+    clock)."""
     target = table_target(table)
     quick = bool(table.get("quick"))
     return {name: time_sessions(model, target, quick, repeats)

@@ -232,8 +232,8 @@ def _timing(quick: bool, statistic: str = "median") -> tuple[int, float]:
 
 def time_whole(model: bytes, target: Target, quick: bool) -> float:
     """One fresh session's time for the model with the statistic the target reports (its latency.statistic): every
-    graph of a build -- the grid, the speed marks, the context networks that set the table's level, ``--check``'s
-    networks -- is timed as a model is measured there."""
+    graph of a build -- the grid, the speed marks, the context networks that set the table's level -- is timed with
+    the statistic a model is measured with there."""
     sess = target.session(model)
     n_blocks, block_ms = _timing(quick, target.statistic)
     return time_session(sess, feeds_for(sess), n_blocks, block_ms, clock=target.clock, statistic=target.statistic)

@@ -198,6 +198,24 @@ def test_alignment_and_grouped_convs_are_their_own_classes():
     conv = [{"float": [1, 64, 8, 8]}, {"float": [64, 16, 3, 3]}]
     f = kernels.features("", "Conv", {"group": 4, "kernel_shape": [3, 3], "strides": [1, 1]}, conv, [{"float": [1, 64, 8, 8]}])
     assert f["group"] == "Conv/fp32/k3/s1/grp/a16" and f["work"] == 64 * 64 * 16 * 9
+    wide = kernels.features("", "Conv", {"group": 4, "kernel_shape": [3, 3]}, conv, [{"float": [1, 128, 8, 8]}])
+    assert wide["group"] == f["group"] and wide["feats"][:3] == f["feats"][:3]  # same class, told apart by cout
+    assert wide["feats"][3] == pytest.approx(np.log(128)) and wide["work"] == 2 * f["work"]
+    # a depthwise conv with a channel multiplier is not a depthwise one (its entries would be half its time)
+    mult = kernels.features("", "Conv", {"group": 64, "kernel_shape": [3, 3]}, [{"float": [1, 64, 8, 8]}, {"float": [128, 1, 3, 3]}],
+                            [{"float": [1, 128, 8, 8]}])
+    assert mult["group"] == "Conv/fp32/k3/s1/grp/a16" and len(mult["feats"]) == 4
+
+
+def test_reductions_are_keyed_on_values_out_and_elements_reduced():
+    spatial = kernels.features("", "ReduceMean", {}, [{"float": [1, 96, 16, 16]}], [{"float": [1, 96, 1, 1]}])
+    flat = kernels.features("", "ReduceMean", {}, [{"float": [1, 96, 16, 16]}], [{"float": [1, 96]}])  # keepdims=0
+    assert spatial == flat and spatial["group"] == "ReduceMean/fp32/inner"
+    assert spatial["feats"] == pytest.approx([np.log(96), np.log(256)]) and spatial["work"] == 96 * 256
+    chans = kernels.features("", "ReduceMean", {}, [{"float": [1, 96, 16, 16]}], [{"float": [1, 1, 16, 16]}])
+    assert chans["group"] == "ReduceMean/fp32/strided"
+    ks = kernels.list_kernels(ptable.build_graph(dict(op="reduce", c=61, h=8, n=1, dtype="fp32")), TARGET)
+    assert [k["group"] for k in ks] == ["ReduceMean/fp32/inner"]  # what the grid times is what a model looks up
 
 
 def test_missing_alignment_class_falls_back_to_the_nearest_one(tiny_table):
@@ -323,6 +341,10 @@ def test_grid_covers_what_pruned_models_run():
     assert [k["group"] for k in ks] == ["com.microsoft:QLinearConcat/int8"]
     ks = kernels.list_kernels(ptable.build_graph(dict(op="split", numel=4096, n=1, dtype="fp32")), TARGET)
     assert [k["group"] for k in ks] == ["Split/fp32"]
+    # grouped convs that widen / narrow and depthwise ones with a multiplier; reductions over the spatial axes
+    grouped = {(s["cout"] / s["cin"], s["g"] == s["cin"]) for s in specs if s["op"] == "conv" and s.get("g", 1) > 1}
+    assert {(1.0, False), (2.0, False), (0.5, False), (2.0, True)} <= grouped
+    assert {s["dtype"] for s in specs if s["op"] == "reduce"} == {"fp32", "int8"}
 
 
 def test_speed_marks_bring_every_graph_to_the_last_marks_speed():

@@ -105,6 +105,12 @@ def pool_graph(kind, n, c, h, int8, k=3, s=2) -> bytes:
                      [(n, c, h, h)], (n, c, ho, ho), [], int8)
 
 
+def reduce_graph(n, c, h, int8) -> bytes:
+    """x.mean((2, 3), keepdim=True) as torch exports it (ReduceMean; opset 17: the axes an attribute)."""
+    return _qdq_wrap(lambda i, o: [helper.make_node("ReduceMean", i, [o], axes=[2, 3], keepdims=1)], [(n, c, h, h)],
+                     (n, c, 1, 1), [], int8)
+
+
 def bcast_graph(op, shape, int8) -> bytes:
     """x * s with s of shape (n, c, 1, 1): the squeeze-excite scaling."""
     onnx_op = {"add": "Add", "mul": "Mul"}[op]

@@ -71,12 +71,15 @@ def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
         g = int(attrs.get("group", 1))
         n, cin, h = (ish[0], ish[3], ish[1]) if last else (ish[0], ish[1], ish[2] if len(ish) > 2 else 1)
         cout, ho, wo = (osh[3], osh[1], osh[2]) if last else (osh[1], osh[2], osh[3])
-        dw = g > 1 and g == cin
+        # depthwise: one input and one output channel per group; a grouped conv (a depthwise one with a channel
+        # multiplier too) keyed on its groups and its output channels as well: one that widens (12 -> 24 channels
+        # per group) costs twice one that keeps its width, which a key without the output count could not tell
+        dw = g > 1 and g == cin and cout == cin
         cin_g = cin // g if g > 1 else cin
         work = n * cout * ho * wo * cin_g * k * k
         kind = "dw" if dw else "grp" if g > 1 else "full"
-        feats = [math.log(max(cin, 1)), math.log(max(n * h * h, 1))] + {"dw": [], "full": [math.log(max(cout, 1))],
-                                                                          "grp": [math.log(g)]}[kind]
+        feats = [math.log(max(cin, 1)), math.log(max(n * h * h, 1))] + {
+            "dw": [], "full": [math.log(max(cout, 1))], "grp": [math.log(g), math.log(max(cout, 1))]}[kind]
         group = f"{conv}/{dt}/k{k}/s{min(s, 2)}/{kind}/{alignment(cin_g if kind == 'grp' else cin, cout, dw)}"
         return {"group": group, "feats": feats, "work": float(max(work, 1))}
     if op in _GEMM:
@@ -94,6 +97,8 @@ def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
             extra = f"/k{min(int((attrs.get('kernel_shape') or [3])[0]), 3)}/s{min(int((attrs.get('strides') or [1])[0]), 2)}"
         return {"group": f"{kind}{'-nhwc' if last else ''}/{dt}{extra}", "feats": [math.log(max(c, 1)), math.log(max(hw, 1))],
                 "work": float(max(c * hw, 1))}
+    if op.startswith("Reduce") and ish:
+        return _reduce(op, dt, ish, osh)
     numel = max(_numel(osh), _numel(ish))
     tag = f"{domain}:{op}" if domain else op
     acts = [_shape(t) for t in ins if t and len(_shape(t)) >= 2]
@@ -105,6 +110,17 @@ def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
         big, small = sorted(acts[:2], key=_numel, reverse=True)
         feats.append(math.log(max(_numel(big) / max(_numel(small), 1), 1)))
     return {"group": f"{tag}/{dt}", "feats": feats, "work": float(max(numel, 1))}
+
+
+def _reduce(op: str, dt: str, ish: list[int], osh: list[int]) -> dict:
+    """A reduction (``x.mean((2, 3))``, timm's squeeze-excite and pooled head): keyed on whether it reduces the
+    innermost axes (contiguous rows) or strided ones, with log values out and log elements reduced into each. As an
+    element-wise op (log elements alone) it had no entry to fall back on but the per-node cost: 0.3 us for 4-14."""
+    n_in, n_out = _numel(ish), max(_numel(osh), 1)
+    kept = [d for d in osh if d != 1]  # (keepdims or not)
+    inner = [d for d in ish if d != 1][: len(kept)] == kept  # what stays leads the shape: the reduced axes are last
+    return {"group": f"{op}/{dt}/{'inner' if inner else 'strided'}",
+            "feats": [math.log(n_out), math.log(max(n_in / n_out, 1))], "work": float(max(n_in, 1))}
 
 
 def _attrs(node) -> dict:

@@ -9,11 +9,16 @@ differences first. ``benchmarks/user_net.py`` is a hand-written net (grouped con
 as ``x.mean((2, 3))``, hardswish) that exposed two holes of the grid (benchmarks/README.md, twenty-seventh session):
 
     python benchmarks/bench_predict_model.py --model benchmarks/user_net.py:MyNet --table T --profile cpu
+    python benchmarks/bench_predict_model.py --model timm.models.efficientnet:efficientnet_b0 --classes 1000 --int8
+
+Every model (and its int8 form with ``--int8``) is measured in the same windows; the figures are written to
+``benchmarks/results/predict-model-<profile><tag>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import warnings
@@ -29,6 +34,7 @@ def main() -> None:
     import torch
 
     from autocompress.compress.export import export_onnx
+    from autocompress.compress.quantize import quantize_model
     from autocompress.config import load_profile
     from autocompress.measure.predict import across_windows, predict_latency, read_table
     from autocompress.measure.retime import latency_windows
@@ -36,38 +42,63 @@ def main() -> None:
     from autocompress.profiling.kernels import list_kernels
     from autocompress.profiling.lookup import breakdown, table_target
     from autocompress.profiling.table import split_wall, time_sessions
+    from autocompress.records import QuantSpec
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", required=True, nargs="+", help="file.py:Class or pkg.mod:fn, one or more")
     ap.add_argument("--table", required=True)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--int8", action="store_true", help="each model also quantized (static QDQ U8S8, the product's quantizer)")
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--tag", default="", help="suffix of benchmarks/results/predict-model-<profile><tag>.json")
     args = ap.parse_args()
     profile, _ = load_profile(args.profile)
     table = read_table(args.table)
-    shape = (1, 3, args.size, args.size)
-    model, _ = resolve_model(args.model, args.classes, shape[1:])
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "model.onnx"
-        export_onnx(model.eval(), torch.zeros(shape), path)
-        pred = predict_latency(path, profile, table, shape)
-        windows = latency_windows({"m": (path, shape)}, profile, windows=args.windows)["m"]
-        meas = across_windows(windows, profile.latency.statistic)
-        print(f"{args.model} at {args.size} px: predicted {pred:.3f} ms, measured {meas:.3f} ms ({profile.latency.statistic} "
-              f"of {args.windows} fresh-process windows: {', '.join(f'{w:.3f}' for w in windows)}), error {pred / meas - 1:+.1%}")
-        onnx_bytes = path.read_bytes()
     target = table_target(table)
-    ks = list_kernels(onnx_bytes, target, runs=30)
-    share = split_wall(ks, time_sessions(onnx_bytes, target, False) - table["overhead_ms"], table["delta_ms"])
     uncal = {k: v for k, v in table.items() if k != "calibration"}
-    rows = [(k["group"], tuple(round(float(np.exp(f))) for f in k["feats"]), ms, sh, how)
-            for k, (_, _, ms, how), sh in zip(ks, breakdown(onnx_bytes, uncal, kernels=ks), share)]
-    print(f"  {'kernel group':45s} {'features':18s} {'table':>9s} {'its share':>10s}")
-    for g, f, p, s, how in sorted(rows, key=lambda r: -abs(r[2] - r[3]))[: args.top]:
-        print(f"  {g:45s} {str(f):18s} {p * 1e3:7.1f} us {s * 1e3:8.1f} us" + ("" if how == "fit" else f"  ({how})"))
+    shape = (1, 3, args.size, args.size)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        paths = {}
+        for i, spec in enumerate(args.model):
+            torch.manual_seed(0)
+            model, _ = resolve_model(spec, args.classes, shape[1:])
+            fp32 = Path(d) / f"m{i}.onnx"
+            export_onnx(model.eval(), torch.zeros(shape), fp32)
+            paths[(spec, "fp32")] = fp32
+            if args.int8:
+                calib = np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32)
+                quantize_model(fp32, Path(d) / f"m{i}.int8.onnx", {"_default": "int8"}, QuantSpec(), calib)
+                paths[(spec, "int8")] = Path(d) / f"m{i}.int8.onnx"
+        # every model in the same fresh-process windows, one after another in each
+        windows = latency_windows({f"{s} {p}": (path, shape) for (s, p), path in paths.items()}, profile, windows=args.windows)
+        for (spec, prec), path in paths.items():
+            w = windows[f"{spec} {prec}"]
+            pred, meas = predict_latency(path, profile, table, shape), across_windows(w, profile.latency.statistic)
+            onnx_bytes = path.read_bytes()
+            ks = list_kernels(onnx_bytes, target, runs=30)
+            share = split_wall(ks, time_sessions(onnx_bytes, target, False) - table["overhead_ms"], table["delta_ms"])
+            kern = [{"group": k["group"], "feats": [round(float(np.exp(f))) for f in k["feats"]], "table_us": ms * 1e3,
+                     "share_us": sh * 1e3, "how": how}
+                    for k, (_, _, ms, how), sh in zip(ks, breakdown(onnx_bytes, uncal, kernels=ks), share)]
+            rows.append({"model": spec, "precision": prec, "predicted_ms": pred, "measured_ms": meas, "windows_ms": w,
+                         "error": pred / meas - 1, "kernels": kern})
+            print(f"{spec} {prec} at {args.size} px: predicted {pred:.3f} ms, measured {meas:.3f} ms "
+                  f"({profile.latency.statistic} of {args.windows} fresh-process windows: "
+                  f"{', '.join(f'{x:.3f}' for x in w)}), error {pred / meas - 1:+.1%}")
+            print(f"  {'kernel group':45s} {'features':18s} {'table':>9s} {'its share':>10s}")
+            for k in sorted(kern, key=lambda r: -abs(r["table_us"] - r["share_us"]))[: args.top]:
+                print(f"  {k['group']:45s} {tuple(k['feats'])!s:18s} {k['table_us']:7.1f} us {k['share_us']:8.1f} us"
+                      + ("" if k["how"] == "fit" else f"  ({k['how']})"))
+    out = Path(__file__).resolve().parent / "results" / f"predict-model-{args.profile}{args.tag}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"table": str(args.table), "profile": args.profile, "size": args.size,
+                              "fingerprint": table.get("fingerprint"), "statistic": profile.latency.statistic,
+                              "rows": rows}, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,13 @@ def _write(table: dict, path: Path, **header) -> Path:
     return path
 
 
+def test_out_names_the_profile_and_its_table_whichever_is_given(tmp_path):
+    want = (tmp_path / "box.yaml", tmp_path / "box.table.jsonl")
+    assert predict.output_paths(tmp_path / "box.yaml") == want and predict.output_paths(tmp_path / "box") == want
+    assert predict.output_paths(tmp_path / "box.table.jsonl") == want  # not box.table.table.jsonl
+    assert predict.output_paths(tmp_path / "box.yml") == (tmp_path / "box.yml", tmp_path / "box.table.jsonl")
+
+
 def test_tables_are_checked_before_use(tmp_path, table):
     prof = parse(HardwareProfile, {"name": "box", "intra_op_threads": 1, "latency": {"mode": "predict"},
                                    "lookup_table": "t.table.jsonl"}, "p.yaml")

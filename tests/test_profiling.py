@@ -216,6 +216,9 @@ def test_reductions_are_keyed_on_values_out_and_elements_reduced():
     assert chans["group"] == "ReduceMean/fp32/strided"
     ks = kernels.list_kernels(ptable.build_graph(dict(op="reduce", c=61, h=8, n=1, dtype="fp32")), TARGET)
     assert [k["group"] for k in ks] == ["ReduceMean/fp32/inner"]  # what the grid times is what a model looks up
+    ks = kernels.list_kernels(ptable.build_graph(dict(op="reduce_nhwc", c=61, h=8, n=1, dtype="fp32")), TARGET)
+    assert [k["group"] for k in ks] == ["ReduceMean/fp32/strided"]  # an int8 network's mean, ORT having turned it NHWC
+    assert ks[0]["feats"] == pytest.approx([np.log(61), np.log(64)])
 
 
 def test_missing_alignment_class_falls_back_to_the_nearest_one(tiny_table):
@@ -345,6 +348,7 @@ def test_grid_covers_what_pruned_models_run():
     grouped = {(s["cout"] / s["cin"], s["g"] == s["cin"]) for s in specs if s["op"] == "conv" and s.get("g", 1) > 1}
     assert {(1.0, False), (2.0, False), (0.5, False), (2.0, True)} <= grouped
     assert {s["dtype"] for s in specs if s["op"] == "reduce"} == {"fp32", "int8"}
+    assert any(s["op"] == "reduce_nhwc" for s in specs) and not any(s["op"] == "reduce_nhwc" for s in ptable.grid(False, 1, ["fp32"]))
 
 
 def test_speed_marks_bring_every_graph_to_the_last_marks_speed():

@@ -350,16 +350,24 @@ def build_table(profile: HardwareProfile, path, *, quick: bool = False, log: Cal
     return table
 
 
+def output_paths(out_path) -> tuple[Path, Path]:
+    """(profile YAML, table beside it) for ``--out``: ``box.yaml``, ``box`` and ``box.table.jsonl`` all name
+    ``box.yaml`` + ``box.table.jsonl`` (the table's own name given is not doubled into ``box.table.table.jsonl``)."""
+    out = Path(out_path)
+    if out.name.endswith(".table.jsonl"):
+        out = out.with_name(out.name[: -len(".table.jsonl")] + ".yaml")
+    elif out.suffix not in (".yaml", ".yml"):
+        out = out.with_suffix(".yaml")
+    return out, out.parent / f"{out.stem}.table.jsonl"
+
+
 def profile_device(profile_name_or_path: str, out_path, *, quick: bool = False, log: Callable = print,
                    calibrate: bool = False) -> Path:
     """Build the table on this machine and write ``<out>.yaml`` (mode predict) + ``<out>.table.jsonl``; rerun
     the same command to continue an interrupted build."""
     profile, src = load_profile(profile_name_or_path)
-    out = Path(out_path)
-    if out.suffix not in (".yaml", ".yml"):
-        out = out.with_suffix(".yaml")
+    out, table_path = output_paths(out_path)
     name = out.stem
-    table_path = out.parent / f"{name}.table.jsonl"
     data = read_yaml(src)
     data["name"] = name
     data.setdefault("latency", {})

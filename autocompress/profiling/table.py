@@ -191,6 +191,9 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
         specs.append(dict(op="shuffle", numel=numel, n=n))  # a dynamic-batch channel shuffle: int64 size arithmetic
     out = [dict(sp, dtype=dt) for sp in specs for dt in dtypes]
     out += [dict(op=op, numel=numel, n=n, dtype="fp32") for numel in numels for op in ("split", "slice", "transpose", "shape")]
+    if "int8" in dtypes:  # an int8 network's mean, run on its NHWC tensors between DequantizeLinear and QuantizeLinear
+        out += [dict(op="reduce_nhwc", c=c, h=h, n=n, dtype="fp32") for c in chans + ([] if quick else [13, 61, 125, 253])
+                for h in res + [2]]
     out += [dict(op=q, numel=numel, n=n, dtype="fp32") for numel in numels for q in ("quantize", "dequantize")
             if "int8" in dtypes]
     random.Random(0).shuffle(out)
@@ -219,8 +222,8 @@ def build_graph(spec: dict) -> bytes:
         return graphs.residual_graph(spec["n"], spec["c"], spec["h"], int8)
     if op == "gemm":
         return graphs.gemm_graph(spec["m"], spec["cin"], spec["cout"], int8)
-    if op == "reduce":
-        return graphs.reduce_graph(spec["n"], spec["c"], spec["h"], int8)
+    if op in ("reduce", "reduce_nhwc"):
+        return graphs.reduce_graph(spec["n"], spec["c"], spec["h"], int8, nhwc=op == "reduce_nhwc")
     if op in ("gap", "maxpool"):
         return graphs.pool_graph(op, spec["n"], spec["c"], spec["h"], int8, spec.get("k", 3), spec.get("s", 2))
     if op in ("quantize", "dequantize"):

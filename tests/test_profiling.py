@@ -214,6 +214,10 @@ def test_reductions_are_keyed_on_values_out_and_elements_reduced():
     assert spatial["feats"] == pytest.approx([np.log(96), np.log(256)]) and spatial["work"] == 96 * 256
     chans = kernels.features("", "ReduceMean", {}, [{"float": [1, 96, 16, 16]}], [{"float": [1, 1, 16, 16]}])
     assert chans["group"] == "ReduceMean/fp32/strided"
+    # an NHWC mean of a 32-channel 32x32 tensor has an NCHW one's shapes: the node's axes decide
+    cube = [{"float": [1, 32, 32, 32]}], [{"float": [1, 1, 1, 32]}]
+    assert kernels.features("", "ReduceMean", {"axes": [1, 2]}, *cube)["group"] == "ReduceMean/fp32/strided"
+    assert kernels.features("", "ReduceMean", {"axes": [-2, -1]}, *cube)["group"] == "ReduceMean/fp32/inner"
     ks = kernels.list_kernels(ptable.build_graph(dict(op="reduce", c=61, h=8, n=1, dtype="fp32")), TARGET)
     assert [k["group"] for k in ks] == ["ReduceMean/fp32/inner"]  # what the grid times is what a model looks up
     ks = kernels.list_kernels(ptable.build_graph(dict(op="reduce_nhwc", c=61, h=8, n=1, dtype="fp32")), TARGET)
@@ -323,7 +327,7 @@ def test_context_networks_of_small_kernels_run_the_kernels_real_models_do(int8):
     eff = {k["group"].split("/")[0] for k in kernels.list_kernels(nets.effnet([16, 24], 4, 32, int8, 1), TARGET)}
     shuf = {k["group"].split("/")[0] for k in kernels.list_kernels(nets.shufflenet([24, 48], 3, 32, int8, 1), TARGET)}
     if int8:  # the quantized forms ORT runs for EfficientNet / ShuffleNet: QLinear sigmoid, mul, concat
-        assert {"com.microsoft:QLinearSigmoid", "com.microsoft:QLinearMul-bcast", "QLinearConv"} <= eff
+        assert {"com.microsoft:QLinearSigmoid", "com.microsoft:QLinearMul-bcast-vec", "QLinearConv"} <= eff  # NHWC
         assert {"com.microsoft:QLinearConcat", "Split", "Transpose", "QLinearConv"} <= shuf
     else:
         assert {"com.microsoft:QuickGelu", "Mul-bcast"} <= eff and {"Split", "Concat", "Transpose"} <= shuf
@@ -349,6 +353,17 @@ def test_grid_covers_what_pruned_models_run():
     assert {(1.0, False), (2.0, False), (0.5, False), (2.0, True)} <= grouped
     assert {s["dtype"] for s in specs if s["op"] == "reduce"} == {"fp32", "int8"}
     assert any(s["op"] == "reduce_nhwc" for s in specs) and not any(s["op"] == "reduce_nhwc" for s in ptable.grid(False, 1, ["fp32"]))
+    assert {s["dtype"] for s in specs if s.get("nhwc")} == {"int8"}
+
+
+def test_a_broadcast_along_the_rows_is_not_one_across_them():
+    """(n,c,h,w) x (n,c,1,1) runs one short row per channel; (n,h,w,c) x (n,1,1,c), the same squeeze-excite in an int8
+    network ORT has turned NHWC, one long row per pixel: their own groups, each with its grid points."""
+    nchw = kernels.features("", "Mul", {}, [{"float": [1, 64, 2, 2]}, {"float": [1, 64, 1, 1]}], [{"float": [1, 64, 2, 2]}])
+    nhwc = kernels.features("", "Mul", {}, [{"float": [1, 2, 2, 64]}, {"float": [1, 1, 1, 64]}], [{"float": [1, 2, 2, 64]}])
+    assert nchw["group"] == "Mul-bcast/fp32" and nhwc["group"] == "Mul-bcast-vec/fp32" and nchw["feats"] == nhwc["feats"]
+    ks = kernels.list_kernels(ptable.build_graph(dict(op="mul_bcast", c=64, h=2, n=1, nhwc=True, dtype="int8")), TARGET)
+    assert [k["group"] for k in ks] == ["com.microsoft:QLinearMul-bcast-vec/int8"]
 
 
 def test_speed_marks_bring_every_graph_to_the_last_marks_speed():

@@ -114,11 +114,16 @@ def reduce_graph(n, c, h, int8, nhwc: bool = False) -> bytes:
     return _qdq_wrap(lambda i, o: [helper.make_node("ReduceMean", i, [o], axes=axes, keepdims=1)], [shape], out, [], int8)
 
 
-def bcast_graph(op, shape, int8) -> bytes:
-    """x * s with s of shape (n, c, 1, 1): the squeeze-excite scaling."""
+def bcast_graph(op, shape, int8, nhwc: bool = False) -> bytes:
+    """x * s with s of shape (n, c, 1, 1): the squeeze-excite scaling; ``nhwc``: x (n, h, w, c) and s (n, 1, 1, c),
+    the same scaling in an int8 network ORT has turned NHWC."""
     onnx_op = {"add": "Add", "mul": "Mul"}[op]
     n, c = shape[0], shape[1]
-    return _qdq_wrap(lambda i, o: [helper.make_node(onnx_op, i, [o])], [shape, (n, c, 1, 1)], shape, [], int8, n_in=2)
+    if nhwc:
+        shape, small = (n, shape[2], shape[3], c), (n, 1, 1, c)
+    else:
+        small = (n, c, 1, 1)
+    return _qdq_wrap(lambda i, o: [helper.make_node(onnx_op, i, [o])], [shape, small], shape, [], int8, n_in=2)
 
 
 def silu_graph(shape, int8) -> bytes:

@@ -98,27 +98,35 @@ def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
         return {"group": f"{kind}{'-nhwc' if last else ''}/{dt}{extra}", "feats": [math.log(max(c, 1)), math.log(max(hw, 1))],
                 "work": float(max(c * hw, 1))}
     if op.startswith("Reduce") and ish:
-        return _reduce(op, dt, ish, osh)
+        return _reduce(op, dt, ish, osh, attrs.get("axes"))
     numel = max(_numel(osh), _numel(ish))
     tag = f"{domain}:{op}" if domain else op
     acts = [_shape(t) for t in ins if t and len(_shape(t)) >= 2]
     feats = [math.log(max(numel, 1))]
     if len(acts) >= 2 and _numel(acts[0]) != _numel(acts[1]):  # a broadcast (squeeze-excite Mul): its own kernel
-        tag += "-bcast"
         # and the elements per broadcast value (h*w of an (n,c,h,w) x (n,c,1,1) product): with a few pixels per
-        # channel ORT's broadcast loop runs short rows, 3x the time per element of the same product on a wide image
+        # channel ORT's broadcast loop runs short rows, 3x the time per element of the same product on a wide image.
+        # "-bcast-vec": the small operand varies along the innermost axis ((n,h,w,c) x (n,1,1,c): squeeze-excite in
+        # an int8 network ORT has turned NHWC), one long row per pixel: 7 us where the NCHW form ran 34
         big, small = sorted(acts[:2], key=_numel, reverse=True)
+        tag += "-bcast-vec" if small[-1] > 1 and small[-1] == big[-1] else "-bcast"
         feats.append(math.log(max(_numel(big) / max(_numel(small), 1), 1)))
     return {"group": f"{tag}/{dt}", "feats": feats, "work": float(max(numel, 1))}
 
 
-def _reduce(op: str, dt: str, ish: list[int], osh: list[int]) -> dict:
+def _reduce(op: str, dt: str, ish: list[int], osh: list[int], axes=None) -> dict:
     """A reduction (``x.mean((2, 3))``, timm's squeeze-excite and pooled head): keyed on whether it reduces the
-    innermost axes (contiguous rows) or strided ones, with log values out and log elements reduced into each. As an
-    element-wise op (log elements alone) it had no entry to fall back on but the per-node cost: 0.3 us for 4-14."""
+    innermost axes (contiguous rows) or strided ones (the same mean in an int8 network ORT has turned NHWC), with log
+    values out and log elements reduced into each. As an element-wise op (log elements alone) it had no entry to fall
+    back on but the per-node cost: 0.3 us for 4-14. The axes are read from the optimised node where it has them (an
+    NHWC mean of a 32-channel 32x32 tensor has the shapes of an NCHW one), else from the shapes."""
     n_in, n_out = _numel(ish), max(_numel(osh), 1)
-    kept = [d for d in osh if d != 1]  # (keepdims or not)
-    inner = [d for d in ish if d != 1][: len(kept)] == kept  # what stays leads the shape: the reduced axes are last
+    if axes:
+        ax = sorted(int(a) % len(ish) for a in axes)
+        inner = ax == list(range(len(ish) - len(ax), len(ish)))
+    else:
+        kept = [d for d in osh if d != 1]  # (keepdims or not)
+        inner = [d for d in ish if d != 1][: len(kept)] == kept  # what stays leads the shape: the reduced axes last
     return {"group": f"{op}/{dt}/{'inner' if inner else 'strided'}",
             "feats": [math.log(n_out), math.log(max(n_in / n_out, 1))], "work": float(max(n_in, 1))}
 

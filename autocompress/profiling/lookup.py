@@ -135,11 +135,14 @@ def _monotone(y: np.ndarray, wt: np.ndarray) -> np.ndarray:
 
 def _kin(impl: str) -> list[str]:
     """Implementations that cost about the same as ``impl`` when the table has none of it: the same pool in the
-    other layout ('GlobalAveragePool-nhwc' -> 'GlobalAveragePool'), the float op of a QLinear one
+    other layout ('GlobalAveragePool-nhwc' -> 'GlobalAveragePool', 'Mul-bcast-vec' -> 'Mul-bcast'), the float op of a
+    QLinear one
     ('com.microsoft:QLinearConcat' -> 'Concat')."""
     out = []
     if impl.endswith("-nhwc"):
         out.append(impl[: -len("-nhwc")])
+    if impl.endswith("-bcast-vec"):  # a broadcast along the rows by the one across them
+        out.append(impl[: -len("-vec")])
     op = impl.split(":")[-1]
     if op.startswith("QLinear"):
         out.append(op[len("QLinear"):])

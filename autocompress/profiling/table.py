@@ -41,7 +41,8 @@ from .kernels import kernel_signature, list_kernels
 from .target import Target, TargetError, blocks_for, feeds_for, fingerprint, load_average, statistic_of, time_session
 
 KIND = "autocompress-latency-table"
-VERSION = 6  # 6: grouped convs keyed on output channels too, reductions their own kernels; 5: weighted kernels
+VERSION = 7  # 7: broadcasts keyed on the layout (NHWC squeeze-excite in int8 networks); 6: grouped convs keyed on
+# output channels too, reductions their own kernels; 5: weighted kernels
 # timed cold too, a network's cache fitted; 4: broadcasts keyed on elements per broadcast value too; 3: kernels of
 # ORT's optimised graph (JSON Lines); 2: per-ONNX-op groups
 
@@ -104,11 +105,14 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
                 for h in (1, 2, 4, 8, 16, 32):
                     conv(1, 1, c, c * r, h)
                     conv(1, 1, c * r, c, h)
+    # (5x5 / 7x7 on 2x2 pixels and 1152 channels too: efficientnet's last stage fed 64-px images, where timm's
+    # efficientnet_b0 ran 30 us against 13-17 looked up from 512 channels on 4x4)
     for k in dks:
         for s in (1, 2):
-            for c in chans:
-                for h in res + ([2] if k == 3 else []):
-                    conv(k, s, c, c, h, dw=True)
+            for c in chans + ([] if quick else [1152]):
+                for h in res + [2]:
+                    if c <= 512 or h <= 8:
+                        conv(k, s, c, c, h, dw=True)
     # Channel counts that are not multiples of 16 / 8 take other kernels (no NCHWc layout for fp32, slower int8
     # paths), and pruning leaves such counts everywhere: those classes get their own points.
     # Up to 112x112: the early layers of a pruned model fed 224-px images (in a mobilenet_v2 pruned 40% at 224 px,
@@ -191,9 +195,13 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
         specs.append(dict(op="shuffle", numel=numel, n=n))  # a dynamic-batch channel shuffle: int64 size arithmetic
     out = [dict(sp, dtype=dt) for sp in specs for dt in dtypes]
     out += [dict(op=op, numel=numel, n=n, dtype="fp32") for numel in numels for op in ("split", "slice", "transpose", "shape")]
-    if "int8" in dtypes:  # an int8 network's mean, run on its NHWC tensors between DequantizeLinear and QuantizeLinear
+    if "int8" in dtypes:  # an int8 network's mean, run on its NHWC tensors between DequantizeLinear and QuantizeLinear,
+        # and its squeeze-excite scaling, a QLinearMul of (n, h, w, c) by (n, 1, 1, c)
         out += [dict(op="reduce_nhwc", c=c, h=h, n=n, dtype="fp32") for c in chans + ([] if quick else [13, 61, 125, 253])
                 for h in res + [2]]
+        out += [dict(op="mul_bcast", c=c, h=h, n=n, nhwc=True, dtype="int8")
+                for c in ([16, 128, 512] if quick else [8, 16, 32, 64, 128, 256, 512, 1024, 13, 61, 253])
+                for h in ([1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64]) if n * c * h * h <= 1 << 20]
     out += [dict(op=q, numel=numel, n=n, dtype="fp32") for numel in numels for q in ("quantize", "dequantize")
             if "int8" in dtypes]
     random.Random(0).shuffle(out)
@@ -237,7 +245,8 @@ def build_graph(spec: dict) -> bytes:
     if op in ("split", "slice", "transpose", "shape"):
         return graphs.layout_graph(op, _ew_shape(spec["n"], spec["numel"]))
     if op.endswith("_bcast"):
-        return graphs.bcast_graph(op[: -len("_bcast")], (spec["n"], spec["c"], spec["h"], spec["h"]), int8)
+        return graphs.bcast_graph(op[: -len("_bcast")], (spec["n"], spec["c"], spec["h"], spec["h"]), int8,
+                                  nhwc=bool(spec.get("nhwc")))
     return graphs.eltwise_graph(op, _ew_shape(spec["n"], spec["numel"]), int8)
 
 

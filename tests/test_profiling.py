@@ -354,6 +354,8 @@ def test_grid_covers_what_pruned_models_run():
     assert {s["dtype"] for s in specs if s["op"] == "reduce"} == {"fp32", "int8"}
     assert any(s["op"] == "reduce_nhwc" for s in specs) and not any(s["op"] == "reduce_nhwc" for s in ptable.grid(False, 1, ["fp32"]))
     assert {s["dtype"] for s in specs if s.get("nhwc")} == {"int8"}
+    ks = kernels.list_kernels(ptable.build_graph(dict(op="gap_nhwc", c=61, h=8, n=1, dtype="int8")), TARGET)
+    assert "GlobalAveragePool-nhwc/int8" in [k["group"] for k in ks]  # the pool as an int8 network runs it
 
 
 def test_a_broadcast_along_the_rows_is_not_one_across_them():

@@ -97,6 +97,17 @@ def gemm_graph(m, fin, fout, int8, seed=0) -> bytes:
 
 
 def pool_graph(kind, n, c, h, int8, k=3, s=2) -> bytes:
+    if kind == "gap_nhwc":  # int8: after a 1x1 QLinearConv ORT runs NHWC, the pool runs channels-last too
+        rng = np.random.default_rng(0)
+        winits, wnodes, wn = _weights((c, c, 1, 1), True, rng)
+        binits, bnodes = _bias(c, True, rng)
+
+        def body(ins, out):
+            return wnodes + bnodes + [helper.make_node("Conv", [ins[0], wn, "b"], ["cv"], kernel_shape=[1, 1]),
+                                      helper.make_node("QuantizeLinear", ["cv", "ys", "yz"], ["cq"]),
+                                      helper.make_node("DequantizeLinear", ["cq", "ys", "yz"], ["cd"]),
+                                      helper.make_node("GlobalAveragePool", ["cd"], [out])]
+        return _qdq_wrap(body, [(n, c, h, h)], (n, c, 1, 1), winits + binits, True)
     if kind == "gap":
         return _qdq_wrap(lambda i, o: [helper.make_node("GlobalAveragePool", i, [o])], [(n, c, h, h)], (n, c, 1, 1), [], int8)
     pad = k // 2 if k % 2 else 0

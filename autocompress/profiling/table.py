@@ -199,6 +199,10 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
         # and its squeeze-excite scaling, a QLinearMul of (n, h, w, c) by (n, 1, 1, c)
         out += [dict(op="reduce_nhwc", c=c, h=h, n=n, dtype="fp32") for c in chans + ([] if quick else [13, 61, 125, 253])
                 for h in res + [2]]
+        # the global pool after an NHWC QLinearConv (channels-last: looked up from the NCHW points, it came out at
+        # half its share of an int8 efficientnet_b0)
+        out += [dict(op="gap_nhwc", c=c, h=h, n=n, dtype="int8") for c in chans + ([] if quick else [13, 61, 125, 253])
+                for h in res + [2]]
         out += [dict(op="mul_bcast", c=c, h=h, n=n, nhwc=True, dtype="int8")
                 for c in ([16, 128, 512] if quick else [8, 16, 32, 64, 128, 256, 512, 1024, 13, 61, 253])
                 for h in ([1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64]) if n * c * h * h <= 1 << 20]
@@ -232,7 +236,7 @@ def build_graph(spec: dict) -> bytes:
         return graphs.gemm_graph(spec["m"], spec["cin"], spec["cout"], int8)
     if op in ("reduce", "reduce_nhwc"):
         return graphs.reduce_graph(spec["n"], spec["c"], spec["h"], int8, nhwc=op == "reduce_nhwc")
-    if op in ("gap", "maxpool"):
+    if op in ("gap", "maxpool", "gap_nhwc"):
         return graphs.pool_graph(op, spec["n"], spec["c"], spec["h"], int8, spec.get("k", 3), spec.get("s", 2))
     if op in ("quantize", "dequantize"):
         return graphs.quant_graph(op, _ew_shape(spec["n"], spec["numel"]))

@@ -42,9 +42,9 @@ from .target import Target, TargetError, blocks_for, feeds_for, fingerprint, loa
 
 KIND = "autocompress-latency-table"
 VERSION = 7  # 7: broadcasts keyed on the layout (NHWC squeeze-excite in int8 networks); 6: grouped convs keyed on
-# output channels too, reductions their own kernels; 5: weighted kernels
-# timed cold too, a network's cache fitted; 4: broadcasts keyed on elements per broadcast value too; 3: kernels of
-# ORT's optimised graph (JSON Lines); 2: per-ONNX-op groups
+# output channels too, reductions their own kernels; 5: weighted kernels timed cold too, a network's cache fitted;
+# 4: broadcasts keyed on elements per broadcast value too; 3: kernels of ORT's optimised graph (JSON Lines); 2: per-ONNX-op
+# groups
 
 
 # ---------------------------------------------------------------- what is timed

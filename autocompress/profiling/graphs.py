@@ -68,8 +68,11 @@ def _out_hw(h, k, s, pad):
     return (h + 2 * pad - k) // s + 1
 
 
-def conv_graph(n, cin, cout, h, k, s, dw, int8, seed=0, act: str | None = "Relu", groups: int = 1) -> bytes:
-    """Conv (+ an activation ORT fuses into it: Relu by default, as in most networks); depthwise, grouped or full."""
+def conv_graph(n, cin, cout, h, k, s, dw, int8, seed=0, act: str | None = "Relu", groups: int = 1,
+               pool_after: bool = False) -> bytes:
+    """Conv (+ an activation ORT fuses into it: Relu by default, as in most networks); depthwise, grouped or full.
+    ``pool_after`` (int8, no activation): Q/DQ and a global average pool after the conv, which ORT then runs
+    channels-last as it runs an int8 network's conv (NHWC)."""
     rng = np.random.default_rng(seed)
     g = cin if dw else groups
     cout = cin if dw else cout
@@ -79,11 +82,15 @@ def conv_graph(n, cin, cout, h, k, s, dw, int8, seed=0, act: str | None = "Relu"
     binits, bnodes = _bias(cout, int8, rng)
 
     def body(ins, out):
-        conv_out = out if act is None else out + "_pre"
+        conv_out = out if act is None and not pool_after else out + "_pre"
         nodes = wnodes + bnodes + [helper.make_node("Conv", [ins[0], wn, "b"], [conv_out], kernel_shape=[k, k],
                                                     strides=[s, s], pads=[pad] * 4, group=g)]
+        if pool_after:
+            return nodes + [helper.make_node("QuantizeLinear", [conv_out, "ys", "yz"], ["cq"]),
+                            helper.make_node("DequantizeLinear", ["cq", "ys", "yz"], ["cd"]),
+                            helper.make_node("GlobalAveragePool", ["cd"], [out])]
         return nodes + ([] if act is None else [helper.make_node(act, [conv_out], [out])])
-    return _qdq_wrap(body, [(n, cin, h, h)], (n, cout, ho, ho), winits + binits, int8)
+    return _qdq_wrap(body, [(n, cin, h, h)], (n, cout, 1, 1) if pool_after else (n, cout, ho, ho), winits + binits, int8)
 
 
 def gemm_graph(m, fin, fout, int8, seed=0) -> bytes:
@@ -97,17 +104,6 @@ def gemm_graph(m, fin, fout, int8, seed=0) -> bytes:
 
 
 def pool_graph(kind, n, c, h, int8, k=3, s=2) -> bytes:
-    if kind == "gap_nhwc":  # int8: after a 1x1 QLinearConv ORT runs NHWC, the pool runs channels-last too
-        rng = np.random.default_rng(0)
-        winits, wnodes, wn = _weights((c, c, 1, 1), True, rng)
-        binits, bnodes = _bias(c, True, rng)
-
-        def body(ins, out):
-            return wnodes + bnodes + [helper.make_node("Conv", [ins[0], wn, "b"], ["cv"], kernel_shape=[1, 1]),
-                                      helper.make_node("QuantizeLinear", ["cv", "ys", "yz"], ["cq"]),
-                                      helper.make_node("DequantizeLinear", ["cq", "ys", "yz"], ["cd"]),
-                                      helper.make_node("GlobalAveragePool", ["cd"], [out])]
-        return _qdq_wrap(body, [(n, c, h, h)], (n, c, 1, 1), winits + binits, True)
     if kind == "gap":
         return _qdq_wrap(lambda i, o: [helper.make_node("GlobalAveragePool", i, [o])], [(n, c, h, h)], (n, c, 1, 1), [], int8)
     pad = k // 2 if k % 2 else 0

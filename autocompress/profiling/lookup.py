@@ -136,8 +136,7 @@ def _monotone(y: np.ndarray, wt: np.ndarray) -> np.ndarray:
 def _kin(impl: str) -> list[str]:
     """Implementations that cost about the same as ``impl`` when the table has none of it: the same pool in the
     other layout ('GlobalAveragePool-nhwc' -> 'GlobalAveragePool', 'Mul-bcast-vec' -> 'Mul-bcast'), the float op of a
-    QLinear one
-    ('com.microsoft:QLinearConcat' -> 'Concat')."""
+    QLinear one ('com.microsoft:QLinearConcat' -> 'Concat')."""
     out = []
     if impl.endswith("-nhwc"):
         out.append(impl[: -len("-nhwc")])

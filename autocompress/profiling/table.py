@@ -26,6 +26,7 @@ Conv+Relu, DQ-Conv-Q, a residual block... into. numpy + onnx + onnxruntime + std
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import random
 import sys
@@ -159,14 +160,13 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
     # grouped convolutions that widen or narrow (12 -> 24 channels per group in a hand-written net, predicted at half
     # its time from points that kept their width) and depthwise ones with a channel multiplier (one input channel
     # per group, two out)
-    for c in ([32] if quick else [24, 48, 96, 192, 39, 78]):
-        for gw in ([16] if quick else [3, 8, 12]):
-            if c % gw == 0 and c // gw > 1:
-                for s in (1, 2):
-                    for h in ([8] if quick else [2, 4, 8, 16, 32]):
-                        for cout in (2 * c, c // 2) if not quick else (2 * c,):
-                            if cout % (c // gw) == 0:
-                                specs.append(dict(op="conv", k=3, s=s, dw=False, cin=c, cout=cout, h=h, n=n, g=c // gw))
+    widths = [(c, c // gw) for c in ([32] if quick else [24, 48, 96, 192, 39, 78]) for gw in ([16] if quick else [3, 8, 12])
+              if c % gw == 0 and c // gw > 1]  # (channels in, groups)
+    for (c, g), s, h, cout in itertools.product(widths, (1, 2), [8] if quick else [2, 4, 8, 16, 32],
+                                                ("widen",) if quick else ("widen", "narrow")):
+        cout = 2 * c if cout == "widen" else c // 2
+        if cout % g == 0:
+            specs.append(dict(op="conv", k=3, s=s, dw=False, cin=c, cout=cout, h=h, n=n, g=g))
     for c in ([16] if quick else [16, 32, 64, 128, 24, 61]):
         for s in (1, 2):
             for h in ([8] if quick else [4, 8, 16, 32]):
@@ -174,8 +174,9 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
     fins = [16, 128, 1024] if quick else [8, 32, 128, 512, 1024, 2048]
     fouts = [10, 128] if quick else [10, 32, 128, 512, 1024]
     specs += [dict(op="gemm", cin=a, cout=b, m=n) for a in fins for b in fouts]
-    for c in chans + ([] if quick else [13, 61, 125, 253]):
-        for h in res + [2]:
+    pool_cs, pool_hs = chans + ([] if quick else [13, 61, 125, 253]), res + [2]
+    for c in pool_cs:
+        for h in pool_hs:
             specs.append(dict(op="gap", c=c, h=h, n=n))
             specs.append(dict(op="maxpool", c=c, h=h, n=n, k=3, s=2))
             specs.append(dict(op="reduce", c=c, h=h, n=n))  # x.mean((2, 3)): timm's squeeze-excite and head
@@ -185,8 +186,10 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
             specs.append(dict(op=op, numel=numel, n=n))
         specs.append(dict(op="silu", numel=numel, n=n))
     # (n,c,h,w) x (n,c,1,1): squeeze-excite's scaling, from many channels on a few pixels to few on a wide image
-    for c in ([16, 128, 512] if quick else [8, 16, 32, 64, 128, 256, 512, 1024]):
-        for h in ([1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64]):
+    bcast_cs = [16, 128, 512] if quick else [8, 16, 32, 64, 128, 256, 512, 1024]
+    bcast_hs = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64]
+    for c in bcast_cs:
+        for h in bcast_hs:
             if n * c * h * h <= 1 << 20:
                 for op in ("mul", "add"):
                     specs.append(dict(op=op + "_bcast", c=c, h=h, n=n))
@@ -197,15 +200,12 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
     out += [dict(op=op, numel=numel, n=n, dtype="fp32") for numel in numels for op in ("split", "slice", "transpose", "shape")]
     if "int8" in dtypes:  # an int8 network's mean, run on its NHWC tensors between DequantizeLinear and QuantizeLinear,
         # and its squeeze-excite scaling, a QLinearMul of (n, h, w, c) by (n, 1, 1, c)
-        out += [dict(op="reduce_nhwc", c=c, h=h, n=n, dtype="fp32") for c in chans + ([] if quick else [13, 61, 125, 253])
-                for h in res + [2]]
-        # the global pool after an NHWC QLinearConv (channels-last: looked up from the NCHW points, it came out at
-        # half its share of an int8 efficientnet_b0)
-        out += [dict(op="gap_nhwc", c=c, h=h, n=n, dtype="int8") for c in chans + ([] if quick else [13, 61, 125, 253])
-                for h in res + [2]]
+        # and the global pool after an NHWC QLinearConv (looked up from the NCHW points, it came out at half its share of
+        # an int8 efficientnet_b0)
+        out += [dict(op=op, c=c, h=h, n=n, dtype=dt) for op, dt in (("reduce_nhwc", "fp32"), ("gap_nhwc", "int8"))
+                for c in pool_cs for h in pool_hs]
         out += [dict(op="mul_bcast", c=c, h=h, n=n, nhwc=True, dtype="int8")
-                for c in ([16, 128, 512] if quick else [8, 16, 32, 64, 128, 256, 512, 1024, 13, 61, 253])
-                for h in ([1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64]) if n * c * h * h <= 1 << 20]
+                for c in bcast_cs + ([] if quick else [13, 61, 253]) for h in bcast_hs if n * c * h * h <= 1 << 20]
     out += [dict(op=q, numel=numel, n=n, dtype="fp32") for numel in numels for q in ("quantize", "dequantize")
             if "int8" in dtypes]
     random.Random(0).shuffle(out)
@@ -236,7 +236,9 @@ def build_graph(spec: dict) -> bytes:
         return graphs.gemm_graph(spec["m"], spec["cin"], spec["cout"], int8)
     if op in ("reduce", "reduce_nhwc"):
         return graphs.reduce_graph(spec["n"], spec["c"], spec["h"], int8, nhwc=op == "reduce_nhwc")
-    if op in ("gap", "maxpool", "gap_nhwc"):
+    if op == "gap_nhwc":  # int8: the pool after a 1x1 QLinearConv, channels-last as ORT runs it there
+        return graphs.conv_graph(spec["n"], spec["c"], spec["c"], spec["h"], 1, 1, False, True, act=None, pool_after=True)
+    if op in ("gap", "maxpool"):
         return graphs.pool_graph(op, spec["n"], spec["c"], spec["h"], int8, spec.get("k", 3), spec.get("s", 2))
     if op in ("quantize", "dequantize"):
         return graphs.quant_graph(op, _ew_shape(spec["n"], spec["numel"]))

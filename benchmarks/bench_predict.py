@@ -120,8 +120,10 @@ def score(res: dict, rows: list[dict]) -> None:
     res["summary"] = {}
     groups = {"all": rows, "fp32": [r for r in rows if r["precision"] == "fp32"],
               "int8": [r for r in rows if r["precision"] == "int8"]} | {a: [r for r in rows if r["arch"] == a] for a in ARCHS}
-    extra = [("predicted_uncalibrated_ms", "measured_ms", "no calibration", "without the whole-model calibration"),
-             ("predicted_compare_ms", "measured_ms", "compare table", "with --compare-table"),
+    n_cmp = sum(1 for k in rows[0] if k.startswith("predicted_compare"))
+    extra = [("predicted_uncalibrated_ms", "measured_ms", "no calibration", "without the whole-model calibration")] + [
+             (compare_key(j), "measured_ms", f"compare table {j + 1}", f"with --compare-table's table {j + 1}")
+             for j in range(n_cmp)] + [
              ("predicted_unmarked_ms", "measured_ms", "no speed marks",
               "the grid's times as measured (the table's speed marks ignored; same in-network fit and calibration)"),
              ("predicted_at_speed_now_ms", "measured_ms", "at speed now",
@@ -140,6 +142,11 @@ def score(res: dict, rows: list[dict]) -> None:
             if sel[0].get(pk) is not None and sel[0].get(mk) is not None:
                 res["summary"][f"{name} ({key})"] = so = summary([r[pk] for r in sel], [r[mk] for r in sel])
                 print(f"{'':19s} {words}: {format_summary(so)}")
+
+
+def compare_key(j: int) -> str:
+    """The row field of the ``j``-th --compare-table's prediction (the first one's name as in earlier results)."""
+    return "predicted_compare_ms" if j == 0 else f"predicted_compare{j + 1}_ms"
 
 
 def add_macs_rival(rows: list[dict]) -> None:
@@ -171,8 +178,9 @@ def main():
     ap.add_argument("--sizes", default="32,64", help="input sides drawn from (e.g. 224: ImageNet-size models, whose "
                                                      "early layers run 56-112 px)")
     ap.add_argument("--tag", default="", help="suffix of the result files' names")
-    ap.add_argument("--compare-table", help="also predict with this table (an older build, say) on the same measurements: "
-                                            "the machine's speed moves between runs, a comparison across runs does not hold")
+    ap.add_argument("--compare-table", nargs="+", default=[],
+                    help="also predict with these tables (older builds, another build of the same grid) on the same "
+                         "measurements: the machine's speed moves between runs, a comparison across runs does not hold")
     ap.add_argument("--windows", type=int, default=None, help="fresh processes per candidate (default 1 with one "
                                                                 "intra-op thread, 3 otherwise)")
     ap.add_argument("--rescore", metavar="RESULT_JSON", help="score an earlier run's measurements again, the MACs "
@@ -212,7 +220,7 @@ def main():
     predict.check_table(table, profile)
     t_table = time.perf_counter() - t0
     uncalibrated = {k: v for k, v in table.items() if k != "calibration"}  # the same table, without it: compared
-    compare = predict.read_table(args.compare_table) if args.compare_table else None
+    compares = [predict.read_table(t) for t in args.compare_table]
     # the same table with its graphs at the speed each was timed at, not rescaled to the last mark's: compared
     unmarked = {**table, "marks": []} if len(table.get("marks") or []) >= 2 else None
     sizes = [int(v) for v in args.sizes.split(",")]
@@ -244,7 +252,8 @@ def main():
             ms = [pw[i]["ms"] for pw in per_window]
             meas = predict.across_windows(ms, profile.latency.statistic)  # the profile's statistic across windows too
             pred = predict.predict_latency(c["path"], profile, table, c["shape"])
-            other = predict.predict_latency(c["path"], profile, compare, c["shape"]) if compare else None
+            others = {compare_key(j): round(predict.predict_latency(c["path"], profile, t, c["shape"]), 4)
+                      for j, t in enumerate(compares)}
             plain = predict.predict_latency(c["path"], profile, unmarked, c["shape"]) if unmarked else None
             raw = (predict.predict_latency(c["path"], profile, uncalibrated, c["shape"])
                    if table.get("calibration") else None)
@@ -254,7 +263,7 @@ def main():
                 "windows_ms": [round(v, 4) for v in ms], "predicted_ms": round(pred, 4),
                 "error": round(pred / meas - 1, 4),
                 "predicted_uncalibrated_ms": round(raw, 4) if raw else None, "measured_cpu_ms": round(cpu, 4) if cpu else None,
-                "predicted_compare_ms": round(other, 4) if other else None,
+                **others,
                 "predicted_unmarked_ms": round(plain, 4) if plain else None,
                 "predicted_at_speed_now_ms": round(pred * factor, 4) if factor else None,
                 "error_vs_cpu": round(pred / cpu - 1, 4) if cpu else None,

@@ -54,9 +54,12 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--tag", default="", help="suffix of benchmarks/results/predict-model-<profile><tag>.json")
+    ap.add_argument("--compare-table", nargs="+", default=[],
+                    help="also predict with these tables (other builds) on the same measurements")
     args = ap.parse_args()
     profile, _ = load_profile(args.profile)
     table = read_table(args.table)
+    compares = [read_table(t) for t in args.compare_table]
     target = table_target(table)
     uncal = {k: v for k, v in table.items() if k != "calibration"}
     shape = (1, 3, args.size, args.size)
@@ -84,18 +87,20 @@ def main() -> None:
             kern = [{"group": k["group"], "feats": [round(float(np.exp(f))) for f in k["feats"]], "table_us": ms * 1e3,
                      "share_us": sh * 1e3, "how": how}
                     for k, (_, _, ms, how), sh in zip(ks, breakdown(onnx_bytes, uncal, kernels=ks), share)]
+            other = [predict_latency(path, profile, t, shape) / meas - 1 for t in compares]
             rows.append({"model": spec, "precision": prec, "predicted_ms": pred, "measured_ms": meas, "windows_ms": w,
-                         "error": pred / meas - 1, "kernels": kern})
+                         "error": pred / meas - 1, "compare_errors": other, "kernels": kern})
             print(f"{spec} {prec} at {args.size} px: predicted {pred:.3f} ms, measured {meas:.3f} ms "
                   f"({profile.latency.statistic} of {args.windows} fresh-process windows: "
-                  f"{', '.join(f'{x:.3f}' for x in w)}), error {pred / meas - 1:+.1%}")
+                  f"{', '.join(f'{x:.3f}' for x in w)}), error {pred / meas - 1:+.1%}"
+                  + (f" (other tables: {', '.join(f'{e:+.1%}' for e in other)})" if other else ""))
             print(f"  {'kernel group':45s} {'features':18s} {'table':>9s} {'its share':>10s}")
             for k in sorted(kern, key=lambda r: -abs(r["table_us"] - r["share_us"]))[: args.top]:
                 print(f"  {k['group']:45s} {tuple(k['feats'])!s:18s} {k['table_us']:7.1f} us {k['share_us']:8.1f} us"
                       + ("" if k["how"] == "fit" else f"  ({k['how']})"))
     out = Path(__file__).resolve().parent / "results" / f"predict-model-{args.profile}{args.tag}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"table": str(args.table), "profile": args.profile, "size": args.size,
+    out.write_text(json.dumps({"table": str(args.table), "compare_tables": args.compare_table, "profile": args.profile, "size": args.size,
                               "fingerprint": table.get("fingerprint"), "statistic": profile.latency.statistic,
                               "rows": rows}, indent=1))
     print(f"wrote {out}")

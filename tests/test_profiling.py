@@ -4,6 +4,7 @@ refused with one line when they do not fit."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from autocompress.profiling import check as pcheck
-from autocompress.profiling import graphs, kernels, lookup, marks, nets
+from autocompress.profiling import graphs, kernels, lookup, marks, nets, recheck
 from autocompress.profiling import table as ptable
 from autocompress.profiling.target import Target, TargetError
 
@@ -124,13 +125,15 @@ def test_build_resumes_where_it_stopped(tmp_path):
     msgs = []
     full = ptable.build(TARGET, path, quick=True, specs=specs, log=msgs.append)
     assert full["done"] and any("continuing" in m and "5 graphs already timed" in m for m in msgs)
-    ids = [ln["id"] for ln in full["lines"]]
-    assert len(ids) == len(set(ids)) == len(ptable.patterns(1)) + len(specs)
+    n_grid = len(ptable.patterns(1)) + len(specs)
+    assert len({ln["id"] for ln in full["lines"]}) == n_grid
+    again = len(full["lines"]) - n_grid  # graphs timed again after the grid (recheck), each once at most
+    assert full["rechecked"]["retimed"] == again
     # the device's speed was marked where each part of the build started and ended, between the graphs
     assert [m["pos"] for m in part["marks"]] == [0, 5]
-    assert [m["pos"] for m in full["marks"]] == [0, 5, 5, len(ids)]
+    assert [m["pos"] for m in full["marks"]] == [0, 5, 5, n_grid] + ([n_grid, n_grid + again] if again else [])
     assert all(set(m["ms"]) == {"resnet w24-48-96 32px fp32", "resnet w24-48-96 32px int8"} for m in full["marks"])
-    assert any(m.startswith("speed marks: 4 taken") for m in msgs)
+    assert any(m.startswith(f"speed marks: {len(full['marks'])} taken") for m in msgs)
     with pytest.raises(TargetError, match="other settings"):
         ptable.build(Target(intra_op_threads=2), path, quick=True, specs=specs, log=lambda *a: None)
 
@@ -195,6 +198,9 @@ def test_alignment_and_grouped_convs_are_their_own_classes():
     assert kernels.alignment(64, 128, False) == "a16" and kernels.alignment(64, 72, False) == "a8"
     assert kernels.alignment(61, 64, False) == "u" and kernels.alignment(3, 32, False) == "a16"
     assert kernels.alignment(101, 101, True) == "u" and kernels.alignment(96, 96, True) == "a16"
+    # multiples of 4 apart (an int8 conv's VNNI fast path): the worst count decides
+    assert kernels.alignment(12, 36, False) == "a4" and kernels.alignment(100, 100, True) == "a4"
+    assert kernels.alignment(12, 37, False) == "u" and kernels.alignment(60, 64, False) == "a4"
     conv = [{"float": [1, 64, 8, 8]}, {"float": [64, 16, 3, 3]}]
     f = kernels.features("", "Conv", {"group": 4, "kernel_shape": [3, 3], "strides": [1, 1]}, conv, [{"float": [1, 64, 8, 8]}])
     assert f["group"] == "Conv/fp32/k3/s1/grp/a16" and f["work"] == 64 * 64 * 16 * 9
@@ -343,6 +349,11 @@ def test_grid_covers_what_pruned_models_run():
     big_u = {(s["k"], s["dw"], s["h"]) for s in specs if s["op"] == "conv" and s["cout"] % 8 and s["h"] >= 64}
     assert {(1, False, 112), (3, False, 64), (3, True, 112)} <= big_u
     assert any(s["op"] == "conv" and s["cin"] == 3 and s["cout"] % 8 and s["h"] == 224 for s in specs)
+    # every class of counts pruning leaves has its full / depthwise convs, 1x1 and 3x3, from 1 to 112 px, both dtypes
+    align = {(kernels.alignment(s["cin"], s["cout"], s["dw"]), s["k"], s["dw"], s["dtype"]) for s in specs
+             if s["op"] == "conv" and s.get("g", 1) == 1 and s["h"] in (1, 112)}
+    assert {(a, k, dw, dt) for a in ("a8", "a4", "u") for k, dw in ((1, False), (3, False), (3, True))
+            for dt in ("fp32", "int8")} <= align
     assert {(s["op"], s["dtype"]) for s in specs if s["op"] in ("split", "concat")} >= {("split", "fp32"), ("concat", "int8")}
     ks = kernels.list_kernels(ptable.build_graph(dict(op="concat", numel=4096, n=1, dtype="int8")), TARGET)
     assert [k["group"] for k in ks] == ["com.microsoft:QLinearConcat/int8"]
@@ -438,3 +449,54 @@ def test_repeated_sessions_are_taken_together_with_the_targets_statistic(monkeyp
     monkeypatch.setattr(ptable, "time_whole", lambda model, target, quick: next(times))
     assert ptable.time_sessions(b"", Target(statistic="p10"), True) == pytest.approx(1.2)
     assert ptable.time_sessions(b"", Target(statistic="median"), True) == pytest.approx(2.0)
+
+
+def _fit_line(i: int, ms: float, feats: list[float]) -> dict:
+    return {"id": f"g{i}", "spec": {}, "wall_ms": ms,
+            "kernels": [{"group": "conv/fp32/k3s1/a8", "feats": feats, "work": 1.0, "ms": ms}]}
+
+
+def test_an_entry_far_above_its_neighbours_fit_is_timed_again_and_the_faster_kept():
+    """A 5x5 grid of one group whose time grows with both features; one entry timed 2.5x slow is the only one
+    flagged, and once it is timed again the faster of its two lines is what the lookup reads."""
+    pts = [(a, b) for a in range(5) for b in range(5)]
+    lines = [_fit_line(i, 0.1 * math.exp(0.3 * a + 0.2 * b), [float(a), float(b)]) for i, (a, b) in enumerate(pts)]
+    slow = 12
+    lines[slow] = _fit_line(slow, 2.5 * lines[slow]["wall_ms"], lines[slow]["kernels"][0]["feats"])
+    table = {"lines": lines, "marks": [], "node_ms": 0.001}
+    flagged = recheck.suspects(table)
+    assert list(flagged) == [f"g{slow}"] and flagged[f"g{slow}"] == pytest.approx(2.5, rel=0.15)
+    true = 0.1 * math.exp(0.3 * 2 + 0.2 * 2)
+    again = {**table, "lines": lines + [_fit_line(slow, true, [2.0, 2.0])]}
+    assert lookup.Index(again).lookup("conv/fp32/k3s1/a8", [2.0, 2.0], 1.0)[0] == pytest.approx(true, rel=1e-6)
+    assert recheck.suspects(again) == {}  # timed twice: not again
+    s = recheck.summary(again, flagged)
+    assert s["retimed"] == 1 and s["faster"] == 1 and s["median_second_over_first"] == pytest.approx(0.4, rel=1e-3)
+    # a second time slower than the first leaves the first in place
+    worse = {**table, "lines": lines + [_fit_line(slow, 3 * true, [2.0, 2.0])]}
+    kept = {ln["id"]: ln["wall_ms"] for ln, _ in lookup.kept_lines(worse)}
+    assert len(kept) == 25 and kept[f"g{slow}"] == pytest.approx(2.5 * true)
+
+
+def test_a_build_times_again_the_graph_a_disturbance_slowed(tmp_path):
+    """A real build whose last graph waits while one graph's line is made 3x slow (as a disturbance does): the end
+    of the grid times that graph again, and the table reads its faster line."""
+    path = tmp_path / "d.table.jsonl"
+    specs = [s for s in tiny_specs() if s["op"] == "conv" and s["dtype"] == "fp32" and not s["dw"] and s["k"] == 1
+             and s["s"] == 1]
+    ptable.build(TARGET, path, quick=True, specs=specs, limit=len(ptable.patterns(1)) + len(specs) - 1,
+                 log=lambda *a: None)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    victim = next(r for r in rows if r.get("spec", {}).get("cin") == 32 and r["spec"].get("cout") == 64)
+    victim["wall_ms"] *= 3
+    for k in victim["kernels"]:
+        k["ms"] *= 3
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    msgs = []
+    full = ptable.build(TARGET, path, quick=True, specs=specs, log=msgs.append)
+    assert full["done"] and full["rechecked"]["retimed"] >= 1
+    twice = [ln for ln in full["lines"] if ln["id"] == victim["id"]]
+    assert len(twice) == 2 and twice[1]["wall_ms"] < twice[0]["wall_ms"]
+    kept = {ln["id"]: ln for ln, _ in lookup.kept_lines(full)}
+    assert kept[victim["id"]] is twice[1]
+    assert any(m.startswith("re-timed") for m in msgs)

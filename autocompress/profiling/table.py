@@ -14,6 +14,8 @@ File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an 
   that can matter;
 * ``{"mark": {"ms": {reference network: ms}, "at"}}`` lines between the graphs: the device's speed where they
   were timed (:mod:`.marks`; each graph's kernels are rescaled to the last mark's speed when the table is read);
+* after the grid, the graphs with an entry far above what their neighbours say timed again (:mod:`.recheck`: a
+  second line of the same id, the faster of the two kept when the table is read) and ``{"rechecked": {...}}``;
 * ``{"context": {"scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
   (:func:`context_calibration`; ``cache_bytes``: a network's weight bytes where its kernels turn cold);
 * ``{"done": true, "seconds"}`` when the grid is complete; optionally ``{"calibration": {...}}`` lines after it
@@ -37,15 +39,15 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from . import cold, graphs, marks
+from . import cold, graphs, lookup, marks, recheck
 from .kernels import kernel_signature, list_kernels
 from .target import Target, TargetError, blocks_for, feeds_for, fingerprint, load_average, statistic_of, time_session
 
 KIND = "autocompress-latency-table"
-VERSION = 7  # 7: broadcasts keyed on the layout (NHWC squeeze-excite in int8 networks); 6: grouped convs keyed on
-# output channels too, reductions their own kernels; 5: weighted kernels timed cold too, a network's cache fitted;
-# 4: broadcasts keyed on elements per broadcast value too; 3: kernels of ORT's optimised graph (JSON Lines); 2: per-ONNX-op
-# groups
+VERSION = 8  # 8: channel multiples of 4 their own alignment class (the int8 fast path of a VNNI CPU); 7: broadcasts
+# keyed on the layout (NHWC squeeze-excite in int8 networks); 6: grouped convs keyed on output channels too,
+# reductions their own kernels; 5: weighted kernels timed cold too, a network's cache fitted; 4: broadcasts keyed on
+# elements per broadcast value too; 3: kernels of ORT's optimised graph (JSON Lines); 2: per-ONNX-op groups
 
 
 # ---------------------------------------------------------------- what is timed
@@ -101,7 +103,7 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
     # which pruning leaves at every alignment (145 -> 875, 139 -> 835...), outside the pairs above (ratio <= 2.5),
     # from which the fit had extrapolated them at a fifth of their time on 2x2 pixels
     if not quick:
-        for c in (16, 24, 32, 40, 64, 96, 160, 13, 29, 61, 83, 145):
+        for c in (16, 24, 32, 40, 64, 96, 160, 12, 44, 13, 29, 61, 83, 145):
             for r in (4, 6):
                 for h in (1, 2, 4, 8, 16, 32):
                     conv(1, 1, c, c * r, h)
@@ -114,14 +116,16 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
                 for h in res + [2]:
                     if c <= 512 or h <= 8:
                         conv(k, s, c, c, h, dw=True)
-    # Channel counts that are not multiples of 16 / 8 take other kernels (no NCHWc layout for fp32, slower int8
-    # paths), and pruning leaves such counts everywhere: those classes get their own points.
+    # Channel counts that are not multiples of 16 / 8 / 4 take other kernels (no NCHWc layout for fp32, slower int8
+    # paths: with VNNI only multiples of 4 take the fast one), and pruning leaves such counts everywhere: those
+    # classes get their own points.
     # Up to 112x112: the early layers of a pruned model fed 224-px images (in a mobilenet_v2 pruned 40% at 224 px,
     # ORT's profiler timed the unaligned 1x1 convs at 56-112 px at 1.4x what these classes, then stopping at 32x32,
     # extrapolated, and the unaligned int8 stem at 2.3x); the MAC cap keeps the wide ones out.
     # (up to ~500: a wide layer pruned a little, e.g. resnet18's 512 to 455, whose 3x3 ran at 1.8x the 253 points
     # scaled by work)
-    odd = {"a8": [24, 72], "u": [13, 61]} if quick else {"a8": [24, 40, 72, 136, 264, 392], "u": [13, 29, 61, 125, 253, 455]}
+    odd = {"a8": [24, 72], "u": [13, 61]} if quick else {"a8": [24, 40, 72, 136, 264, 392], "a4": [12, 28, 60, 124, 252, 452],
+                                                         "u": [13, 29, 61, 125, 253, 455]}
     for cls_chans in odd.values():
         cpairs = [(a, b) for a in cls_chans for b in cls_chans if 0.4 <= b / a <= 2.5]
         for s in (1, 2):
@@ -209,7 +213,9 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
     out += [dict(op=q, numel=numel, n=n, dtype="fp32") for numel in numels for q in ("quantize", "dequantize")
             if "int8" in dtypes]
     random.Random(0).shuffle(out)
-    return [s for s in patterns(n) if s["dtype"] in dtypes] + out
+    seen: set[str] = set()  # a spec two families ask for (a 7x7 stem, a 1x1 expansion) is timed once
+    return [s for s in [s for s in patterns(n) if s["dtype"] in dtypes] + out
+            if not (spec_id(s) in seen or seen.add(spec_id(s)))]
 
 
 def spec_id(spec: dict) -> str:
@@ -336,6 +342,17 @@ def time_cold(spec: dict, model: bytes, row: dict, target: Target, table: dict) 
         row["cold_copies"] = n
 
 
+def time_spec(spec: dict, target: Target, table: dict, quick: bool) -> dict:
+    """One grid graph's table line: its op replicated (:func:`copies_for`), timed whole and split over its kernels,
+    its weighted kernel timed cold too where that matters."""
+    model = build_graph(spec)
+    row = time_graph(graphs.replicate(model, copies_for(spec)), target, quick=quick,
+                     overhead_ms=table["overhead_ms"], delta_ms=table["delta_ms"])
+    if table.get("cache_bytes"):
+        time_cold(spec, model, row, target, table)
+    return {"id": spec_id(spec), "spec": spec, **row}
+
+
 def split_wall(kernels: list[dict], net_ms: float, delta_ms: float) -> list[float]:
     """A graph's wall time (net of the per-inference overhead) split over its kernels in proportion to the profiler's
     durations less its per-node inflation (each kept at >= 5% of its own duration)."""
@@ -394,6 +411,7 @@ def read(path) -> dict:
         elif "mark" in r:  # where it sits among the graphs: the number of graphs before it
             table["marks"].append({**r["mark"], "pos": len(table["lines"])})
     table["done"] = any(r.get("done") for r in rows[1:])
+    table["rechecked"] = next((r["rechecked"] for r in rows[1:] if "rechecked" in r), None)
     ctx = [r["context"] for r in rows[1:] if "context" in r]
     table["context"] = ctx[-1] if ctx else None
     cals = [r["calibration"] for r in rows[1:] if "calibration" in r]
@@ -497,6 +515,7 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
             f"{table['node_ms'] * 1e3:.2f} us per node, weights out of the cache from "
             f"{table['cache_bytes'] / 2**20:.1f} MiB of them")
     all_specs = grid(quick, target.batch_size, dtypes) if specs is None else patterns(target.batch_size) + list(specs)
+    spec_of = {spec_id(s): s for s in all_specs}
     specs = [s for s in all_specs if spec_id(s) not in done and s.get("dtype", "fp32") in dtypes]
     prog = Progress(len(done) + len(specs), len(done), log)
     todo = specs if limit is None else specs[:limit]
@@ -506,22 +525,29 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
         f.write(json.dumps({"mark": marks.take(target, quick, sentinels, time_sessions=time_sessions)}) + "\n")
         f.flush()
 
-    with p.open("a") as f:
-        if todo:
-            mark(f)  # where this build (or its resumption) starts
-        for i, spec in enumerate(todo, 1):
-            model = build_graph(spec)
-            row = time_graph(graphs.replicate(model, copies_for(spec)), target, quick=quick,
-                             overhead_ms=table["overhead_ms"], delta_ms=table["delta_ms"])
-            if table.get("cache_bytes"):
-                time_cold(spec, model, row, target, table)
-            f.write(json.dumps({"id": spec_id(spec), "spec": spec, **row}) + "\n")
-            f.flush()
-            prog.step()
-            if i % marks.EVERY == 0 or i == len(todo):
-                mark(f)
+    def time_all(todo: list[dict], prog: Progress) -> None:
+        with p.open("a") as f:
+            mark(f)  # where this part of the build (or its resumption) starts
+            for i, spec in enumerate(todo, 1):
+                f.write(json.dumps(time_spec(spec, target, table, quick)) + "\n")
+                f.flush()
+                prog.step()
+                if i % marks.EVERY == 0 or i == len(todo):
+                    mark(f)
+
+    if todo:
+        time_all(todo, prog)
     if len(todo) == len(specs):
         grid_done = read(p)
+        if grid_done["rechecked"] is None:
+            again = recheck.suspects(grid_done)
+            if again:
+                log(f"timing again {len(again)} graphs with an entry over {recheck.RATIO}x its neighbours' fit")
+                time_all([s for s in (spec_of.get(i) for i in recheck.order(again)) if s], Progress(len(again), 0, log))
+            summary = recheck.summary(read(p), again)
+            append_line(p, {"rechecked": summary})
+            log(recheck.describe(summary))
+            grid_done = read(p)
         log(marks.describe(marks.line_factors(len(grid_done["lines"]), grid_done["marks"]), len(grid_done["marks"])))
         ctx = context_calibration(grid_done, target, quick=quick, log=log)
         append_line(p, {"context": ctx})
@@ -529,8 +555,10 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
     table = read(p)
     if table["done"]:
         rules = fusion_rules(table)
-        log(f"lookup table: {sum(len(ln['kernels']) for ln in table['lines'])} kernel entries from "
-            f"{len(table['lines'])} graphs, {len(rules)} fusion rules")
+        kept = lookup.kept_lines(table)
+        twice = f" ({len(table['lines']) - len(kept)} timed twice)" if len(table["lines"]) > len(kept) else ""
+        log(f"lookup table: {sum(len(ln['kernels']) for ln, _ in kept)} kernel entries from {len(kept)} graphs{twice}, "
+            f"{len(rules)} fusion rules")
     return table
 
 

@@ -338,7 +338,9 @@ def test_context_networks_of_small_kernels_run_the_kernels_real_models_do(int8):
     else:
         assert {"com.microsoft:QuickGelu", "Mul-bcast"} <= eff and {"Split", "Concat", "Transpose"} <= shuf
     names = {n.split(" ")[0] for n, _ in ptable.context_nets(1, True)}
-    assert names == {"resnet", "mobilenet", "effnet", "shufflenet", "wide"}  # wide: weight-heavy (cold.fit_cache)
+    assert names == {"resnet", "mobilenet", "effnet", "shufflenet", "wide", "deep"}  # wide: weight-heavy (cold.fit_cache)
+    deep = {n.split(" ")[1] for n, _ in ptable.context_nets(1, True) if n.startswith("deep ")}
+    assert deep == {"resnet", "mobilenet", "effnet", "shufflenet"}  # each family also as deep as the networks people prune
 
 
 def test_grid_covers_what_pruned_models_run():
@@ -500,3 +502,26 @@ def test_a_build_times_again_the_graph_a_disturbance_slowed(tmp_path):
     kept = {ln["id"]: ln for ln, _ in lookup.kept_lines(full)}
     assert kept[victim["id"]] is twice[1]
     assert any(m.startswith("re-timed") for m in msgs)
+
+
+def test_a_conv_with_a_fused_activation_other_than_relu_is_its_own_kernel():
+    """ORT fuses Clip (ReLU6), HardSigmoid... into a float conv as it does Relu, but MLAS applies them as a second
+    pass over the output: keyed apart, timed in the grid (Clip), and a kind the grid lacks costed by its Clip twin."""
+    spec = dict(op="conv", k=1, s=1, dw=False, cin=16, cout=96, h=8, n=1, dtype="fp32", act="Clip")
+    clip = [k["group"] for k in kernels.list_kernels(ptable.build_graph(spec), TARGET) if "Conv" in k["group"]]
+    relu = [k["group"] for k in kernels.list_kernels(ptable.build_graph({**spec, "act": "Relu"}), TARGET) if "Conv" in k["group"]]
+    assert len(clip) == len(relu) == 1 and clip[0].split("/")[0] == relu[0].split("/")[0] + "-clip"
+    assert clip[0].split("/", 1)[1] == relu[0].split("/", 1)[1]
+    assert kernels.fused_act({"activation": "Relu"}) == "" and kernels.fused_act({}) == ""
+    assert kernels.fused_act({"activation": b"HardSigmoid"}) == "-hardsigmoid"
+    assert any(s.get("act") == "Clip" and s["dw"] for s in ptable.grid(False, 1, ["fp32", "int8"]))
+    assert not any(s.get("act") and s["dtype"] == "int8" for s in ptable.grid(False, 1, ["fp32", "int8"]))
+
+    def line(i, group, ms):
+        return {"id": f"g{i}", "spec": {}, "wall_ms": ms, "kernels": [{"group": group, "feats": [float(i)], "work": 1.0, "ms": ms}]}
+    table = {"lines": [line(0, "NchwcConv-clip/fp32/k1/s1/full/a16", 1.3), line(1, "NchwcConv/fp32/k1/s1/full/a16", 1.0)],
+             "marks": [], "node_ms": 0.001}
+    idx = lookup.Index(table)
+    assert idx.lookup("NchwcConv-sigmoid/fp32/k1/s1/full/a16", [0.0], 1.0) == (pytest.approx(1.3), "activation")
+    no_clip = lookup.Index({**table, "lines": table["lines"][1:]})
+    assert no_clip.lookup("NchwcConv-clip/fp32/k1/s1/full/a16", [1.0], 1.0) == (pytest.approx(1.0), "activation")

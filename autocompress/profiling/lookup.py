@@ -38,7 +38,7 @@ class Index:
             self.ids[g] = [i for _, _, i in ks]
 
     def lookup(self, group: str, feats: list[float], work: float, cold: float = 0.0) -> tuple[float, str]:
-        """(ms, how: 'fit' | 'alignment' | 'scaled' | 'node'); ``cold`` (0-1, :func:`.cold.coldness`): how far the
+        """(ms, how: 'fit' | 'alignment' | 'activation' | 'scaled' | 'node'); ``cold`` (0-1, :func:`.cold.coldness`): how far the
         model's weights are out of the cache, blending the warm and cold entries (log-linear)."""
         if cold <= 0.0:
             return self._lookup(group, feats, work, 2)
@@ -49,6 +49,8 @@ class Index:
         g, how = self.groups.get(group), "fit"
         if g is None:
             g, how = self._other_alignment(group), "alignment"
+        if g is None:
+            g, how = self._act_twin(group), "activation"
         if g is None or g[0].shape[1] != len(feats):
             g = self._same_impl(group, col)
             if g is None:
@@ -91,6 +93,19 @@ class Index:
         nearest = {"u": ("a4", "a8", "a16"), "a4": ("u", "a8", "a16"), "a8": ("a4", "a16", "u"), "a16": ("a8", "a4", "u")}
         for cls in nearest[parts[-1]]:
             g = self.groups.get("/".join(parts[:-1] + [cls]))
+            if g is not None:
+                return g
+        return None
+
+    def _act_twin(self, group: str):
+        """A conv with a fused activation the grid did not time at that kernel size / stride / kind: the same conv
+        with Clip (the one it times), else with Relu (the activation's pass over the output not counted)."""
+        impl, _, rest = group.partition("/")
+        base, _, act = impl.partition("-")
+        if not act or not base.endswith("Conv"):
+            return None
+        for other in ([f"{base}-clip"] if act != "clip" else []) + [base]:
+            g = self.groups.get(f"{other}/{rest}") or self._other_alignment(f"{other}/{rest}")
             if g is not None:
                 return g
         return None
@@ -160,12 +175,16 @@ def _monotone(y: np.ndarray, wt: np.ndarray) -> np.ndarray:
 def _kin(impl: str) -> list[str]:
     """Implementations that cost about the same as ``impl`` when the table has none of it: the same pool in the
     other layout ('GlobalAveragePool-nhwc' -> 'GlobalAveragePool', 'Mul-bcast-vec' -> 'Mul-bcast'), the float op of a
-    QLinear one ('com.microsoft:QLinearConcat' -> 'Concat')."""
+    QLinear one ('com.microsoft:QLinearConcat' -> 'Concat'), a conv with another fused activation
+    ('NchwcConv-sigmoid' -> 'NchwcConv-clip', 'NchwcConv')."""
     out = []
     if impl.endswith("-nhwc"):
         out.append(impl[: -len("-nhwc")])
     if impl.endswith("-bcast-vec"):  # a broadcast along the rows by the one across them
         out.append(impl[: -len("-vec")])
+    base, _, act = impl.partition("-")
+    if base.endswith("Conv") and act:  # a conv with a fused activation the grid lacks: by the one it has (Clip), else
+        out += ([f"{base}-clip"] if act != "clip" else []) + [base]  # by the conv with Relu
     op = impl.split(":")[-1]
     if op.startswith("QLinear"):
         out.append(op[len("QLinear"):])

@@ -44,7 +44,8 @@ from .kernels import kernel_signature, list_kernels
 from .target import Target, TargetError, blocks_for, feeds_for, fingerprint, load_average, statistic_of, time_session
 
 KIND = "autocompress-latency-table"
-VERSION = 8  # 8: channel multiples of 4 their own alignment class (the int8 fast path of a VNNI CPU); 7: broadcasts
+VERSION = 8  # 8: channel multiples of 4 their own alignment class (the int8 fast path of a VNNI CPU), a float conv
+# keyed on a fused activation other than Relu (-clip: a second pass over its output); 7: broadcasts
 # keyed on the layout (NHWC squeeze-excite in int8 networks); 6: grouped convs keyed on output channels too,
 # reductions their own kernels; 5: weighted kernels timed cold too, a network's cache fitted; 4: broadcasts keyed on
 # elements per broadcast value too; 3: kernels of ORT's optimised graph (JSON Lines); 2: per-ONNX-op groups
@@ -202,6 +203,20 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
         specs.append(dict(op="shuffle", numel=numel, n=n))  # a dynamic-batch channel shuffle: int64 size arithmetic
     out = [dict(sp, dtype=dt) for sp in specs for dt in dtypes]
     out += [dict(op=op, numel=numel, n=n, dtype="fp32") for numel in numels for op in ("split", "slice", "transpose", "shape")]
+    # float convs with ReLU6 (Clip) fused, as mobilenet_v2's expansions, depthwise convs and stem: MLAS applies an
+    # activation other than Relu as a second pass over the output (kernels.fused_act), 1.2-1.3x the conv with Relu
+    # (the int8 network folds it into its quantization range)
+    clip: list[dict] = []
+    for c in ([16] if quick else [16, 24, 32, 64, 96, 160, 12, 28, 60, 13, 29, 61, 145]):
+        for h in ([8] if quick else [2, 4, 8, 16, 32, 64]):
+            clip.append(dict(op="conv", k=1, s=1, dw=False, cin=c, cout=6 * c, h=h, n=n))
+            for s_ in (1, 2):
+                clip.append(dict(op="conv", k=3, s=s_, dw=True, cin=6 * c, cout=6 * c, h=h, n=n))
+    for cout in ([] if quick else [16, 32, 13, 29]):
+        for h in (32, 64, 112, 224):
+            clip.append(dict(op="conv", k=3, s=2, dw=False, cin=3, cout=cout, h=h, n=n))
+    out += [dict(sp, act="Clip", dtype="fp32") for sp in clip
+            if sp["dw"] or n * sp["cout"] * graphs._out_hw(sp["h"], sp["k"], sp["s"], sp["k"] // 2) ** 2 * sp["cin"] * sp["k"] ** 2 <= mac_cap]
     if "int8" in dtypes:  # an int8 network's mean, run on its NHWC tensors between DequantizeLinear and QuantizeLinear,
         # and its squeeze-excite scaling, a QLinearMul of (n, h, w, c) by (n, 1, 1, c)
         # and the global pool after an NHWC QLinearConv (looked up from the NCHW points, it came out at half its share of
@@ -235,7 +250,7 @@ def build_graph(spec: dict) -> bytes:
     if op == "conv":
         # fp32: Conv+Relu (ORT fuses it); int8: DQ -> Conv -> Q (the quantizer folds the Relu into Q's range)
         return graphs.conv_graph(spec["n"], spec["cin"], spec["cout"], spec["h"], spec["k"], spec["s"], spec["dw"], int8,
-                                 act=None if int8 else "Relu", groups=spec.get("g", 1))
+                                 act=None if int8 else spec.get("act", "Relu"), groups=spec.get("g", 1))
     if op == "residual":
         return graphs.residual_graph(spec["n"], spec["c"], spec["h"], int8)
     if op == "gemm":
@@ -576,6 +591,13 @@ def context_nets(batch: int, int8: bool) -> list[tuple[str, bytes]]:
              ("effnet w12-20-36 e6 64px", lambda q: nets.effnet([12, 20, 36], 6, 64, q, 16, batch)),
              ("shufflenet w24-48-96-192 32px", lambda q: nets.shufflenet([24, 48, 96, 192], 4, 32, q, 17, batch)),
              ("shufflenet w16-40-80 64px", lambda q: nets.shufflenet([16, 40, 80], 3, 64, q, 18, batch)),
+             # as deep as the networks people prune (five or six stages, down to 2x2 pixels), with ReLU6 in the
+             # inverted residuals: the shallow ones above were predicted within a few % by tables whose kernels
+             # priced such networks 17-29% low (Xeon with AVX512, benchmarks/README.md, twenty-ninth session)
+             ("deep mobilenet w16-24-32-64-96-160 e6 64px", lambda q: nets.mobilenet([16, 24, 32, 64, 96, 160], 6, 64, q, 25, batch)),
+             ("deep effnet w16-24-40-80-112-192 e6 64px", lambda q: nets.effnet([16, 24, 40, 80, 112, 192], 6, 64, q, 26, batch)),
+             ("deep shufflenet w24-58-116-232 64px", lambda q: nets.shufflenet([24, 58, 116, 232], 4, 64, q, 27, batch)),
+             ("deep resnet w29-61-125-253 b2 32px", lambda q: nets.resnet([29, 61, 125, 253], 2, 32, q, 28, batch)),
              # weight-heavy (1-42 MB): where a network's weights leave the cache (cold.fit_cache)
              ("wide resnet w32-64-128-256 16px", lambda q: nets.resnet([32, 64, 128, 256], 1, 16, q, 19, batch)),
              ("wide resnet w40-80-160-320 16px", lambda q: nets.resnet([40, 80, 160, 320], 1, 16, q, 20, batch)),

@@ -38,8 +38,8 @@ class Index:
             self.ids[g] = [i for _, _, i in ks]
 
     def lookup(self, group: str, feats: list[float], work: float, cold: float = 0.0) -> tuple[float, str]:
-        """(ms, how: 'fit' | 'alignment' | 'activation' | 'scaled' | 'node'); ``cold`` (0-1, :func:`.cold.coldness`): how far the
-        model's weights are out of the cache, blending the warm and cold entries (log-linear)."""
+        """(ms, how: 'fit' | 'alignment' | 'activation' | 'scaled' | 'node'); ``cold`` (0-1, :func:`.cold.coldness`):
+        how far the model's weights are out of the cache, blending the warm and cold entries (log-linear)."""
         if cold <= 0.0:
             return self._lookup(group, feats, work, 2)
         warm, how = self._lookup(group, feats, work, 2)
@@ -101,10 +101,7 @@ class Index:
         """A conv with a fused activation the grid did not time at that kernel size / stride / kind: the same conv
         with Clip (the one it times), else with Relu (the activation's pass over the output not counted)."""
         impl, _, rest = group.partition("/")
-        base, _, act = impl.partition("-")
-        if not act or not base.endswith("Conv"):
-            return None
-        for other in ([f"{base}-clip"] if act != "clip" else []) + [base]:
+        for other in _act_twins(impl):
             g = self.groups.get(f"{other}/{rest}") or self._other_alignment(f"{other}/{rest}")
             if g is not None:
                 return g
@@ -172,6 +169,15 @@ def _monotone(y: np.ndarray, wt: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full(n, m) for m, _, n in blocks])
 
 
+def _act_twins(impl: str) -> list[str]:
+    """A conv with a fused activation the grid lacks ('NchwcConv-sigmoid'): the same conv with the activation the grid
+    times (Clip), then with Relu; [] for any other implementation."""
+    base, _, act = impl.partition("-")
+    if not act or not base.endswith("Conv"):
+        return []
+    return ([f"{base}-clip"] if act != "clip" else []) + [base]
+
+
 def _kin(impl: str) -> list[str]:
     """Implementations that cost about the same as ``impl`` when the table has none of it: the same pool in the
     other layout ('GlobalAveragePool-nhwc' -> 'GlobalAveragePool', 'Mul-bcast-vec' -> 'Mul-bcast'), the float op of a
@@ -182,9 +188,7 @@ def _kin(impl: str) -> list[str]:
         out.append(impl[: -len("-nhwc")])
     if impl.endswith("-bcast-vec"):  # a broadcast along the rows by the one across them
         out.append(impl[: -len("-vec")])
-    base, _, act = impl.partition("-")
-    if base.endswith("Conv") and act:  # a conv with a fused activation the grid lacks: by the one it has (Clip), else
-        out += ([f"{base}-clip"] if act != "clip" else []) + [base]  # by the conv with Relu
+    out += _act_twins(impl)
     op = impl.split(":")[-1]
     if op.startswith("QLinear"):
         out.append(op[len("QLinear"):])

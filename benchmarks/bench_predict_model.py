@@ -30,19 +30,36 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main() -> None:
+def export_model(spec: str, classes: int, shape: tuple, out: Path, int8: bool) -> dict[str, Path]:
+    """{"fp32": path, "int8": path}: the model ``spec`` names, exported at ``shape`` to ``out`` (seeded weights), and
+    with ``int8`` quantized as the product quantizes (static QDQ U8S8, a seeded calibration batch) to its
+    ``.int8.onnx`` twin. Imports the autocompress first on the path: ``predict_with_checkout.py`` rebuilds the same
+    models with an older checkout."""
     import torch
 
     from autocompress.compress.export import export_onnx
     from autocompress.compress.quantize import quantize_model
+    from autocompress.models.loader import resolve_model
+    from autocompress.records import QuantSpec
+
+    torch.manual_seed(0)
+    model, _ = resolve_model(spec, classes, shape[1:])
+    export_onnx(model.eval(), torch.zeros(shape), out)
+    if not int8:
+        return {"fp32": out}
+    calib = np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32)
+    q = out.with_suffix(".int8.onnx")
+    quantize_model(out, q, {"_default": "int8"}, QuantSpec(), calib)
+    return {"fp32": out, "int8": q}
+
+
+def main() -> None:
     from autocompress.config import load_profile
     from autocompress.measure.predict import across_windows, predict_latency, read_table
     from autocompress.measure.retime import latency_windows
-    from autocompress.models.loader import resolve_model
     from autocompress.profiling.kernels import list_kernels
     from autocompress.profiling.lookup import breakdown, table_target
     from autocompress.profiling.table import split_wall, time_sessions
-    from autocompress.records import QuantSpec
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, nargs="+", help="file.py:Class or pkg.mod:fn, one or more")
@@ -67,15 +84,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         paths = {}
         for i, spec in enumerate(args.model):
-            torch.manual_seed(0)
-            model, _ = resolve_model(spec, args.classes, shape[1:])
-            fp32 = Path(d) / f"m{i}.onnx"
-            export_onnx(model.eval(), torch.zeros(shape), fp32)
-            paths[(spec, "fp32")] = fp32
-            if args.int8:
-                calib = np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32)
-                quantize_model(fp32, Path(d) / f"m{i}.int8.onnx", {"_default": "int8"}, QuantSpec(), calib)
-                paths[(spec, "int8")] = Path(d) / f"m{i}.int8.onnx"
+            for prec, path in export_model(spec, args.classes, shape, Path(d) / f"m{i}.onnx", args.int8).items():
+                paths[(spec, prec)] = path
         # every model in the same fresh-process windows, one after another in each
         windows = latency_windows({f"{s} {p}": (path, shape) for (s, p), path in paths.items()}, profile, windows=args.windows)
         for (spec, prec), path in paths.items():

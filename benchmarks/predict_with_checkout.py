@@ -26,17 +26,13 @@ def main() -> None:
     ap.add_argument("--result", required=True, help="a bench_predict_model.py result JSON (its models and measurements)")
     ap.add_argument("--classes", type=int, default=10)
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(args.checkout).resolve()))
-    import numpy as np
-    import torch
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_predict_model import export_model  # (puts this repository on the path: the checkout goes before it)
 
+    sys.path.insert(0, str(Path(args.checkout).resolve()))
     import autocompress
-    from autocompress.compress.export import export_onnx
-    from autocompress.compress.quantize import quantize_model
     from autocompress.config import load_profile
     from autocompress.measure.predict import predict_latency, read_table
-    from autocompress.models.loader import resolve_model
-    from autocompress.records import QuantSpec
 
     if not autocompress.__file__.startswith(str(Path(args.checkout).resolve())):
         sys.exit(f"error: autocompress imported from {autocompress.__file__}, not from --checkout {args.checkout}")
@@ -46,16 +42,12 @@ def main() -> None:
     shape = (1, 3, res["size"], res["size"])
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for r in res["rows"]:  # rebuilt as bench_predict_model.py builds them
-            torch.manual_seed(0)
-            model, _ = resolve_model(r["model"], args.classes, shape[1:])
-            path = Path(d) / "m.onnx"
-            export_onnx(model.eval(), torch.zeros(shape), path)
-            if r["precision"] == "int8":
-                calib = np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32)
-                quantize_model(path, Path(d) / "m8.onnx", {"_default": "int8"}, QuantSpec(), calib)
-                path = Path(d) / "m8.onnx"
-            pred = predict_latency(path, profile, table, shape)
+        built: dict[str, dict] = {}
+        for r in res["rows"]:  # rebuilt as bench_predict_model.py builds them, with the checkout's code
+            if r["model"] not in built:
+                built[r["model"]] = export_model(r["model"], args.classes, shape, Path(d) / f"m{len(built)}.onnx",
+                                                 any(x["precision"] == "int8" for x in res["rows"]))
+            pred = predict_latency(built[r["model"]][r["precision"]], profile, table, shape)
             rows.append({"model": r["model"], "precision": r["precision"], "predicted_ms": pred,
                          "measured_ms": r["measured_ms"], "error": pred / r["measured_ms"] - 1,
                          "this_table_error": r["error"]})

@@ -334,9 +334,9 @@ def test_context_networks_of_small_kernels_run_the_kernels_real_models_do(int8):
     shuf = {k["group"].split("/")[0] for k in kernels.list_kernels(nets.shufflenet([24, 48], 3, 32, int8, 1), TARGET)}
     if int8:  # the quantized forms ORT runs for EfficientNet / ShuffleNet: QLinear sigmoid, mul, concat
         assert {"com.microsoft:QLinearSigmoid", "com.microsoft:QLinearMul-bcast-vec", "QLinearConv"} <= eff  # NHWC
-        assert {"com.microsoft:QLinearConcat", "Split", "Transpose", "QLinearConv"} <= shuf
-    else:
-        assert {"com.microsoft:QuickGelu", "Mul-bcast"} <= eff and {"Split", "Concat", "Transpose"} <= shuf
+        assert {"com.microsoft:QLinearConcat", "Split", "Transpose-runs", "QLinearConv"} <= shuf
+    else:  # the shuffle's Transpose moves runs of h*w elements (kernels._transpose)
+        assert {"com.microsoft:QuickGelu", "Mul-bcast"} <= eff and {"Split", "Concat", "Transpose-runs"} <= shuf
     names = {n.split(" ")[0] for n, _ in ptable.context_nets(1, True)}
     assert names == {"resnet", "mobilenet", "effnet", "shufflenet", "wide", "deep"}  # wide: weight-heavy (cold.fit_cache)
     deep = {n.split(" ")[1] for n, _ in ptable.context_nets(1, True) if n.startswith("deep ")}
@@ -438,10 +438,18 @@ def test_grid_times_squeeze_excite_convs_and_the_exporters_dynamic_shuffle(int8)
                               TARGET)
     groups = {k["group"] for k in ks}
     assert {"Shape/fp32", "Gather/int64", "Unsqueeze/int64", "Concat/int64", "Div/int64"} <= groups  # not folded away
-    if int8:
-        assert {"DequantizeLinear/int8", "Transpose/int8"} <= groups
-    else:
-        assert {"Reshape/fp32", "Transpose/fp32", "Slice/fp32"} <= groups
+    dt = "int8" if int8 else "fp32"
+    assert {"DequantizeLinear/int8" if int8 else "Reshape/fp32", f"Transpose-runs/{dt}"} <= groups | {"Slice/fp32"}
+    # the shuffle on the few pixels of a last stage: its Transpose moves runs of 2x2 = 4 elements (1024 runs of 4096
+    # elements), and on one pixel element by element (its own group)
+    small = {(s["numel"], s["h"]) for s in specs if s["op"] == "shuffle" and s.get("h") and s["dtype"] == dt}
+    assert {(4096, 1), (4096, 2), (4096, 4)} <= small
+    tr = [k for k in kernels.list_kernels(ptable.build_graph(dict(op="shuffle", numel=4096, n=1, h=2, dtype=dt)), TARGET)
+          if k["op"] == "Transpose"]
+    assert [(k["group"], round(float(np.exp(k["feats"][1])))) for k in tr] == [(f"Transpose-runs/{dt}", 1024)]
+    tr = [k for k in kernels.list_kernels(ptable.build_graph(dict(op="shuffle", numel=4096, n=1, h=1, dtype=dt)), TARGET)
+          if k["op"] == "Transpose"]
+    assert [k["group"] for k in tr] == [f"Transpose/{dt}"]
 
 
 def test_repeated_sessions_are_taken_together_with_the_targets_statistic(monkeypatch):
@@ -525,3 +533,40 @@ def test_a_conv_with_a_fused_activation_other_than_relu_is_its_own_kernel():
     assert idx.lookup("NchwcConv-sigmoid/fp32/k1/s1/full/a16", [0.0], 1.0) == (pytest.approx(1.3), "activation")
     no_clip = lookup.Index({**table, "lines": table["lines"][1:]})
     assert no_clip.lookup("NchwcConv-clip/fp32/k1/s1/full/a16", [1.0], 1.0) == (pytest.approx(1.0), "activation")
+
+
+def test_the_local_fit_scales_by_work_along_a_feature_its_neighbours_share():
+    """A group the grid timed at one input count (13) asked for 15: the fit is of time per unit of work, so along a
+    feature with no spread time goes with work (15/13 of the nearest), where a fit of time itself guessed 0.6x; where
+    every feature varies the two fits agree."""
+    rng = np.random.default_rng(0)
+    X = np.array([[math.log(13), math.log(p), math.log(c)] for p in (16, 64, 256, 1024) for c in (16, 32, 64)])
+    w = np.exp(X).prod(1)
+    lt = np.log(w * 2e-6 * np.exp(rng.normal(0, 0.05, len(w))))
+    q = np.array([math.log(15), math.log(1024), math.log(16)])
+    nearest = int(np.argmin(((X - q) ** 2).sum(1)))
+    got = lookup.local_fit(X, w, lt, q, 15 * 1024 * 16)
+    assert got == pytest.approx(math.exp(lt[nearest]) * 15 / 13, rel=0.1)
+    # every feature varying: time = 1e-3 * cin^0.5 * pixels * cout^0.8 is found whichever target is fitted
+    X = np.array([[math.log(a), math.log(p), math.log(c)] for a in (8, 16, 32) for p in (16, 64, 256) for c in (8, 32)])
+    w = np.exp(X).prod(1)
+    lt = np.log(1e-3) + 0.5 * X[:, 0] + X[:, 1] + 0.8 * X[:, 2]
+    q = np.array([math.log(12), math.log(100), math.log(20)])
+    assert lookup.local_fit(X, w, lt, q, 12 * 100 * 20) == pytest.approx(1e-3 * 12 ** 0.5 * 100 * 20 ** 0.8, rel=1e-6)
+
+
+def test_the_in_network_level_is_set_on_networks_as_deep_as_real_ones(tiny_table, monkeypatch):
+    """The deep and wide context networks run at twice their kernels' sum, a shallow one at its sum: the fitted scale
+    is the deep ones' (the shallow one is timed and kept as a reference speed, not fitted)."""
+    nets_ = [("resnet w8-16 16px fp32", nets.resnet([8, 16], 1, 16, False, 1, 1)),
+             ("deep resnet w8-16-24 b2 16px fp32", nets.resnet([8, 16, 24], 2, 16, False, 2, 1)),
+             ("deep mobilenet w8-16-24 e2 16px fp32", nets.mobilenet([8, 16, 24], 2, 16, False, 3, 1)),
+             ("wide resnet w32-64 16px fp32", nets.resnet([32, 64], 1, 16, False, 4, 1))]
+    bare = {**tiny_table, "context": None}
+    factor = {m: (1.0 if not name.startswith(ptable.LEVEL_FAMILIES) else 2.0) for name, m in nets_}
+    total = {m: sum(ms for *_, ms, _ in lookup.breakdown(m, bare, cold=0.0)) for _, m in nets_}
+    monkeypatch.setattr(ptable, "context_nets", lambda batch, int8: nets_)
+    monkeypatch.setattr(ptable, "time_sessions", lambda m, target, quick: tiny_table["overhead_ms"] + factor[m] * total[m])
+    ctx = ptable.context_calibration(tiny_table, TARGET, quick=False, log=lambda *a: None)
+    assert ctx["scale"]["fp32"] == pytest.approx(2.0, rel=1e-3) and ctx["per_kernel_ms"]["fp32"] == pytest.approx(0.0, abs=1e-6)
+    assert set(ctx["measured_ms"]) == {name for name, _ in nets_}

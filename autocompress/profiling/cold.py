@@ -10,7 +10,13 @@ blends the two by how far the model's own weights exceed the cache (:func:`coldn
 measurement, not read from the CPU's description (a VM's share of a shared L3 is smaller than the L3): the copies'
 knee (:func:`cache_knee`) sets how many copies make a kernel cold, and the networks' own (:func:`fit_cache`,
 fitted on networks timed whole, weight-light and weight-heavy) when a model is: a network, with its activations
-and workspaces, went cold at about half the knee of copies of one conv. numpy + onnx + onnxruntime only.
+and workspaces, went cold at about half the knee of copies of one conv.
+
+Before the last level there is a core's own cache (L2): the same copies show its step too (:func:`cache_steps`; on a
+Xeon with 2 MiB of L2 per core, 1 to 4 MiB of weights, 5 -> 12 us per 256 KiB copy), and a model past it reads
+every kernel's weights from the last level, which the grid's few warm copies did not. Each warm entry is moved to
+that level by its own weight bytes at the step's cost per byte (:func:`mid_level`, :func:`mid_share`; applied in
+:class:`.lookup.Index`). numpy + onnx + onnxruntime only.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ PENALTY_SHARE = 0.1  # ... and where fetching them (at COLD_BW) would add less t
 COLD_BW = 8e9  # bytes/s: a low guess at memory bandwidth for one core, only to decide what is worth timing cold
 MAX_COPIES = 512
 _KNEE_COPIES = (2, 4, 8, 16, 32, 64, 128, 256)
+KNEE_COPY_BYTES = 256 * 256 * 4  # one copy of the knee's conv (fp32 1x1 256 -> 256)
 
 
 def weight_bytes(spec: dict) -> int:
@@ -106,24 +113,93 @@ def fit_cache(nets: list[dict], fit: Callable[[list], tuple[float, float]]) -> f
     return min(cands, key=lambda c: (residual(c), c is not None))
 
 
+CORE_CACHE_MAX = 4 << 20  # a single step at or below this many weight bytes is a core's own cache running out
+STEP_COST = 0.05  # squared log error a step must save (one smooth ramp over two octaves is one step, not two)
+
+
+def cache_steps(sizes: list[float], ts: list[float]) -> dict:
+    """The levels in per-copy times of the knee's conv against total weight bytes: up to three flat stretches (a
+    core's own cache, the shared last level, memory), each step at least 30%, chosen by least squares on log time
+    (each step must save ``STEP_COST``; a middle stretch needs two points). A single step is the core's cache running
+    out when it comes by ``CORE_CACHE_MAX``, else the last level's. Returns {"warm", "mid", "cold": ms per copy on
+    each stretch (None where there is none), "lo", "hi": bytes where the core's step starts and ends (None),
+    "cache_bytes": where the last level's step is half-way, None where there is none}. A knee read
+    as one step half-way from the smallest times to the largest put a Xeon's at 36 MiB in one build and 3.7 MiB in
+    the next, as its 64-MiB point moved (23.8 / 17.6 us; benchmarks/README.md, thirtieth session)."""
+    lt, n = np.log(np.maximum(ts, 1e-12)), len(ts)
+    best = None
+    for i in range(1, n + 1):
+        for j in range(i, n + 1):
+            if 0 < j - i < 2 and j < n:  # a middle stretch of one point is a step's way up, not a level
+                continue
+            segs = [seg for seg in (lt[:i], lt[i:j], lt[j:]) if len(seg)]
+            meds = [float(np.median(seg)) for seg in segs]
+            if any(b - a < math.log(1.3) for a, b in zip(meds, meds[1:])):
+                continue
+            err = sum(float(((seg - m) ** 2).sum()) for seg, m in zip(segs, meds)) + STEP_COST * (len(segs) - 1)
+            key = (round(err, 9), len(segs))
+            if best is None or key < best[0]:
+                best = (key, [len(seg) for seg in segs], [math.exp(m) for m in meds])
+    _, lens, levels = best
+    starts = np.cumsum([0] + lens[:-1]).tolist()
+    out = {"warm": levels[0], "mid": None, "cold": None, "lo": None, "hi": None, "cache_bytes": None}
+    if len(levels) == 2:
+        core = sizes[starts[1]] <= CORE_CACHE_MAX
+        out["mid" if core else "cold"] = levels[1]
+    elif len(levels) == 3:
+        out["mid"], out["cold"] = levels[1], levels[2]
+    if out["mid"] is not None:
+        warm, mid = out["warm"], out["mid"]
+        out["lo"] = float(max([s for s, t in zip(sizes, ts) if t <= 1.1 * warm] or [sizes[0]]))
+        out["hi"] = float(next((s for s, t in zip(sizes, ts) if s > out["lo"] and t >= mid - 0.1 * (mid - warm)), sizes[-1]))
+    if out["cold"] is not None:
+        below = out["mid"] if out["mid"] is not None else out["warm"]
+        half = (below + out["cold"]) / 2
+        out["cache_bytes"] = float(sizes[-1])
+        for (s0, t0), (s1, t1) in zip(zip(sizes, ts), zip(sizes[1:], ts[1:])):
+            if t0 < half <= t1 and s0 >= (out["hi"] or 0):
+                frac = (half - t0) / max(t1 - t0, 1e-12)
+                out["cache_bytes"] = float(math.exp(math.log(s0) + frac * (math.log(s1) - math.log(s0))))
+                break
+    return out
+
+
+def mid_level(table: dict) -> dict | None:
+    """The step between a core's own cache and the shared last level, read from the knee's per-copy times
+    (:func:`cache_steps`): {"lo", "hi": weight bytes where it starts and ends, "ms_per_byte": what each byte of a
+    kernel's weights adds there}, or None. A network's weights are read from the core's cache only while they all fit
+    there; past it each weighted kernel fetches its own from the last level. On a Xeon with 2 MiB of L2 per core the
+    knee's conv (256 KiB of weights, 2x2 pixels) ran 4.9 / 5.1 us per copy with 2 / 4 copies, 7.7 with 8, 11.7-12.6
+    with 16-128 and 23.8 with 256 (benchmarks/README.md, thirtieth session): the grid's warm entries held their few
+    copies in L2 (a 1x1 160 -> 944 conv on 2x2 pixels: 10.8 us) where a mobilenet_v2's 8.5 MB of weights made the
+    same conv take 26.7, and the step's cost per byte adds 15.8."""
+    ts, copies = table.get("knee_ms"), table.get("knee_copies")
+    if not ts or not copies or len(ts) < 3:
+        return None
+    st = cache_steps([n * KNEE_COPY_BYTES for n in copies], ts)
+    if st["mid"] is None:
+        return None
+    return {"lo": st["lo"], "hi": max(st["hi"], st["lo"] * 2), "ms_per_byte": (st["mid"] - st["warm"]) / KNEE_COPY_BYTES}
+
+
+def mid_share(nbytes: float, level: dict | None) -> float:
+    """0 (weights of this many bytes stay in a core's own cache) to 1 (read from the last level), log-linear between
+    the step's ends (:func:`mid_level`)."""
+    if not level or nbytes <= level["lo"]:
+        return 0.0
+    if nbytes >= level["hi"]:
+        return 1.0
+    return float(math.log(nbytes / level["lo"]) / math.log(level["hi"] / level["lo"]))
+
+
 def cache_knee(time_per_copy: Callable[[bytes, int], float], quick: bool) -> dict:
     """The cache that counts: a 1x1 fp32 conv 256 -> 256 on 2x2 pixels (256 KiB of weights) timed with 2..256 side by
-    side copies; the knee is the total weight bytes where the per-copy time is half-way from warm (the median of the
-    smallest three) to cold (the largest). ``time_per_copy(model, copies)`` -> ms per copy. No rise of 30%: the
-    largest total tried (every model predicted warm below it)."""
+    side copies (``time_per_copy(model, copies)`` -> ms per copy); ``cache_bytes``: the last level's knee
+    (:func:`cache_steps`), None where the times show no such step (nothing is timed cold then: copies of 1.5x the
+    largest size tried tripled a build's time on a Xeon to time what the copies had not shown); the times are kept
+    for the core's own step (:func:`mid_level`)."""
     base = graphs.conv_graph(1, 256, 256, 2, 1, 1, False, False)
-    per = 256 * 256 * 4
     copies = _KNEE_COPIES[1::2] if quick else _KNEE_COPIES
     ts = [time_per_copy(graphs.replicate(base, n), n) for n in copies]
-    warm, cold = float(np.median(ts[:3])), ts[-1]
-    sizes = [n * per for n in copies]
-    if cold < 1.3 * warm:
-        return {"cache_bytes": float(sizes[-1]), "knee_ms": ts, "knee_copies": list(copies)}
-    half = (warm + cold) / 2
-    knee = float(sizes[-1])
-    for (s0, t0), (s1, t1) in zip(zip(sizes, ts), zip(sizes[1:], ts[1:])):
-        if t0 < half <= t1:
-            frac = (half - t0) / max(t1 - t0, 1e-12)
-            knee = float(math.exp(math.log(s0) + frac * (math.log(s1) - math.log(s0))))
-            break
-    return {"cache_bytes": knee, "knee_ms": ts, "knee_copies": list(copies)}
+    st = cache_steps([n * KNEE_COPY_BYTES for n in copies], ts)
+    return {"cache_bytes": st["cache_bytes"], "knee_ms": ts, "knee_copies": list(copies)}

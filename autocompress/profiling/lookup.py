@@ -6,7 +6,9 @@ log channels in / out, log batch*pixels; a broadcast's log elements and log elem
 within 3x of the nearest measured kernel scaled by work; an element-wise or data-movement kernel (one feature, log
 elements) by log-log interpolation between the non-decreasing medians at each measured size. A group the table
 lacks falls back to the nearest alignment class, then to the same implementation at another kernel size or stride
-scaled by work, then to the per-node cost. numpy + onnx + onnxruntime.
+scaled by work, then to the per-node cost. A weighted kernel's entry is taken at the cache level the model's
+weights put it in (:func:`.cold.mid_share`: a core's own cache or the last level; :func:`.cold.coldness`: memory).
+numpy + onnx + onnxruntime.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import numpy as np
 
 from . import marks
-from .cold import blend, coldness, model_weight_bytes
+from .cold import blend, coldness, mid_level, mid_share, model_weight_bytes, weight_bytes
 from .kernels import ALIGN, list_kernels
 from .target import Target
 
@@ -26,23 +28,42 @@ class Index:
         by: dict[str, list] = {}
         for ln, f in kept_lines(table):
             for k in ln["kernels"]:
-                by.setdefault(k["group"], []).append((k, f, ln.get("id")))
+                by.setdefault(k["group"], []).append((k, f, ln.get("id"), _weighted_bytes(ln.get("spec") or {}, k)))
         self.node_ms = float(table.get("node_ms", 0.0))
-        # per group: features, work, log ms warm, log ms cold (= warm where the kernel was not timed cold)
-        self.groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.level = mid_level(table)
+        # per group: features, work, log ms with the weights in a core's own cache, log ms with them out of every
+        # cache (= the first where the kernel was not timed cold), log ms with them in the last level
+        self.groups: dict[str, tuple[np.ndarray, ...]] = {}
         self.ids: dict[str, list[str]] = {}  # per group, the graph line each entry came from
         for g, ks in by.items():
-            self.groups[g] = (np.array([k["feats"] for k, _, _ in ks], float), np.array([k["work"] for k, _, _ in ks], float),
-                              np.log(np.maximum([k["ms"] * f for k, f, _ in ks], 1e-5)),
-                              np.log(np.maximum([k.get("cold_ms", k["ms"]) * f for k, f, _ in ks], 1e-5)))
-            self.ids[g] = [i for _, _, i in ks]
+            ms = np.array([k["ms"] * f for k, f, _, _ in ks])
+            own, last = self._levels(ms, ks)
+            self.groups[g] = (np.array([k["feats"] for k, _, _, _ in ks], float), np.array([k["work"] for k, _, _, _ in ks], float),
+                              np.log(np.maximum(own, 1e-5)),
+                              np.log(np.maximum([k.get("cold_ms", k["ms"]) * f for k, f, _, _ in ks], 1e-5)),
+                              np.log(np.maximum(last, 1e-5)))
+            self.ids[g] = [i for _, _, i, _ in ks]
 
-    def lookup(self, group: str, feats: list[float], work: float, cold: float = 0.0) -> tuple[float, str]:
-        """(ms, how: 'fit' | 'alignment' | 'activation' | 'scaled' | 'node'); ``cold`` (0-1, :func:`.cold.coldness`):
-        how far the model's weights are out of the cache, blending the warm and cold entries (log-linear)."""
-        if cold <= 0.0:
-            return self._lookup(group, feats, work, 2)
+    def _levels(self, ms: np.ndarray, ks: list) -> tuple[np.ndarray, np.ndarray]:
+        """Each entry with its weights in a core's own cache and in the last level: the grid timed it with a few
+        copies whose weights (copies x bytes) sat in one or the other or between (:func:`.cold.mid_share`), and
+        moving a kernel's weights one level adds or takes off their bytes at the step's cost per byte."""
+        if self.level is None:
+            return ms, ms
+        wb = np.array([b for *_, b in ks], float)
+        pen = wb * self.level["ms_per_byte"]
+        there = np.array([mid_share(b * k.get("n", 1), self.level) for (k, *_), b in zip(ks, wb)])
+        return np.maximum(ms - there * pen, 0.3 * ms), ms + (1 - there) * pen
+
+    def lookup(self, group: str, feats: list[float], work: float, cold: float = 0.0, mid: float = 0.0) -> tuple[float, str]:
+        """(ms, how: 'fit' | 'alignment' | 'activation' | 'scaled' | 'node'); ``mid`` (0-1, :func:`.cold.mid_share`):
+        how far the model's weights have left a core's own cache for the last level; ``cold`` (0-1,
+        :func:`.cold.coldness`): how far they are out of every cache (log-linear blends of the entries)."""
         warm, how = self._lookup(group, feats, work, 2)
+        if mid > 0.0:
+            warm = blend(warm, self._lookup(group, feats, work, 4)[0], mid)
+        if cold <= 0.0:
+            return warm, how
         return blend(warm, self._lookup(group, feats, work, 3)[0], cold), how
 
     def _lookup(self, group: str, feats: list[float], work: float, col: int) -> tuple[float, str]:
@@ -136,10 +157,23 @@ def local_fit(X: np.ndarray, w: np.ndarray, lt: np.ndarray, q: np.ndarray, work:
         return float(math.exp(nn_est))
     idx = order[:kk]
     sw = np.sqrt(1.0 / (d[idx] + 0.25) ** 2)[:, None]
-    A = np.column_stack([np.ones(kk), X[idx]])
-    coef, *_ = np.linalg.lstsq(A * sw, lt[idx] * sw[:, 0], rcond=None)
-    est = float(coef[0] + coef[1:] @ q)
+    # the fit is of time per unit of work, over the features that vary among the neighbours: along a feature they
+    # all share (a grid that timed one input count, 13, for a kind of conv) time goes with work, where a fit of time
+    # itself had nothing to say and guessed (15 -> 16 channels predicted 0.6x the 13 -> 16 it was timed at). Where
+    # every feature varies, the two fits agree (work is a product of powers of the features).
+    varies = np.ptp(X[idx], axis=0) > 1e-6
+    A = np.column_stack([np.ones(kk), X[idx][:, varies]])
+    coef, *_ = np.linalg.lstsq(A * sw, (lt[idx] - np.log(np.maximum(w[idx], 1))) * sw[:, 0], rcond=None)
+    est = float(coef[0] + coef[1:] @ q[varies] + math.log(max(work, 1)))
     return float(math.exp(min(max(est, nn_est - math.log(3)), nn_est + math.log(3))))
+
+
+def _weighted_bytes(spec: dict, kernel: dict) -> int:
+    """The weight bytes of a grid line's conv / gemm kernel (0 for its reorders and for other ops)."""
+    impl = kernel["group"].split("/")[0]
+    if spec.get("pattern") or spec.get("op") not in ("conv", "gemm") or not (impl.split("-")[0].endswith("Conv") or impl == "Gemm"):
+        return 0
+    return weight_bytes(spec)
 
 
 def kept_lines(table: dict) -> list[tuple[dict, float]]:
@@ -231,12 +265,15 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
     ctx, dt = table.get("context") or {}, model_dtype(ks)
     scale = (ctx.get("scale") or {}).get(dt, 1.0)
     extra = (ctx.get("per_kernel_ms") or {}).get(dt, 0.0)  # tables before it was fitted: none
-    c = coldness(model_weight_bytes(model), ctx.get("cache_bytes")) if cold is None else cold
+    nbytes = model_weight_bytes(model)
+    c = coldness(nbytes, ctx.get("cache_bytes")) if cold is None else cold
+    mid = mid_share(nbytes, idx.level)
     out = []
     for k in ks:
-        ms, how = idx.lookup(k["group"], k["feats"], k["work"], c)
+        ms, how = idx.lookup(k["group"], k["feats"], k["work"], c, mid)
         out.append((k["name"], k["group"], ms * scale + extra, how))
     return out
+
 
 
 def predict_raw(model: bytes | str, table: dict, kernels: list[dict] | None = None, shapes: dict | None = None) -> float:

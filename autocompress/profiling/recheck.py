@@ -35,7 +35,7 @@ def suspects(table: dict, ratio: float = RATIO) -> dict[str, float]:
         seen[ln["id"]] = seen.get(ln["id"], 0) + 1
     patterns = {ln["id"] for ln in table["lines"] if ln["spec"].get("pattern")}
     out: dict[str, float] = {}
-    for g, (X, w, lt, _) in idx.groups.items():
+    for g, (X, w, lt, *_) in idx.groups.items():
         if X.shape[1] < 2 or len(X) < X.shape[1] + 3:
             continue
         for i, gid in enumerate(idx.ids[g]):

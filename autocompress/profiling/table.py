@@ -6,7 +6,8 @@ File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an 
   "onnxruntime", "execution_provider", "fingerprint", "date", "quick", "timing" (blocks, ms per block and the
   statistic every graph was timed with), "overhead_ms", "node_ms", "delta_ms",
   "cache_bytes" (the knee of copies of one conv turning cold, :func:`.cold.cache_knee`: how many copies the cold
-  timings take)}``;
+  timings take; null where the copies showed no last-level step: nothing is timed cold), "knee_ms", "knee_copies"
+  (its per-copy times: the core's own cache step, :func:`.cold.mid_level`)}``;
 * one line per timed graph: ``{"id", "spec", "wall_ms", "signature": [kernel types], "kernels": [{"group",
   "feats", "work", "ms", "cold_ms"?}], "cold_copies"?}``; a graph's ``wall_ms`` (net of the per-inference overhead)
   is split over its kernels in proportion to the profiler's per-kernel durations, less the profiler's per-node
@@ -44,8 +45,9 @@ from .kernels import kernel_signature, list_kernels
 from .target import Target, TargetError, blocks_for, feeds_for, fingerprint, load_average, statistic_of, time_session
 
 KIND = "autocompress-latency-table"
-VERSION = 8  # 8: channel multiples of 4 their own alignment class (the int8 fast path of a VNNI CPU), a float conv
-# keyed on a fused activation other than Relu (-clip: a second pass over its output); 7: broadcasts
+VERSION = 9  # 9: a Transpose that moves runs of elements keyed apart (log runs: a channel shuffle on 2x2 pixels),
+# shuffles timed on 1, 2 and 4 pixels; 8: channel multiples of 4 their own alignment class (the int8 fast path of a VNNI
+# CPU), a float conv keyed on a fused activation other than Relu (-clip: a second pass over its output); 7: broadcasts
 # keyed on the layout (NHWC squeeze-excite in int8 networks); 6: grouped convs keyed on output channels too,
 # reductions their own kernels; 5: weighted kernels timed cold too, a network's cache fitted; 4: broadcasts keyed on
 # elements per broadcast value too; 3: kernels of ORT's optimised graph (JSON Lines); 2: per-ONNX-op groups
@@ -201,6 +203,10 @@ def grid(quick: bool, n: int, dtypes: list[str]) -> list[dict]:
     for numel in numels:
         specs.append(dict(op="concat", numel=numel, n=n))  # fp32 Concat, int8 QLinearConcat
         specs.append(dict(op="shuffle", numel=numel, n=n))  # a dynamic-batch channel shuffle: int64 size arithmetic
+    for numel in numels[:5]:  # ... on the few pixels of a network's last stages: its Transpose moves runs of h*w
+        for h in (1, 2, 4):
+            if _ew_shape(n, numel)[2] != h and numel // (n * h * h) >= 4:
+                specs.append(dict(op="shuffle", numel=numel, n=n, h=h))
     out = [dict(sp, dtype=dt) for sp in specs for dt in dtypes]
     out += [dict(op=op, numel=numel, n=n, dtype="fp32") for numel in numels for op in ("split", "slice", "transpose", "shape")]
     # float convs with ReLU6 (Clip) fused, as mobilenet_v2's expansions, depthwise convs and stem (a held-out mobilenet
@@ -239,11 +245,13 @@ def spec_id(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
-def _ew_shape(n, numel):
+def _ew_shape(n, numel, h=None):
+    """(n, c, h, h) holding ``numel`` elements: the image as wide as leaves 16 channels (at most 64x64), or ``h``."""
     per = max(1, numel // n)
-    h = 1
-    while h * h * 16 <= per and h < 64:
-        h *= 2
+    if h is None:
+        h = 1
+        while h * h * 16 <= per and h < 64:
+            h *= 2
     return (n, max(1, per // (h * h)), h, h)
 
 
@@ -270,7 +278,7 @@ def build_graph(spec: dict) -> bytes:
     if op == "concat":
         return graphs.concat_graph(_ew_shape(spec["n"], spec["numel"]), int8)
     if op == "shuffle":
-        return graphs.shuffle_graph(_ew_shape(spec["n"], spec["numel"]), int8)
+        return graphs.shuffle_graph(_ew_shape(spec["n"], spec["numel"], spec.get("h")), int8)
     if op in ("split", "slice", "transpose", "shape"):
         return graphs.layout_graph(op, _ew_shape(spec["n"], spec["numel"]))
     if op.endswith("_bcast"):
@@ -528,9 +536,12 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
                                                        - header["overhead_ms"], 0.0) / n, quick))
         p.write_text(json.dumps(header) + "\n")
         table, done = read(p), set()
+        level = cold.mid_level(table)
         log(f"lookup table {p}: overhead {table['overhead_ms'] * 1e3:.1f} us per inference, "
-            f"{table['node_ms'] * 1e3:.2f} us per node, weights out of the cache from "
-            f"{table['cache_bytes'] / 2**20:.1f} MiB of them")
+            f"{table['node_ms'] * 1e3:.2f} us per node, weights out of a core's cache from "
+            + (f"{level['lo'] / 2**20:.1f}-{level['hi'] / 2**20:.1f} MiB of them" if level else "(no step seen)")
+            + ", out of the last level from "
+            + (f"{table['cache_bytes'] / 2**20:.1f} MiB" if table.get("cache_bytes") else "(no step seen: nothing timed cold)"))
     all_specs = grid(quick, target.batch_size, dtypes) if specs is None else patterns(target.batch_size) + list(specs)
     spec_of = {spec_id(s): s for s in all_specs}
     specs = [s for s in all_specs if spec_id(s) not in done and s.get("dtype", "fp32") in dtypes]
@@ -579,10 +590,14 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
     return table
 
 
+LEVEL_FAMILIES = ("deep ", "wide ")  # the context networks whose fit sets a table's in-network level
+
+
 def context_nets(batch: int, int8: bool) -> list[tuple[str, bytes]]:
-    """Networks (not the held-out ones of ``--check``) whose kernels are profiled in context after the grid: residual,
-    inverted-residual, squeeze-excite + SiLU and channel-shuffle families, so that the per-kernel cost in a network
-    is fitted over models with few large kernels and models with many small ones."""
+    """Networks (not the held-out ones of ``--check``) timed whole after the grid: residual, inverted-residual,
+    squeeze-excite + SiLU and channel-shuffle families, with few large kernels and many small ones. The deep and the
+    wide (weight-heavy) ones set the table's in-network level (``LEVEL_FAMILIES``, :func:`context_calibration`); the
+    shallow ones are the device's reference speed (the speed marks time two of them, ``--check`` all)."""
     from . import nets
 
     specs = [("resnet w24-48-96 32px", lambda q: nets.resnet([24, 48, 96], 1, 32, q, 11, batch)),
@@ -648,17 +663,24 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         warm = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=0.0)]
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
         meas = measured[name] = time_sessions(model, target, quick)
-        points.append({"dtype": model_dtype(ks), "measured": meas - table["overhead_ms"], "n": len(ks), "warm": warm,
-                       "cold": cold_, "bytes": cold.model_weight_bytes(model)})
+        points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"], "n": len(ks),
+                       "warm": warm, "cold": cold_, "bytes": cold.model_weight_bytes(model)})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "
             f"cold ({len(ks)} kernels, {points[-1]['bytes'] / 2**20:.1f} MiB of weights)")
+    # the level is set on the networks that look like the ones people prune (as deep, and weight-heavy); the shallow
+    # ones are timed as the device's reference speed. Fitted on all 36, the shallow ones (3-4 stages on 32 px, some
+    # 0.1 ms in all, predicted 6-12% over) held the level of the deep ones 3-12% under, and 40 held-out pruned zoo
+    # models came out 10% low (50% within +-10%); on the deep and wide ones alone 75% (benchmarks/README.md,
+    # thirtieth session)
+    points = [pt for pt in points if pt["name"].startswith(LEVEL_FAMILIES)] or points
     cache = cold.fit_cache(points, fit_context)
     fits = {}
     for dt in sorted({p["dtype"] for p in points}):
         pts = [p for p in points if p["dtype"] == dt]
         fits[dt] = fit_context([(p["measured"], sum(cold.blend(w, c, cold.coldness(p["bytes"], cache))
                                                     for w, c in zip(p["warm"], p["cold"])), p["n"]) for p in pts])
-    log("in network: " + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel" for dt, (s, k) in fits.items())
+    log(f"in network ({len(points)} networks): "
+        + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel" for dt, (s, k) in fits.items())
         + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of them" if cache else "; every network warm"))
     return {"scale": {dt: s for dt, (s, _) in fits.items()}, "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()},
             "cache_bytes": cache, "nets": [n for n, _ in nets_],

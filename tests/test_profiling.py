@@ -326,6 +326,10 @@ def test_in_network_per_kernel_cost_is_fitted_with_the_scale():
     table = {"lines": [], "overhead_ms": 0.0, "context": {"scale": {"fp32": 2.0}, "per_kernel_ms": {"fp32": 0.001}}}
     ks = [{"name": "a", "group": "Relu/fp32", "feats": [1.0], "work": 10.0}] * 3
     assert lookup.predict_raw(b"", table, kernels=ks) == pytest.approx(3 * (2.0 * 0.0 + 0.001))  # node cost 0 here
+    # an exporter's shape arithmetic (Shape, int64 Gather...) does not pay the in-network cost per kernel
+    shape_ops = [{"name": "s", "op": "Shape", "group": "Shape/fp32", "feats": [1.0], "work": 10.0},
+                 {"name": "g", "op": "Gather", "group": "Gather/int64", "feats": [1.0], "work": 1.0}]
+    assert lookup.predict_raw(b"", table, kernels=ks + shape_ops) == pytest.approx(3 * 0.001)
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -271,8 +271,18 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
     out = []
     for k in ks:
         ms, how = idx.lookup(k["group"], k["feats"], k["work"], c, mid)
-        out.append((k["name"], k["group"], ms * scale + extra, how))
+        out.append((k["name"], k["group"], ms * scale + (extra if moves_data(k) else 0.0), how))
     return out
+
+
+def moves_data(kernel: dict) -> bool:
+    """Whether a kernel reads and writes a network's tensors, which is what the in-network cost per kernel is fitted
+    on (networks of fixed shapes), rather than a step of an exporter's shape arithmetic (Shape, and int64 Gather /
+    Unsqueeze / Concat / Div... on a handful of sizes): a dynamic-batch shufflenet runs ~260 of these beside ~320
+    kernels that move data; their share of its time was 0.14 us each, the fitted cost 0.5 us each on top of their
+    entries (benchmarks/README.md, thirtieth session)."""
+    parts = kernel["group"].split("/")
+    return kernel.get("op") != "Shape" and (len(parts) < 2 or parts[1] != "int64")
 
 
 

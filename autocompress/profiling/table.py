@@ -650,7 +650,7 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     (benchmarks/README.md). Their whole times are kept (``measured_ms``) as the device's speed at the build; the
     whole-model calibration, where torch is, times them again when it sets the level last, and ``check`` compares
     with the later of the two."""
-    from .lookup import breakdown, model_dtype
+    from .lookup import breakdown, model_dtype, moves_data
 
     bare = {**table, "context": None}
     nets_ = context_nets(target.batch_size, target.int8)
@@ -663,8 +663,8 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         warm = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=0.0)]
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
         meas = measured[name] = time_sessions(model, target, quick)
-        points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"], "n": len(ks),
-                       "warm": warm, "cold": cold_, "bytes": cold.model_weight_bytes(model)})
+        points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"],
+                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.model_weight_bytes(model)})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "
             f"cold ({len(ks)} kernels, {points[-1]['bytes'] / 2**20:.1f} MiB of weights)")
     # the level is set on the networks that look like the ones people prune (as deep, and weight-heavy); the shallow

@@ -171,8 +171,8 @@ def mid_level(table: dict) -> dict | None:
     there; past it each weighted kernel fetches its own from the last level. On a Xeon with 2 MiB of L2 per core the
     knee's conv (256 KiB of weights, 2x2 pixels) ran 4.9 / 5.1 us per copy with 2 / 4 copies, 7.7 with 8, 11.7-12.6
     with 16-128 and 23.8 with 256 (benchmarks/README.md, thirtieth session): the grid's warm entries held their few
-    copies in L2 (a 1x1 160 -> 944 conv on 2x2 pixels: 10.8 us) where a mobilenet_v2's 8.5 MB of weights made the
-    same conv take 26.7, and the step's cost per byte adds 15.8."""
+    copies in L2 (a 1x1 160 -> 944 conv on 2x2 pixels: 10.8 us by ORT's profiler) where a mobilenet_v2 with 8.5 MB of
+    weights ran the same conv in 26.7 us; the step's cost per byte adds 15.8."""
     ts, copies = table.get("knee_ms"), table.get("knee_copies")
     if not ts or not copies or len(ts) < 3:
         return None
@@ -195,9 +195,9 @@ def mid_share(nbytes: float, level: dict | None) -> float:
 def cache_knee(time_per_copy: Callable[[bytes, int], float], quick: bool) -> dict:
     """The cache that counts: a 1x1 fp32 conv 256 -> 256 on 2x2 pixels (256 KiB of weights) timed with 2..256 side by
     side copies (``time_per_copy(model, copies)`` -> ms per copy); ``cache_bytes``: the last level's knee
-    (:func:`cache_steps`), None where the times show no such step (nothing is timed cold then: copies of 1.5x the
-    largest size tried tripled a build's time on a Xeon to time what the copies had not shown); the times are kept
-    for the core's own step (:func:`mid_level`)."""
+    (:func:`cache_steps`), None where the times show no such step (nothing is timed cold then: with copies of 1.5x
+    the largest size tried, for a step the copies had not shown, a build on a Xeon timed 2.4 graphs a second against
+    6.7 for one timing cold past a 44 MiB knee); the times are kept for the core's own step (:func:`mid_level`)."""
     base = graphs.conv_graph(1, 256, 256, 2, 1, 1, False, False)
     copies = _KNEE_COPIES[1::2] if quick else _KNEE_COPIES
     ts = [time_per_copy(graphs.replicate(base, n), n) for n in copies]

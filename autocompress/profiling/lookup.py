@@ -285,7 +285,6 @@ def moves_data(kernel: dict) -> bool:
     return kernel.get("op") != "Shape" and (len(parts) < 2 or parts[1] != "int64")
 
 
-
 def predict_raw(model: bytes | str, table: dict, kernels: list[dict] | None = None, shapes: dict | None = None) -> float:
     """Kernels in network (scaled) + the per-inference overhead (ms), before any torch-side calibration."""
     return float(table["overhead_ms"] + sum(ms for _, _, ms, _ in breakdown(model, table, kernels, shapes)))

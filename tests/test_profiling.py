@@ -332,6 +332,30 @@ def test_in_network_per_kernel_cost_is_fitted_with_the_scale():
     assert lookup.predict_raw(b"", table, kernels=ks + shape_ops) == pytest.approx(3 * 0.001)
 
 
+def test_in_network_scale_is_fitted_per_kernel_class():
+    """Depthwise convs run slower in a network than alone, the others at their level: the fit gives each class its
+    own scale (per-kernel cost held at the one-scale fit's), and a depthwise kernel is priced with its class's."""
+    truth, per_kernel = {"conv": 1.0, "dw": 1.25, "other": 0.9}, 0.002
+    rng = np.random.default_rng(0)
+    sums = [{"conv": float(a), "dw": float(b), "other": float(c)} for a, b, c in rng.uniform(0.1, 2.0, (8, 3))]
+    pts = [(sum(truth[c] * v for c, v in s.items()) + per_kernel * n, s, n) for s, n in zip(sums, range(20, 100, 10))]
+    fitted = ptable.fit_classes(pts, 1.05, per_kernel)
+    assert fitted == {c: pytest.approx(v, rel=1e-6) for c, v in truth.items()}
+    # a class no network spends 5% of its time in, too few networks, or a wild fit: the common scale
+    no_dw = [(m - truth["dw"] * s["dw"], {**s, "dw": 0.0}, n) for m, s, n in pts]
+    assert ptable.fit_classes(no_dw, 1.05, per_kernel)["dw"] == 1.05
+    assert ptable.fit_classes(pts[:4], 1.05, per_kernel) == dict.fromkeys(truth, 1.05)
+    assert ptable.fit_classes(pts, 0.3, per_kernel) == dict.fromkeys(truth, 0.3)
+    ks = {k["group"]: lookup.kernel_class(k) for k in kernels.list_kernels(nets.mobilenet([16, 24], 4, 32, False, 1), TARGET)}
+    assert {"conv", "dw"} <= set(ks.values()) and all((c == "dw") == ("/dw/" in g) for g, c in ks.items())
+    # every kernel at the node cost here (no graph lines): the depthwise one at its class's scale, the rest at the common one
+    table = {"lines": [], "overhead_ms": 0.0, "node_ms": 0.01,
+             "context": {"scale": {"fp32": 2.0}, "class_scale": {"fp32": {"dw": 3.0}}}}
+    dw = [{"name": "d", "group": next(g for g, c in ks.items() if c == "dw"), "feats": [1.0, 2.0], "work": 10.0}]
+    other = [{"name": "a", "group": "Relu/fp32", "feats": [1.0], "work": 10.0}]
+    assert lookup.predict_raw(b"", table, kernels=dw + other) == pytest.approx(3.0 * 0.01 + 2.0 * 0.01)
+
+
 @pytest.mark.parametrize("int8", [False, True])
 def test_context_networks_of_small_kernels_run_the_kernels_real_models_do(int8):
     eff = {k["group"].split("/")[0] for k in kernels.list_kernels(nets.effnet([16, 24], 4, 32, int8, 1), TARGET)}

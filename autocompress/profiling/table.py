@@ -17,7 +17,7 @@ File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an 
   were timed (:mod:`.marks`; each graph's kernels are rescaled to the last mark's speed when the table is read);
 * after the grid, the graphs with an entry far above what their neighbours say timed again (:mod:`.recheck`: a
   second line of the same id, the faster of the two kept when the table is read) and ``{"rechecked": {...}}``;
-* ``{"context": {"scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
+* ``{"context": {"scale", "class_scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
   (:func:`context_calibration`; ``cache_bytes``: a network's weight bytes where its kernels turn cold);
 * ``{"done": true, "seconds"}`` when the grid is complete; optionally ``{"calibration": {...}}`` lines after it
   (whole-model correction fitted by the search side, ``autocompress.measure.predict``).
@@ -640,6 +640,29 @@ def fit_context(points: list[tuple[float, float, int]]) -> tuple[float, float]:
     return float(scale), float(per_kernel)
 
 
+def fit_classes(points: list[tuple[float, dict, int]], scale: float, per_kernel: float) -> dict[str, float]:
+    """In-network scale per kernel class (``lookup.kernel_class``) from (measured net of the overhead, {class: sum of
+    its kernels' entries}, kernel count) of whole networks: ``measured = sum of scale_c * sum_c + per_kernel * count``,
+    least squares on the relative error with the per-kernel cost held at the one-scale fit's (:func:`fit_context`).
+    A class no network spends 5% of its kernels' time in keeps the common ``scale``; so do all of them with fewer
+    networks than classes + 2, or where a fitted scale leaves 0.5-2x the common one. With one scale, depthwise-heavy
+    pruned zoo models (mobilenet_v2, efficientnet_b0, shufflenet) came out 5-12% under their measured times while
+    resnet18 came out over (benchmarks/README.md, thirty-first session)."""
+    from .lookup import KERNEL_CLASSES
+
+    out = {c: float(scale) for c in KERNEL_CLASSES}
+    classes = [c for c in KERNEL_CLASSES if any(sums.get(c, 0.0) >= 0.05 * sum(sums.values()) for _, sums, _ in points)]
+    if not classes or len(points) < len(classes) + 2:
+        return out
+    meas = np.array([m for m, _, _ in points])
+    a = np.array([[sums.get(c, 0.0) for c in classes] for _, sums, _ in points]) / meas[:, None]
+    b = 1.0 - per_kernel * np.array([n for _, _, n in points]) / meas
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    if all(0.5 * scale <= v <= 2.0 * scale for v in x):
+        out.update({c: float(v) for c, v in zip(classes, x)})
+    return out
+
+
 def context_calibration(table: dict, target: Target, *, quick: bool, log: Callable = print) -> dict:
     """What kernels cost inside a network rather than alone (weights and activations out of cache, layout
     hand-offs, the executor between nodes): networks (``context_nets``) are timed whole on the target and, per
@@ -650,7 +673,7 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     (benchmarks/README.md). Their whole times are kept (``measured_ms``) as the device's speed at the build; the
     whole-model calibration, where torch is, times them again when it sets the level last, and ``check`` compares
     with the later of the two."""
-    from .lookup import breakdown, model_dtype, moves_data
+    from .lookup import breakdown, kernel_class, model_dtype, moves_data
 
     bare = {**table, "context": None}
     nets_ = context_nets(target.batch_size, target.int8)
@@ -664,7 +687,8 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
         meas = measured[name] = time_sessions(model, target, quick)
         points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"],
-                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.model_weight_bytes(model)})
+                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.model_weight_bytes(model),
+                       "classes": [kernel_class(k) for k in ks]})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "
             f"cold ({len(ks)} kernels, {points[-1]['bytes'] / 2**20:.1f} MiB of weights)")
     # the level is set on the networks that look like the ones people prune (as deep, and weight-heavy); the shallow
@@ -674,16 +698,23 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     # thirtieth session)
     points = [pt for pt in points if pt["name"].startswith(LEVEL_FAMILIES)] or points
     cache = cold.fit_cache(points, fit_context)
-    fits = {}
+    fits, by_class = {}, {}
     for dt in sorted({p["dtype"] for p in points}):
-        pts = [p for p in points if p["dtype"] == dt]
-        fits[dt] = fit_context([(p["measured"], sum(cold.blend(w, c, cold.coldness(p["bytes"], cache))
-                                                    for w, c in zip(p["warm"], p["cold"])), p["n"]) for p in pts])
+        sums = []
+        for p in (p for p in points if p["dtype"] == dt):
+            c = cold.coldness(p["bytes"], cache)
+            s: dict[str, float] = {}
+            for w, k, cls in zip(p["warm"], p["cold"], p["classes"]):
+                s[cls] = s.get(cls, 0.0) + cold.blend(w, k, c)
+            sums.append((p["measured"], s, p["n"]))
+        fits[dt] = fit_context([(m, sum(s.values()), n) for m, s, n in sums])
+        by_class[dt] = fit_classes(sums, *fits[dt])
     log(f"in network ({len(points)} networks): "
-        + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel" for dt, (s, k) in fits.items())
+        + ", ".join(f"{dt} x{s:.3f} (" + ", ".join(f"{c} x{v:.3f}" for c, v in by_class[dt].items())
+                    + f") + {k * 1e3:.2f} us per kernel" for dt, (s, k) in fits.items())
         + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of them" if cache else "; every network warm"))
-    return {"scale": {dt: s for dt, (s, _) in fits.items()}, "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()},
-            "cache_bytes": cache, "nets": [n for n, _ in nets_],
+    return {"scale": {dt: s for dt, (s, _) in fits.items()}, "class_scale": by_class,
+            "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()}, "cache_bytes": cache, "nets": [n for n, _ in nets_],
             "measured_ms": measured}  # the device's speed at the build (check re-times)
 
 

@@ -83,6 +83,8 @@ def test_table_header_records_device_ort_and_ep(tiny_table):
     assert 0 < t["overhead_ms"] < 1 and t["node_ms"] > 0
     assert t["timing"] == {"blocks": 3, "block_ms": 2.0, "statistic": "median"}  # how every graph of it was timed
     assert set(t["context"]["scale"]) == {"fp32", "int8"} and all(v > 0 for v in t["context"]["scale"].values())
+    kinds = t["context"]["kind_scale"]  # each kind's ratio to the rest, from the networks' own profiles
+    assert set(kinds) == {"fp32", "int8"} and all(kinds.values()) and all(0.5 <= r <= 2.0 for d in kinds.values() for r in d.values())
 
 
 def test_fusion_rules_are_measured(tiny_table):
@@ -332,28 +334,27 @@ def test_in_network_per_kernel_cost_is_fitted_with_the_scale():
     assert lookup.predict_raw(b"", table, kernels=ks + shape_ops) == pytest.approx(3 * 0.001)
 
 
-def test_in_network_scale_is_fitted_per_kernel_class():
-    """Depthwise convs run slower in a network than alone, the others at their level: the fit gives each class its
-    own scale (per-kernel cost held at the one-scale fit's), and a depthwise kernel is priced with its class's."""
-    truth, per_kernel = {"conv": 1.0, "dw": 1.25, "other": 0.9}, 0.002
-    rng = np.random.default_rng(0)
-    sums = [{"conv": float(a), "dw": float(b), "other": float(c)} for a, b, c in rng.uniform(0.1, 2.0, (8, 3))]
-    pts = [(sum(truth[c] * v for c, v in s.items()) + per_kernel * n, s, n) for s, n in zip(sums, range(20, 100, 10))]
-    fitted = ptable.fit_classes(pts, 1.05, per_kernel)
-    assert fitted == {c: pytest.approx(v, rel=1e-6) for c, v in truth.items()}
-    # a class no network spends 5% of its time in, too few networks, or a wild fit: the common scale
-    no_dw = [(m - truth["dw"] * s["dw"], {**s, "dw": 0.0}, n) for m, s, n in pts]
-    assert ptable.fit_classes(no_dw, 1.05, per_kernel)["dw"] == 1.05
-    assert ptable.fit_classes(pts[:4], 1.05, per_kernel) == dict.fromkeys(truth, 1.05)
-    assert ptable.fit_classes(pts, 0.3, per_kernel) == dict.fromkeys(truth, 0.3)
-    ks = {k["group"]: lookup.kernel_class(k) for k in kernels.list_kernels(nets.mobilenet([16, 24], 4, 32, False, 1), TARGET)}
-    assert {"conv", "dw"} <= set(ks.values()) and all((c == "dw") == ("/dw/" in g) for g, c in ks.items())
-    # every kernel at the node cost here (no graph lines): the depthwise one at its class's scale, the rest at the common one
+def test_a_kernel_kind_takes_its_ratio_to_the_rest_in_whole_networks():
+    """A residual add whose share of the networks' time is 1.6x its entry where the rest run at 1.1x theirs takes
+    1.6 / 1.1 of the in-network scale, pulled toward 1 by how little of the networks' kernel time the kind holds;
+    a depthwise conv is a kind apart from the other convs of its implementation, and prices with its ratio."""
+    rows = [("Conv/fp32", 1.0, 1.1), ("Conv/fp32", 2.0, 2.2), ("Add/fp32", 0.3, 0.48), ("Relu/fp32", 0.0001, 0.001)]
+    level = (1.1 + 2.2 + 0.48 + 0.001) / 3.3001
+    r = ptable.fit_kinds(rows, prior_ms=0.0)
+    assert r["Add/fp32"] == pytest.approx(1.6 / level) and r["Conv/fp32"] == pytest.approx(1.1 / level)
+    assert r["Relu/fp32"] == 2.0  # 10x its entry: held at 2x
+    shrunk = ptable.fit_kinds(rows, prior_ms=0.3)
+    assert shrunk["Add/fp32"] == pytest.approx(1 + 0.5 * (1.6 / level - 1)) and shrunk["Relu/fp32"] < 1.01
+    assert ptable.fit_kinds([]) == {}
+    ks = kernels.list_kernels(nets.mobilenet([16, 24], 4, 32, False, 1), TARGET)
+    kinds = {k["group"]: lookup.kernel_kind(k) for k in ks}
+    assert all(kd.endswith("/dw") == ("/dw/" in g) for g, kd in kinds.items()) and any("/dw/" in g for g in kinds)
+    # every kernel at the node cost here (no graph lines): each at the common scale times its kind's ratio
+    dw = next(g for g in kinds if "/dw/" in g)
     table = {"lines": [], "overhead_ms": 0.0, "node_ms": 0.01,
-             "context": {"scale": {"fp32": 2.0}, "class_scale": {"fp32": {"dw": 3.0}}}}
-    dw = [{"name": "d", "group": next(g for g, c in ks.items() if c == "dw"), "feats": [1.0, 2.0], "work": 10.0}]
-    other = [{"name": "a", "group": "Relu/fp32", "feats": [1.0], "work": 10.0}]
-    assert lookup.predict_raw(b"", table, kernels=dw + other) == pytest.approx(3.0 * 0.01 + 2.0 * 0.01)
+             "context": {"scale": {"fp32": 2.0}, "kind_scale": {"fp32": {kinds[dw]: 1.5}}}}
+    two = [{"name": "d", "group": dw, "feats": [1.0, 2.0], "work": 10.0}, {"name": "a", "group": "Relu/fp32", "feats": [1.0], "work": 10.0}]
+    assert lookup.predict_raw(b"", table, kernels=two) == pytest.approx(2.0 * 1.5 * 0.01 + 2.0 * 0.01)
 
 
 @pytest.mark.parametrize("int8", [False, True])
@@ -597,6 +598,7 @@ def test_the_in_network_level_is_set_on_networks_as_deep_as_real_ones(tiny_table
     total = {m: sum(ms for *_, ms, _ in lookup.breakdown(m, bare, cold=0.0)) for _, m in nets_}
     monkeypatch.setattr(ptable, "context_nets", lambda batch, int8: nets_)
     monkeypatch.setattr(ptable, "time_sessions", lambda m, target, quick: tiny_table["overhead_ms"] + factor[m] * total[m])
+    monkeypatch.setattr(ptable, "fit_kinds", lambda rows: {})  # the kinds' ratios from real profiles: not this test's
     ctx = ptable.context_calibration(tiny_table, TARGET, quick=False, log=lambda *a: None)
     assert ctx["scale"]["fp32"] == pytest.approx(2.0, rel=1e-3) and ctx["per_kernel_ms"]["fp32"] == pytest.approx(0.0, abs=1e-6)
     assert set(ctx["measured_ms"]) == {name for name, _ in nets_}

@@ -258,13 +258,13 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
               shapes: dict | None = None, cold: float | None = None) -> list[tuple[str, str, float, str]]:
     """(kernel name, table group, ms, how) for every kernel ORT runs for ``model`` under the table's settings, as in
     a network: the table's entry (warm, cold or between, by the model's weight bytes against the cache the table's
-    networks fitted; ``cold`` forces it) times its in-network scale for the model's dtype, plus its per-kernel
-    cost."""
+    networks fitted; ``cold`` forces it) times its in-network scale for the model's dtype and its kind's ratio to it,
+    plus its per-kernel cost."""
     idx = index_of(table)
     ks = kernels if kernels is not None else list_kernels(model, table_target(table), shapes=shapes)
     ctx, dt = table.get("context") or {}, model_dtype(ks)
     scale = (ctx.get("scale") or {}).get(dt, 1.0)
-    by_class = (ctx.get("class_scale") or {}).get(dt) or {}  # tables before it was fitted: the one scale
+    by_kind = (ctx.get("kind_scale") or {}).get(dt) or {}  # tables before it was fitted: the one scale
     extra = (ctx.get("per_kernel_ms") or {}).get(dt, 0.0)  # tables before it was fitted: none
     nbytes = model_weight_bytes(model)
     c = coldness(nbytes, ctx.get("cache_bytes")) if cold is None else cold
@@ -272,22 +272,16 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
     out = []
     for k in ks:
         ms, how = idx.lookup(k["group"], k["feats"], k["work"], c, mid)
-        out.append((k["name"], k["group"], ms * by_class.get(kernel_class(k), scale) + (extra if moves_data(k) else 0.0), how))
+        out.append((k["name"], k["group"], ms * scale * by_kind.get(kernel_kind(k), 1.0) + (extra if moves_data(k) else 0.0), how))
     return out
 
 
-KERNEL_CLASSES = ("conv", "dw", "other")
-
-
-def kernel_class(kernel: dict) -> str:
-    """The in-network scale a kernel takes (``table.fit_classes``): 'dw' for a depthwise conv, 'conv' for any other
-    conv or gemm, 'other' for the rest (element-wise, pooling, data movement). Alone in the grid, depthwise convs ran
-    ~10-15% faster than their share of deep networks, while the other convs matched theirs (ORT's profiler on the
-    deep context networks, benchmarks/README.md, thirty-first session)."""
+def kernel_kind(kernel: dict) -> str:
+    """What a kernel's in-network ratio is kept by (``table.fit_kinds``): its implementation and dtype, a depthwise
+    conv apart from the other convs of its implementation."""
     parts = kernel["group"].split("/")
-    if len(parts) >= 6 and parts[2].startswith("k"):  # Conv / NchwcConv / QLinearConv: impl/dtype/k/s/kind/align
-        return "dw" if parts[4] == "dw" else "conv"
-    return "conv" if parts[0] == "Gemm" else "other"
+    dw = len(parts) >= 6 and parts[2].startswith("k") and parts[4] == "dw"  # impl/dtype/k/s/kind/align
+    return "/".join(parts[:2]) + ("/dw" if dw else "")
 
 
 def moves_data(kernel: dict) -> bool:

@@ -17,7 +17,7 @@ File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an 
   were timed (:mod:`.marks`; each graph's kernels are rescaled to the last mark's speed when the table is read);
 * after the grid, the graphs with an entry far above what their neighbours say timed again (:mod:`.recheck`: a
   second line of the same id, the faster of the two kept when the table is read) and ``{"rechecked": {...}}``;
-* ``{"context": {"scale", "class_scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
+* ``{"context": {"scale", "kind_scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
   (:func:`context_calibration`; ``cache_bytes``: a network's weight bytes where its kernels turn cold);
 * ``{"done": true, "seconds"}`` when the grid is complete; optionally ``{"calibration": {...}}`` lines after it
   (whole-model correction fitted by the search side, ``autocompress.measure.predict``).
@@ -640,26 +640,31 @@ def fit_context(points: list[tuple[float, float, int]]) -> tuple[float, float]:
     return float(scale), float(per_kernel)
 
 
-def fit_classes(points: list[tuple[float, dict, int]], scale: float, per_kernel: float) -> dict[str, float]:
-    """In-network scale per kernel class (``lookup.kernel_class``) from (measured net of the overhead, {class: sum of
-    its kernels' entries}, kernel count) of whole networks: ``measured = sum of scale_c * sum_c + per_kernel * count``,
-    least squares on the relative error with the per-kernel cost held at the one-scale fit's (:func:`fit_context`).
-    A class no network spends 5% of its kernels' time in keeps the common ``scale``; so do all of them with fewer
-    networks than classes + 2, or where a fitted scale leaves 0.5-2x the common one. With one scale, depthwise-heavy
-    pruned zoo models (mobilenet_v2, efficientnet_b0, shufflenet) came out 5-12% under their measured times while
-    resnet18 came out over (benchmarks/README.md, thirty-first session)."""
-    from .lookup import KERNEL_CLASSES
+KIND_PRIOR_MS = 0.1  # a kind's ratio is pulled toward 1 by its entries' total against this (ms, all networks)
 
-    out = {c: float(scale) for c in KERNEL_CLASSES}
-    classes = [c for c in KERNEL_CLASSES if any(sums.get(c, 0.0) >= 0.05 * sum(sums.values()) for _, sums, _ in points)]
-    if not classes or len(points) < len(classes) + 2:
-        return out
-    meas = np.array([m for m, _, _ in points])
-    a = np.array([[sums.get(c, 0.0) for c in classes] for _, sums, _ in points]) / meas[:, None]
-    b = 1.0 - per_kernel * np.array([n for _, _, n in points]) / meas
-    x, *_ = np.linalg.lstsq(a, b, rcond=None)
-    if all(0.5 * scale <= v <= 2.0 * scale for v in x):
-        out.update({c: float(v) for c, v in zip(classes, x)})
+
+def fit_kinds(rows: list[tuple[str, float, float]], prior_ms: float = KIND_PRIOR_MS) -> dict[str, float]:
+    """Each kernel kind's in-network ratio to all kernels' from (kind, table entry ms, share of the network's wall
+    time ms) of the kernels of whole networks (the share: ORT's profiler durations less its per-node inflation,
+    scaled to the wall time, :func:`split_wall`): ``r = 1 + w * (share_k / entry_k / (share / entry) - 1)``, ``w =
+    entry_k / (entry_k + prior_ms)``, kept within 0.5-2. On the deep context networks of a Xeon, a residual
+    QLinearAdd took 1.6x its entry relative to the rest (its skip input comes from far back, not from the kernel
+    before it), a depthwise conv 1.2x, the head's Gemm and the int8 edges' Transpose 2x; QLinearConcat 0.8x
+    (benchmarks/README.md, thirty-first session)."""
+    tot: dict[str, list[float]] = {}
+    for kind, entry, share in rows:
+        t = tot.setdefault(kind, [0.0, 0.0])
+        t[0] += entry
+        t[1] += share
+    entry_all, share_all = sum(t[0] for t in tot.values()), sum(t[1] for t in tot.values())
+    if entry_all <= 0 or share_all <= 0:
+        return {}
+    level = share_all / entry_all
+    out = {}
+    for kind, (entry, share) in tot.items():
+        if entry > 0:
+            w = entry / (entry + prior_ms)
+            out[kind] = float(min(max(1.0 + w * (share / entry / level - 1.0), 0.5), 2.0))
     return out
 
 
@@ -667,13 +672,14 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     """What kernels cost inside a network rather than alone (weights and activations out of cache, layout
     hand-offs, the executor between nodes): networks (``context_nets``) are timed whole on the target and, per
     dtype, ``measured - overhead = scale * (sum of their kernels) + per_kernel * (number of kernels)`` is fitted
-    (:func:`fit_context`), with each kernel warm or cold by the network's weight bytes against the cache that
+    (:func:`fit_context`), each kernel's entry first weighed by its kind's ratio to the rest in those networks'
+    profiles (:func:`fit_kinds`), and each warm or cold by the network's weight bytes against the cache that
     explains the networks best (:func:`.cold.fit_cache`). Measured on an AVX2 EPYC: int8 networks with many small
     kernels (SiLU, squeeze-excite, channel shuffle) ran ~1-4 us per kernel over the sum of their kernels timed alone
     (benchmarks/README.md). Their whole times are kept (``measured_ms``) as the device's speed at the build; the
     whole-model calibration, where torch is, times them again when it sets the level last, and ``check`` compares
     with the later of the two."""
-    from .lookup import breakdown, kernel_class, model_dtype, moves_data
+    from .lookup import breakdown, kernel_kind, model_dtype, moves_data
 
     bare = {**table, "context": None}
     nets_ = context_nets(target.batch_size, target.int8)
@@ -682,13 +688,14 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     measured: dict[str, float] = {}
     points = []
     for name, model in nets_:
-        ks = list_kernels(model, target)
+        ks = list_kernels(model, target, runs=3 if quick else 30)  # the profile splits the wall time (fit_kinds)
         warm = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=0.0)]
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
         meas = measured[name] = time_sessions(model, target, quick)
         points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"],
                        "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.model_weight_bytes(model),
-                       "classes": [kernel_class(k) for k in ks]})
+                       "kinds": [kernel_kind(k) if moves_data(k) else None for k in ks],
+                       "shares": split_wall(ks, meas - table["overhead_ms"], table["delta_ms"])})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "
             f"cold ({len(ks)} kernels, {points[-1]['bytes'] / 2**20:.1f} MiB of weights)")
     # the level is set on the networks that look like the ones people prune (as deep, and weight-heavy); the shallow
@@ -698,22 +705,20 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     # thirtieth session)
     points = [pt for pt in points if pt["name"].startswith(LEVEL_FAMILIES)] or points
     cache = cold.fit_cache(points, fit_context)
-    fits, by_class = {}, {}
+    fits, by_kind = {}, {}
     for dt in sorted({p["dtype"] for p in points}):
-        sums = []
-        for p in (p for p in points if p["dtype"] == dt):
-            c = cold.coldness(p["bytes"], cache)
-            s: dict[str, float] = {}
-            for w, k, cls in zip(p["warm"], p["cold"], p["classes"]):
-                s[cls] = s.get(cls, 0.0) + cold.blend(w, k, c)
-            sums.append((p["measured"], s, p["n"]))
-        fits[dt] = fit_context([(m, sum(s.values()), n) for m, s, n in sums])
-        by_class[dt] = fit_classes(sums, *fits[dt])
+        pts = [p for p in points if p["dtype"] == dt]
+        entries = [[cold.blend(w, c, cold.coldness(p["bytes"], cache)) for w, c in zip(p["warm"], p["cold"])] for p in pts]
+        by_kind[dt] = r = fit_kinds([(kd, e, sh) for p, es in zip(pts, entries)
+                                     for kd, e, sh in zip(p["kinds"], es, p["shares"]) if kd is not None])
+        fits[dt] = fit_context([(p["measured"], sum(e * r.get(kd, 1.0) for kd, e in zip(p["kinds"], es)), p["n"])
+                                for p, es in zip(pts, entries)])
     log(f"in network ({len(points)} networks): "
-        + ", ".join(f"{dt} x{s:.3f} (" + ", ".join(f"{c} x{v:.3f}" for c, v in by_class[dt].items())
-                    + f") + {k * 1e3:.2f} us per kernel" for dt, (s, k) in fits.items())
+        + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel (kinds "
+                    + ", ".join(f"{kd} x{v:.2f}" for kd, v in sorted(by_kind[dt].items(), key=lambda kv: -abs(np.log(kv[1])))[:4])
+                    + ")" for dt, (s, k) in fits.items())
         + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of them" if cache else "; every network warm"))
-    return {"scale": {dt: s for dt, (s, _) in fits.items()}, "class_scale": by_class,
+    return {"scale": {dt: s for dt, (s, _) in fits.items()}, "kind_scale": by_kind,
             "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()}, "cache_bytes": cache, "nets": [n for n, _ in nets_],
             "measured_ms": measured}  # the device's speed at the build (check re-times)
 

@@ -303,12 +303,12 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, backend=None,
         from .report_html import write_html
 
         report = write_html(run_dir, df, front, spec, baseline, meta, cards, timed)
-    _print_summary(df, front, report, baseline, spec, log, not_run=meta.get("seeds_not_run") or [])
+    _print_summary(df, front, report, baseline, spec, log, not_run=meta.get("seeds_not_run") or [], timed=timed)
     return RunResult(run_dir=run_dir, records=records, front=front, report=report,
                      baseline=Baseline.from_dict(baseline) if baseline else None)
 
 
-def _print_summary(df, front, report, baseline, spec: RunSpec, log, not_run=()) -> None:
+def _print_summary(df, front, report, baseline, spec: RunSpec, log, not_run=(), timed: dict | None = None) -> None:
     from .tables import reference_lines
 
     counts = df["status"].value_counts().to_dict() if len(df) else {}
@@ -327,7 +327,7 @@ def _print_summary(df, front, report, baseline, spec: RunSpec, log, not_run=()) 
                 f"{speed}, {r['size_mb']:.2f} MB ({baseline['size_mb'] / r['size_mb']:.1f}x smaller) -> {r['model']}")
     elif len(df):
         log("no trial met the constraints; see trials.csv (loosen --max-accuracy-drop or search longer)")
-    for line in reference_lines(df, baseline, spec, not_run=not_run):
+    for line in reference_lines(df, baseline, spec, not_run=not_run, timed=timed):
         log(line)
     if report:
         log(f"report: {report}")

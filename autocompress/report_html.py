@@ -19,7 +19,7 @@ import pandas as pd
 
 from .config import RunSpec
 from .report import feasible_mask, front_2d, hypervolume_history
-from .tables import (chosen, display_table, fmt_acc, fmt_drop, fmt_mb, fmt_speedup, percent_metric, reference_table,
+from .tables import (against_int8, chosen, display_table, fmt_acc, fmt_drop, fmt_mb, fmt_speedup, percent_metric, reference_table,
                      seed_trials)
 
 PRECISION_COLOURS = {"int8": "#1f77b4", "fp16": "#ff7f0e", "fp32": "#9e9e9e"}
@@ -396,7 +396,7 @@ def _sensitivity_section(run_dir: Path, meta: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- the page
-def _cards(df, front, spec: RunSpec, baseline: dict) -> tuple[str, str]:
+def _cards(df, front, spec: RunSpec, baseline: dict, timed: dict | None = None) -> tuple[str, str]:
     """Headline cards and a one-sentence verdict."""
     pct = percent_metric(spec)
     best = chosen(front, spec.constraints) if len(front) else None
@@ -435,8 +435,9 @@ def _cards(df, front, spec: RunSpec, baseline: dict) -> tuple[str, str]:
     else:
         parts = [f"The fastest model {within} of the fp32 baseline is <b>{_e(fmt_speedup(best['speedup']))} faster</b> "
                  f"(trial {int(best['number'])}, drop {_e(fmt_drop(best['accuracy_drop']))}, {_e(fmt_mb(best['size_mb']))})"]
-        if ref.get("speedup"):
-            parts.append(f"<b>{best['speedup'] / ref['speedup']:.2f}x</b> the speed of int8 alone ({_e(fmt_speedup(ref['speedup']))})")
+        vs = against_int8(best, ref, timed)
+        if vs is not None:
+            parts.append(f"<b>{vs[0]:.2f}x</b> the speed of int8 alone ({_e(fmt_speedup(ref['speedup']))}; {_e(vs[1])})")
         if len(seeds_ok):
             s = seeds_ok["speedup"].astype(float).max()
             if best["seed"]:
@@ -472,7 +473,7 @@ def write_html(run_dir: Path, df: pd.DataFrame, front: pd.DataFrame, spec: RunSp
     spec_d = meta.get("spec", {})
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     counts_txt = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
-    headline, verdict = _cards(df, front, spec, baseline)
+    headline, verdict = _cards(df, front, spec, baseline, timed)
     best = chosen(front, spec.constraints) if len(front) else None
 
     speed = _plot(_tradeoff_fig(df, front, spec, baseline, "speedup"), "pareto-plot", True, 470)

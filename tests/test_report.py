@@ -142,7 +142,8 @@ def test_reference_points_in_the_report_and_in_show(tmp_path, capsys):
     assert "int8 alone" in page and "2.35x" in page and "uniform 50% + int8, KD 8 ep" in page
     # the verdict compares the fastest feasible model (trial 3, 4.5x) with int8 alone (2.345x)
     assert f"{4.5 / 2.345:.2f}x</b> the speed of int8 alone" in page
-    assert any("int8 alone" in line and "1.92x its speed" in line for line in lines)
+    assert any("int8 alone" in line and "(trial 3) is 1.92x its speed (as the search measured them)" in line for line in lines)
+    assert "the speed of int8 alone (2.35x; as the search measured them)" in page
     assert main(["show", str(store.dir)]) == 0
     out = capsys.readouterr().out
     assert "Pareto front" in out and "Reference points" in out and "fp32 baseline" in out
@@ -288,3 +289,21 @@ def test_load_records_says_when_the_study_cannot_be_read(tmp_path):
     assert [r.number for r in recs] == [0, 1]
     assert len(notes) == 1 and notes[0].startswith(f"note: trials stored on study 'shared' (sqlite:///{db}) not read (")
     assert notes[0].endswith(f"these results hold the 2 trial(s) of {store.log_path} only"), notes
+
+
+def test_the_comparison_with_int8_alone_uses_the_re_timed_figures_where_both_were_re_timed(tmp_path):
+    """The search timed trial 3 at 4.5x and int8 alone at 2.345x; the final pass re-timed them at 3.0x and 2.5x in
+    the same fresh processes: the line a user reads compares those (1.20x), and shows both figures."""
+    from autocompress.tables import reference_lines
+
+    store = _mixed_run(tmp_path)
+    df = trials_frame(store.records())
+    baseline, spec = store.read_baseline(), RunSpec(out=str(store.dir))  # the spec _store wrote
+    timed = {"trial 3": {"speedup": 3.0}, "int8 alone": {"speedup": 2.5}, "trial 0": {"speedup": 1.4}}
+    lines = reference_lines(df, baseline, spec, timed=timed)
+    assert any(x.startswith("seed uniform 50% + int8, KD 8 ep (trial 0): 1.50x (1.40x re-timed), drop") for x in lines)
+    line = next(x for x in lines if x.startswith("int8 alone"))
+    assert "2.35x (2.50x re-timed)" in line and "(trial 3) is 1.20x its speed (both re-timed in the same fresh processes)" in line
+    # only one of the two re-timed: the search's pair, not a mix
+    line = next(x for x in reference_lines(df, baseline, spec, timed={"trial 3": {"speedup": 3.0}}) if x.startswith("int8 alone"))
+    assert f"is {4.5 / 2.345:.2f}x its speed (as the search measured them)" in line

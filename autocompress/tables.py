@@ -33,8 +33,8 @@ def seed_trials(df: pd.DataFrame) -> pd.DataFrame:
 
 def against_int8(best: pd.Series | None, ref: dict, timed: dict | None) -> tuple[float, str] | None:
     """The fastest feasible model's speed over int8 alone's and what it rests on: both re-timed in the final pass's
-    fresh processes where both were (the figures a user is shown: a trial the search timed at 9.90x came out 7.15x
-    there, benchmarks/README.md), else the search's own figures."""
+    fresh processes where both were (the figures a user is shown: on a one-click run the pair was 8.68x on the
+    search's figures, 10.22x re-timed; benchmarks/README.md, thirty-first session), else the search's own figures."""
     if best is None or not ref.get("speedup"):
         return None
     again, ref_again = (timed or {}).get(f"trial {int(best['number'])}"), (timed or {}).get("int8 alone")

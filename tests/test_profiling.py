@@ -349,6 +349,7 @@ def test_a_kernel_kind_takes_its_ratio_to_the_rest_in_whole_networks():
     ks = kernels.list_kernels(nets.mobilenet([16, 24], 4, 32, False, 1), TARGET)
     kinds = {k["group"]: lookup.kernel_kind(k) for k in ks}
     assert all(kd.endswith("/dw") == ("/dw/" in g) for g, kd in kinds.items()) and any("/dw/" in g for g in kinds)
+    assert {kernels.weighted_kind(g) for g in kinds} >= {"full", "dw", None} and kernels.weighted_kind("Gemm/fp32") == "gemm"
     # every kernel at the node cost here (no graph lines): each at the common scale times its kind's ratio
     dw = next(g for g in kinds if "/dw/" in g)
     table = {"lines": [], "overhead_ms": 0.0, "node_ms": 0.01,

@@ -130,6 +130,15 @@ def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
     return {"group": f"{tag}/{dt}", "feats": feats, "work": float(max(numel, 1))}
 
 
+def weighted_kind(group: str) -> str | None:
+    """What a table group written by :func:`features` says of its kernel's weights: 'full', 'grp' or 'dw' for a conv
+    (impl/dtype/k/s/kind/alignment), 'gemm' for a Gemm, None for a kernel without weights."""
+    parts = group.split("/")
+    if len(parts) >= 6 and parts[2].startswith("k") and parts[4] in ("full", "grp", "dw"):
+        return parts[4]
+    return "gemm" if parts[0] == "Gemm" else None
+
+
 def _transpose(dt: str, ish: list[int], perm) -> dict:
     """A Transpose that moves whole runs of contiguous elements (the trailing axes it leaves in place: h*w of a channel
     shuffle's (n, 2, c/2, h, w) -> (n, c/2, 2, h, w)) costs per run as well as per element: 16384 elements in runs of

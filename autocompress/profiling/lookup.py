@@ -19,7 +19,7 @@ import numpy as np
 
 from . import marks
 from .cold import blend, coldness, mid_level, mid_share, model_weight_bytes, weight_bytes
-from .kernels import ALIGN, list_kernels
+from .kernels import ALIGN, list_kernels, weighted_kind
 from .target import Target
 
 
@@ -170,8 +170,7 @@ def local_fit(X: np.ndarray, w: np.ndarray, lt: np.ndarray, q: np.ndarray, work:
 
 def _weighted_bytes(spec: dict, kernel: dict) -> int:
     """The weight bytes of a grid line's conv / gemm kernel (0 for its reorders and for other ops)."""
-    impl = kernel["group"].split("/")[0]
-    if spec.get("pattern") or spec.get("op") not in ("conv", "gemm") or not (impl.split("-")[0].endswith("Conv") or impl == "Gemm"):
+    if spec.get("pattern") or spec.get("op") not in ("conv", "gemm") or weighted_kind(kernel["group"]) is None:
         return 0
     return weight_bytes(spec)
 
@@ -279,9 +278,7 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
 def kernel_kind(kernel: dict) -> str:
     """What a kernel's in-network ratio is kept by (``table.fit_kinds``): its implementation and dtype, a depthwise
     conv apart from the other convs of its implementation."""
-    parts = kernel["group"].split("/")
-    dw = len(parts) >= 6 and parts[2].startswith("k") and parts[4] == "dw"  # impl/dtype/k/s/kind/align
-    return "/".join(parts[:2]) + ("/dw" if dw else "")
+    return "/".join(kernel["group"].split("/")[:2]) + ("/dw" if weighted_kind(kernel["group"]) == "dw" else "")
 
 
 def moves_data(kernel: dict) -> bool:

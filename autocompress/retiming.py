@@ -10,6 +10,7 @@ them while the same files are on the front; ``autocompress report RUN --retime N
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -38,8 +39,16 @@ def _targets(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame) -> dict[str, 
     return out
 
 
-def _stamp(paths: dict[str, Path]) -> dict[str, list]:
-    return {k: [str(p), p.stat().st_size] for k, p in paths.items()}
+def _stamp(paths: dict[str, Path], run_dir: Path) -> dict[str, list]:
+    """Each re-timed file by its path within the run folder and its size: the run folder may be named relatively
+    (``autocompress report results/RUN``) or moved, and its re-timing still holds while the same files are there."""
+    return {k: [_within(p, run_dir), p.stat().st_size] for k, p in paths.items()}
+
+
+def _within(p, run_dir: Path) -> str:
+    """``p`` relative to the run folder; an absolute path an older retime.json recorded is read against the folder's
+    own location."""
+    return Path(os.path.relpath(Path(p).resolve(), run_dir.resolve())).as_posix()
 
 
 def retime_run(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame, meta: dict, *, windows: int | None,
@@ -52,7 +61,9 @@ def retime_run(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame, meta: dict,
     targets = _targets(run_dir, front, df)
     saved = json.loads(path.read_text()) if path.is_file() else None
     if not windows:
-        if saved and all(saved.get("files", {}).get(k) == v for k, v in _stamp(targets).items()):
+        files = {k: [_within(v[0], run_dir) if Path(v[0]).is_absolute() else v[0], v[1]]
+                 for k, v in (saved or {}).get("files", {}).items()}
+        if saved and all(files.get(k) == v for k, v in _stamp(targets, run_dir).items()):
             return saved["models"]
         return None
     profile, _ = load_profile(spec.profile)
@@ -71,7 +82,7 @@ def retime_run(run_dir: Path, front: pd.DataFrame, df: pd.DataFrame, meta: dict,
                  log=log)
     searched = _searched(df, baseline)
     models = {k: {**v.to_dict(), "searched": searched.get(k)} for k, v in res.items()}
-    path.write_text(json.dumps({"windows": windows, "files": _stamp(targets), "models": models,
+    path.write_text(json.dumps({"windows": windows, "files": _stamp(targets, run_dir), "models": models,
                                 "machine": fingerprint()}, indent=2, default=str))
     return models
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from dataclasses import replace
 
 import pandas as pd
@@ -307,3 +309,29 @@ def test_the_comparison_with_int8_alone_uses_the_re_timed_figures_where_both_wer
     # only one of the two re-timed: the search's pair, not a mix
     line = next(x for x in reference_lines(df, baseline, spec, timed={"trial 3": {"speedup": 3.0}}) if x.startswith("int8 alone"))
     assert f"is {4.5 / 2.345:.2f}x its speed (as the search measured them)" in line
+
+
+def test_a_run_s_re_timing_is_reused_however_its_folder_is_named_or_moved(tmp_path, monkeypatch):
+    """retime.json holds each file by its path within the run folder: `autocompress report results/RUN` (relative)
+    and the folder moved elsewhere both find the re-timed figures; a file that changed does not."""
+    from autocompress.retiming import FILE, _stamp, retime_run
+
+    run = tmp_path / "results" / "run"
+    (run / "models").mkdir(parents=True)
+    (run / "models" / "int8_reference.onnx").write_bytes(b"x" * 10)
+    meta = {"spec": RunSpec(out=str(run)).model_dump(mode="json")}
+    models = {"int8 alone": {"speedup": 2.5}}
+    targets = {"int8 alone": run / "models" / "int8_reference.onnx"}
+    (run / FILE).write_text(json.dumps({"windows": 3, "files": _stamp(targets, run), "models": models}))
+    empty = pd.DataFrame()
+    monkeypatch.chdir(tmp_path)
+    assert retime_run(Path("results/run"), empty, empty, meta, windows=0) == models
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    assert retime_run(moved, empty, empty, meta, windows=0) == models
+    (moved / "models" / "int8_reference.onnx").write_bytes(b"y" * 11)
+    assert retime_run(moved, empty, empty, meta, windows=0) is None
+    # an older retime.json recorded absolute paths: still read where the folder has not moved
+    old = {"int8 alone": [str(run / "models" / "int8_reference.onnx"), 10]}
+    (run / FILE).write_text(json.dumps({"windows": 3, "files": old, "models": models}))
+    assert retime_run(Path("results/run"), empty, empty, meta, windows=0) == models

@@ -233,6 +233,34 @@ def test_reductions_are_keyed_on_values_out_and_elements_reduced():
     assert ks[0]["feats"] == pytest.approx([np.log(61), np.log(64)])
 
 
+def test_reorders_are_keyed_on_the_alignment_of_their_channels(tiny_table):
+    """An NCHWc ReorderOutput to 29-31 channels ran 3x one to 32 on AVX512 (blocks of 16): the class of the unblocked
+    side's channel count is in its group, which the grid's convs of every class fill."""
+    def out(c, last=0):
+        plain = [1, 8, 8, c] if last else [1, c, 8, 8]
+        return kernels.features("com.microsoft.nchwc", "ReorderOutput", {"channels": c, "channels_last": last},
+                                [{"float": [1, 32, 8, 8]}], [{"float": plain}])
+    assert out(32)["group"] == "com.microsoft.nchwc:ReorderOutput/fp32/a16" and out(29)["group"].endswith("/u")
+    assert out(24)["group"].endswith("/a8") and out(28, last=1)["group"].endswith("/a4")
+    assert out(29)["feats"] == out(32)["feats"] == [pytest.approx(np.log(32 * 64))]  # the blocked side's elements
+    inp = kernels.features("com.microsoft.nchwc", "ReorderInput", {}, [{"float": [1, 24, 8, 8]}], [{"float": [1, 32, 8, 8]}])
+    assert inp["group"] == "com.microsoft.nchwc:ReorderInput/fp32/a8"
+    for cout in (28, 32):  # what a grid conv runs is keyed the same way (where this CPU runs the conv blocked)
+        ks = kernels.list_kernels(ptable.build_graph(dict(op="conv", k=1, s=1, dw=False, cin=32, cout=cout, h=8, n=1,
+                                                          dtype="fp32")), TARGET)
+        for k in ks:
+            if k["op"] == "ReorderOutput":
+                assert k["group"].endswith("/" + kernels.alignment(cout, cout, True)), k
+    # a table from before the classes: its one reorder group answers for every class, as before
+    old = {**tiny_table, "lines": [{**ln, "kernels": [{**k, "group": k["group"].rsplit("/", 1)[0]} if "Reorder" in k["group"]
+                                                      else k for k in ln["kernels"]]} for ln in tiny_table["lines"]]}
+    bare = [g for g in lookup.Index(old).groups if "ReorderOutput" in g]
+    if bare:  # (a CPU ORT runs no conv of the tiny grid blocked on has none)
+        assert bare == ["com.microsoft.nchwc:ReorderOutput/fp32"]
+        got, how = lookup.Index(old).lookup(bare[0] + "/u", [np.log(2048)], 2048)
+        assert how == "alignment" and got == pytest.approx(lookup.Index(old).lookup(bare[0], [np.log(2048)], 2048)[0])
+
+
 def test_missing_alignment_class_falls_back_to_the_nearest_one(tiny_table):
     trimmed = {**tiny_table, "lines": [{**ln, "kernels": [k for k in ln["kernels"] if not k["group"].endswith("/u")]}
                                        for ln in tiny_table["lines"]]}

@@ -115,6 +115,8 @@ def features(domain: str, op: str, attrs: dict, ins: list, outs: list) -> dict:
         return _reduce(op, dt, ish, osh, attrs.get("axes"))
     if op == "Transpose" and ish:
         return _transpose(dt, ish, attrs.get("perm"))
+    if domain == "com.microsoft.nchwc" and op in ("ReorderInput", "ReorderOutput") and ish and osh:
+        return _reorder(op, dt, ish if op == "ReorderInput" else osh, max(_numel(ish), _numel(osh)), attrs)
     numel = max(_numel(osh), _numel(ish))
     tag = f"{domain}:{op}" if domain else op
     acts = [_shape(t) for t in ins if t and len(_shape(t)) >= 2]
@@ -155,6 +157,17 @@ def _transpose(dt: str, ish: list[int], perm) -> dict:
     if run <= 1:
         return {"group": f"Transpose/{dt}", "feats": [math.log(max(numel, 1))], "work": float(max(numel, 1))}
     return {"group": f"Transpose-runs/{dt}", "feats": [math.log(max(numel, 1)), math.log(max(numel // run, 1))],
+            "work": float(max(numel, 1))}
+
+
+def _reorder(op: str, dt: str, plain: list[int], numel: int, attrs: dict) -> dict:
+    """A reorder between a network's own layout and ORT's channel-blocked NCHWc one, keyed on its elements and on the
+    alignment class of its channel count (``plain``: the unblocked side's shape): a ReorderOutput to 29-31 channels
+    ran 20 us on 32x32 pixels where one to 32 ran 7 (Xeon with AVX512: blocks of 16, benchmarks/README.md, thirtieth
+    and thirty-second sessions), which elements alone cannot tell."""
+    c = int(attrs.get("channels") or (plain[3] if attrs.get("channels_last") and len(plain) == 4 else
+                                      plain[1] if len(plain) > 1 else 1))
+    return {"group": f"com.microsoft.nchwc:{op}/{dt}/{alignment(c, c, True)}", "feats": [math.log(max(numel, 1))],
             "work": float(max(numel, 1))}
 
 

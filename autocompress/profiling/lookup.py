@@ -116,7 +116,7 @@ class Index:
             g = self.groups.get("/".join(parts[:-1] + [cls]))
             if g is not None:
                 return g
-        return None
+        return self.groups.get("/".join(parts[:-1]))  # a table from before the group had classes (reorders)
 
     def _act_twin(self, group: str):
         """A conv with a fused activation the grid did not time at that kernel size / stride / kind: the same conv

@@ -46,8 +46,8 @@ def _stamp(paths: dict[str, Path], run_dir: Path) -> dict[str, list]:
 
 
 def _within(p, run_dir: Path) -> str:
-    """``p`` relative to the run folder; an absolute path an older retime.json recorded is read against the folder's
-    own location."""
+    """``p`` relative to the run folder. An older retime.json recorded absolute paths: those count while they still
+    point into this folder; a folder moved since is re-timed afresh (``autocompress report RUN --retime N``)."""
     return Path(os.path.relpath(Path(p).resolve(), run_dir.resolve())).as_posix()
 
 

@@ -7,7 +7,7 @@ whole the way the table's context networks are (``table.time_sessions``, net of 
 once per kernel (``kernels.list_kernels``); its wall time is split over its kernels in proportion to the profiler's
 durations less the per-node inflation -- exactly how the table's own entries were made -- and set beside
 ``lookup.breakdown`` (the table's prediction per kernel, in-network scale included), summed per kernel kind
-(implementation/dtype). A kind whose prediction is far from its share is where the table or its features are wrong.
+(implementation/dtype, a depthwise conv apart: ``lookup.kernel_kind``, what the table's in-network ratios are kept by). A kind whose prediction is far from its share is where the table or its features are wrong.
 
     python benchmarks/predict_breakdown.py --table benchmarks/results/cpu-1thread.table.jsonl \
         shufflenet_v2_x1_0:0.58:32:14 mobilenet_v2:0.44:64:16 resnet18:0.11:32:0
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     from autocompress.measure import predict
     from autocompress.profiling.kernels import list_kernels
-    from autocompress.profiling.lookup import breakdown, table_target
+    from autocompress.profiling.lookup import breakdown, kernel_kind, table_target
     from autocompress.profiling.table import split_wall, time_sessions
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,7 +80,7 @@ def main() -> None:
                 kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
                 for (name, group, ms, how), sh, k in zip(pred, share, ks):
                     kind = (f"{group} {tuple(round(float(np.exp(f))) for f in k['feats'])}" if args.by_shape else
-                            "/".join(group.split("/")[:2])) + ("" if how == "fit" else f" ({how})")
+                            kernel_kind(k)) + ("" if how == "fit" else f" ({how})")
                     kinds[kind][0] += ms
                     kinds[kind][1] += sh
                     kinds[kind][2] += 1

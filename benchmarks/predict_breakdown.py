@@ -7,7 +7,8 @@ whole the way the table's context networks are (``table.time_sessions``, net of 
 once per kernel (``kernels.list_kernels``); its wall time is split over its kernels in proportion to the profiler's
 durations less the per-node inflation -- exactly how the table's own entries were made -- and set beside
 ``lookup.breakdown`` (the table's prediction per kernel, in-network scale included), summed per kernel kind
-(implementation/dtype, a depthwise conv apart: ``lookup.kernel_kind``, what the table's in-network ratios are kept by). A kind whose prediction is far from its share is where the table or its features are wrong.
+(implementation/dtype, a depthwise conv apart: ``lookup.kernel_kind``, what the table's in-network ratios are kept
+by). A kind whose prediction is far from its share is where the table or its features are wrong.
 
     python benchmarks/predict_breakdown.py --table benchmarks/results/cpu-1thread.table.jsonl \
         shufflenet_v2_x1_0:0.58:32:14 mobilenet_v2:0.44:64:16 resnet18:0.11:32:0

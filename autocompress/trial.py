@@ -424,8 +424,8 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
         if ctx.early_stopper is not None:  # the loop reports it too; the scheduler counts it once
             ctx.early_stopper.observe_record(rec)
         return rec
-    except EarlyStopped as e:
-        return record(TrialStatus.STOPPED, stage=current[0], message=str(e))
+    except EarlyStopped as e:  # a reused student's verdict says whose it is (the trial line shows the message)
+        return record(TrialStatus.STOPPED, stage=current[0], message="; ".join(filter(None, (state.get("note"), str(e)))))
     except InfeasibleCandidate as e:
         return record(TrialStatus.INFEASIBLE, stage=current[0], message=str(e))
     except StageError as e:

@@ -291,6 +291,27 @@ def test_a_rung_stops_a_distillation_and_leaves_the_student_uncached(prepared):
     assert len(rec.kd_history) >= 2 and "rung" not in (rec.message or "")
 
 
+def test_a_stopped_student_reused_for_the_same_network_says_whose_it_is(prepared):
+    """Two ratios that prune to one network share its distilled student; where that student's distillation was
+    stopped (accuracy below the target), the second trial's STOPPED line names the trial whose student it is --
+    the console shows that message, not the log's per-trial lines (a resnet20 run showed two trials 'STOPPED at
+    student ... (0 s)' with the first one's accuracy and no word why)."""
+    from autocompress.trial import run_trial
+
+    prep, _ = prepared
+    ctx = replace(prep.ctx, early_stopper=None)
+    first = run_trial(150, _cand(0.3, "int8", 1), ctx)
+    assert first.status == TrialStatus.COMPLETE, first.message
+    meta_path = prep.ctx.cache_dir / first.candidate.student_key() / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "stopped": "accuracy 45.6% after distillation is below the target 50.8%"}))
+    again = run_trial(151, _cand(0.31, "int8", 1), ctx)  # 30% and 31% of the tiny CNN's channels prune the same ones
+    assert again.candidate.student_key() != first.candidate.student_key()
+    assert again.status == TrialStatus.STOPPED and again.stage == "student", again.message
+    assert again.message == ("the same pruned network as trial 150 (channel rounding): its distilled student reused, "
+                             "no distillation; accuracy 45.6% after distillation is below the target 50.8%")
+
+
 def test_a_resumed_run_rebuilds_the_scheduler_from_its_log(prepared):
     from autocompress.engine import prepare
     from autocompress.trial import run_trial

@@ -340,6 +340,9 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
         st = dict(times)
         # "student" keeps the meaning reports give it: build + prune + distill + export of the student
         st["student"] = st.get("student", 0.0) + st.get("distill", 0.0) + st.get("export", 0.0)
+        # a reused student's note leads whatever the record says (the trial's console line shows the message, not
+        # the log's per-trial lines): a verdict on trial N's student says whose it is
+        message = "; ".join(filter(None, (state.get("note"), message))) or None
         return TrialRecord(
             kd_history=tuple(history), worker=f"{socket.gethostname()}:{os.getpid()}",
             number=number, status=status, candidate=cand, metrics=metrics or state["speed"], stage=stage,
@@ -420,12 +423,12 @@ def run_trial(number: int, cand: Candidate, ctx: TrialContext) -> TrialRecord:
             size_mb=size, params=meta.get("params"), macs=meta.get("macs"), latency_cv=lat[2],
             latency_mode=ctx.profile.latency.mode,
         )
-        rec = record(TrialStatus.COMPLETE, metrics, message=state.get("note"), artifact=str(final.relative_to(ctx.run_dir)))
+        rec = record(TrialStatus.COMPLETE, metrics, artifact=str(final.relative_to(ctx.run_dir)))
         if ctx.early_stopper is not None:  # the loop reports it too; the scheduler counts it once
             ctx.early_stopper.observe_record(rec)
         return rec
-    except EarlyStopped as e:  # a reused student's verdict says whose it is (the trial line shows the message)
-        return record(TrialStatus.STOPPED, stage=current[0], message="; ".join(filter(None, (state.get("note"), str(e)))))
+    except EarlyStopped as e:
+        return record(TrialStatus.STOPPED, stage=current[0], message=str(e))
     except InfeasibleCandidate as e:
         return record(TrialStatus.INFEASIBLE, stage=current[0], message=str(e))
     except StageError as e:

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from autocompress.profiling import check as pcheck
-from autocompress.profiling import graphs, kernels, lookup, marks, nets, recheck
+from autocompress.profiling import cold, graphs, kernels, lookup, marks, nets, recheck
 from autocompress.profiling import table as ptable
 from autocompress.profiling.target import Target, TargetError
 
@@ -85,6 +85,7 @@ def test_table_header_records_device_ort_and_ep(tiny_table):
     assert set(t["context"]["scale"]) == {"fp32", "int8"} and all(v > 0 for v in t["context"]["scale"].values())
     kinds = t["context"]["kind_scale"]  # each kind's ratio to the rest, from the networks' own profiles
     assert set(kinds) == {"fp32", "int8"} and all(kinds.values()) and all(0.5 <= r <= 2.0 for d in kinds.values() for r in d.values())
+    assert t["context"]["cache_counts"] == "weights+outputs"  # what its networks' bytes against the cache counted
 
 
 def test_fusion_rules_are_measured(tiny_table):
@@ -437,6 +438,21 @@ def test_a_broadcast_along_the_rows_is_not_one_across_them():
     assert nchw["group"] == "Mul-bcast/fp32" and nhwc["group"] == "Mul-bcast-vec/fp32" and nchw["feats"] == nhwc["feats"]
     ks = kernels.list_kernels(ptable.build_graph(dict(op="mul_bcast", c=64, h=2, n=1, nhwc=True, dtype="int8")), TARGET)
     assert [k["group"] for k in ks] == ["com.microsoft:QLinearMul-bcast-vec/int8"]
+
+
+def test_a_network_streams_its_weights_and_every_tensor_its_kernels_write():
+    """The bytes a model's coldness is read from: its weights plus each kernel's outputs (a 1x1 fp32 conv 16 -> 32 on
+    8x8 pixels writes 32 * 8 * 8 floats); a table whose cache was fitted on weights alone (no ``cache_counts``) is
+    read on weights alone."""
+    model = graphs.conv_graph(1, 16, 32, 8, 1, 1, False, False)
+    ks = kernels.list_kernels(model, TARGET)
+    conv = [k for k in ks if "Conv" in k["op"]]
+    assert conv and max(k["out_bytes"] for k in conv) == 32 * 8 * 8 * 4
+    weights = cold.model_weight_bytes(model)
+    assert weights >= 16 * 32 * 4 and cold.stream_bytes(model, ks) == weights + sum(k["out_bytes"] for k in ks)
+    assert lookup.streamed(model, ks, {"cache_counts": cold.STREAM}) == cold.stream_bytes(model, ks) > weights
+    assert lookup.streamed(model, ks, {"cache_bytes": 1 << 20}) == lookup.streamed(model, ks, {}) == weights
+    assert kernels.output_bytes([{"uint8": [1, 8, 4, 4]}, {"int64": [2]}, {"float": [2, 10]}, {"float": []}]) == 128 + 16 + 80 + 4
 
 
 def test_speed_marks_bring_every_graph_to_the_last_marks_speed():

@@ -74,9 +74,24 @@ def model_weight_bytes(model: bytes | str) -> int:
     return sum(n * size for n, size in weight_tensors(model))
 
 
+STREAM = "weights+outputs"  # a table context's "cache_counts": what its fitted cache is compared with
+
+
+def stream_bytes(model: bytes | str, kernels: list[dict]) -> int:
+    """What a network streams through the cache every inference: its weights and every tensor its kernels write
+    (``out_bytes`` of :func:`.kernels.list_kernels`). Activations written evict weights as surely as other weights
+    do: on an AMD EPYC (Zen 5, AVX512-VNNI, 1 MiB of L2 per core) timm's efficientnet_b0, ghostnet_100 and rexnet_100
+    at 64 px (18-20 MiB of fp32 weights, 24-26 MiB with their outputs) ran their weight-heavy kernels about two thirds
+    cold and were predicted 15-18% low by a cache fitted on wide residual networks at 16 px, whose outputs are
+    small; counted with their outputs, the same networks fit the same cache (22.6 MiB) and those models came within
+    -6 / +2% (benchmarks/README.md, thirty-fourth session)."""
+    return model_weight_bytes(model) + sum(int(k.get("out_bytes", 0)) for k in kernels)
+
+
 def coldness(model_bytes: float, cache_bytes: float | None) -> float:
-    """0 (weights stay in the cache) to 1 (every kernel reads its weights from memory), over one octave of the model's
-    weight bytes centred on ``cache_bytes``, log-linear: the cache that counts for whole networks, fitted on networks
+    """0 (weights stay in the cache) to 1 (every kernel reads its weights from memory), over one octave of the bytes
+    the model streams (:func:`stream_bytes`; its weights alone in tables fitted before) centred on ``cache_bytes``,
+    log-linear: the cache that counts for whole networks, fitted on networks
     timed whole (``table.context_calibration``). Measured here (AVX2 EPYC, one thread): 40 held-out pruned models
     were predicted right by their warm entries up to 6.4 MB of weights, by their cold ones from 8.5 MB on."""
     if not cache_bytes or model_bytes <= 0:

@@ -54,6 +54,14 @@ def _shape(t: dict | None) -> list[int]:
     return [int(d) for d in next(iter(t.values()))] if t else []
 
 
+_ITEM_BYTES = {"float": 4, "float16": 2, "uint8": 1, "int8": 1, "int32": 4, "int64": 8, "bool": 1}
+
+
+def output_bytes(outs: list) -> int:
+    """Bytes a kernel writes: its outputs in the trace's [{dtype: shape}] form."""
+    return sum(_ITEM_BYTES.get(dt, 4) * math.prod(int(d) for d in shape) for t in outs for dt, shape in t.items())
+
+
 def fused_act(attrs: dict) -> str:
     """'-clip' etc. for a float conv ORT fused an activation other than Relu into ('' for none or Relu): MLAS applies
     it as a second pass over the output, which Relu's kernel does not need. A 1x1 conv 32 -> 64 on 64x64 pixels
@@ -219,7 +227,8 @@ def _named(model: bytes | str) -> bytes:
 
 def list_kernels(model: bytes | str, target: Target, *, runs: int = 1, seed: int = 0, shapes: dict | None = None) -> list[dict]:
     """The kernels ONNX Runtime runs for ``model`` under ``target``'s session settings, in execution order:
-    [{name, domain, op, group, feats, work, us}] (``us``: the profiler's median duration over ``runs``). ``shapes``:
+    [{name, domain, op, group, feats, work, us, out_bytes}] (``us``: the profiler's median duration over ``runs``;
+    ``out_bytes``: what the kernel writes, :func:`output_bytes`). ``shapes``:
     {input name: shape} fed to a model whose inputs have symbolic dimensions (left symbolic: a dynamic batch axis
     keeps the shape computations an exporter writes, which ORT folds away when the shape is fixed)."""
     named = _named(model)
@@ -236,7 +245,8 @@ def list_kernels(model: bytes | str, target: Target, *, runs: int = 1, seed: int
         op = nd.op_type if nd is not None else r["op"]
         attrs = _attrs(nd) if nd is not None else {}
         f = features(domain, op, attrs, r["args"].get("input_type_shape") or [], r["args"].get("output_type_shape") or [])
-        out.append({"name": r["name"], "domain": domain, "op": op, **f, "us": float(np.median(r["durs_us"]))})
+        out.append({"name": r["name"], "domain": domain, "op": op, **f, "us": float(np.median(r["durs_us"])),
+                    "out_bytes": output_bytes(r["args"].get("output_type_shape") or [])})
     return out
 
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from . import marks
-from .cold import blend, coldness, mid_level, mid_share, model_weight_bytes, weight_bytes
+from .cold import blend, coldness, mid_level, mid_share, model_weight_bytes, STREAM, stream_bytes, weight_bytes
 from .kernels import ALIGN, list_kernels, weighted_kind
 from .target import Target
 
@@ -256,8 +256,8 @@ def model_dtype(kernels: list[dict]) -> str:
 def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None,
               shapes: dict | None = None, cold: float | None = None) -> list[tuple[str, str, float, str]]:
     """(kernel name, table group, ms, how) for every kernel ORT runs for ``model`` under the table's settings, as in
-    a network: the table's entry (warm, cold or between, by the model's weight bytes against the cache the table's
-    networks fitted; ``cold`` forces it) times its in-network scale for the model's dtype and its kind's ratio to it,
+    a network: the table's entry (warm, cold or between, by the bytes the model streams against the cache the table's
+    networks fitted, :func:`streamed`; ``cold`` forces it) times its in-network scale for the model's dtype and its kind's ratio to it,
     plus its per-kernel cost."""
     idx = index_of(table)
     ks = kernels if kernels is not None else list_kernels(model, table_target(table), shapes=shapes)
@@ -266,13 +266,21 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
     by_kind = (ctx.get("kind_scale") or {}).get(dt) or {}  # tables before it was fitted: the one scale
     extra = (ctx.get("per_kernel_ms") or {}).get(dt, 0.0)  # tables before it was fitted: none
     nbytes = model_weight_bytes(model)
-    c = coldness(nbytes, ctx.get("cache_bytes")) if cold is None else cold
+    c = coldness(streamed(model, ks, ctx), ctx.get("cache_bytes")) if cold is None else cold
     mid = mid_share(nbytes, idx.level)
     out = []
     for k in ks:
         ms, how = idx.lookup(k["group"], k["feats"], k["work"], c, mid)
         out.append((k["name"], k["group"], ms * scale * by_kind.get(kernel_kind(k), 1.0) + (extra if moves_data(k) else 0.0), how))
     return out
+
+
+def streamed(model: bytes | str, kernels: list[dict], ctx: dict) -> int:
+    """The bytes a model's coldness is read from, as the table's networks fitted its cache: weights and outputs
+    (:func:`.cold.stream_bytes`), or the weights alone for a table fitted before (no ``cache_counts``)."""
+    if ctx.get("cache_counts") == STREAM:
+        return stream_bytes(model, kernels)
+    return model_weight_bytes(model)
 
 
 def kernel_kind(kernel: dict) -> str:

@@ -693,11 +693,11 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
         meas = measured[name] = time_sessions(model, target, quick)
         points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"],
-                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.model_weight_bytes(model),
+                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.stream_bytes(model, ks),
                        "kinds": [kernel_kind(k) if moves_data(k) else None for k in ks],
                        "shares": split_wall(ks, meas - table["overhead_ms"], table["delta_ms"])})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "
-            f"cold ({len(ks)} kernels, {points[-1]['bytes'] / 2**20:.1f} MiB of weights)")
+            f"cold ({len(ks)} kernels, {points[-1]['bytes'] / 2**20:.1f} MiB of weights and outputs)")
     # the level is set on the networks that look like the ones people prune (as deep, and weight-heavy); the shallow
     # ones are timed as the device's reference speed. Fitted on all 36, the shallow ones (3-4 stages on 32 px, some
     # 0.1 ms in all, predicted 6-12% over) held the level of the deep ones 3-12% under, and 40 held-out pruned zoo
@@ -720,7 +720,7 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of them" if cache else "; every network warm"))
     return {"scale": {dt: s for dt, (s, _) in fits.items()}, "kind_scale": by_kind,
             "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()}, "cache_bytes": cache, "nets": [n for n, _ in nets_],
-            "measured_ms": measured}  # the device's speed at the build (check re-times)
+            "measured_ms": measured, "cache_counts": cold.STREAM}  # the device's speed at the build (check re-times)
 
 
 def append_line(path, row: dict) -> None:

@@ -257,8 +257,8 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
               shapes: dict | None = None, cold: float | None = None) -> list[tuple[str, str, float, str]]:
     """(kernel name, table group, ms, how) for every kernel ORT runs for ``model`` under the table's settings, as in
     a network: the table's entry (warm, cold or between, by the bytes the model streams against the cache the table's
-    networks fitted, :func:`streamed`; ``cold`` forces it) times its in-network scale for the model's dtype and its kind's ratio to it,
-    plus its per-kernel cost."""
+    networks fitted, :func:`streamed`; ``cold`` forces it) times its in-network scale for the model's dtype and its
+    kind's ratio to it, plus its per-kernel cost."""
     idx = index_of(table)
     ks = kernels if kernels is not None else list_kernels(model, table_target(table), shapes=shapes)
     ctx, dt = table.get("context") or {}, model_dtype(ks)

@@ -18,7 +18,8 @@ File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an 
 * after the grid, the graphs with an entry far above what their neighbours say timed again (:mod:`.recheck`: a
   second line of the same id, the faster of the two kept when the table is read) and ``{"rechecked": {...}}``;
 * ``{"context": {"scale", "kind_scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
-  (:func:`context_calibration`; ``cache_bytes``: a network's weight bytes where its kernels turn cold);
+  (:func:`context_calibration`; ``cache_bytes``: the bytes a network streams, weights and outputs as
+  ``cache_counts`` says, where its kernels turn cold);
 * ``{"done": true, "seconds"}`` when the grid is complete; optionally ``{"calibration": {...}}`` lines after it
   (whole-model correction fitted by the search side, ``autocompress.measure.predict``).
 
@@ -717,7 +718,7 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel (kinds "
                     + ", ".join(f"{kd} x{v:.2f}" for kd, v in sorted(by_kind[dt].items(), key=lambda kv: -abs(np.log(kv[1])))[:4])
                     + ")" for dt, (s, k) in fits.items())
-        + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of them" if cache else "; every network warm"))
+        + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of weights and outputs" if cache else "; every network warm"))
     return {"scale": {dt: s for dt, (s, _) in fits.items()}, "kind_scale": by_kind,
             "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()}, "cache_bytes": cache, "nets": [n for n, _ in nets_],
             "measured_ms": measured, "cache_counts": cold.STREAM}  # the device's speed at the build (check re-times)

@@ -23,7 +23,6 @@ def main() -> None:
     args = ap.parse_args()
     from autocompress.profiling import table as ptable
     from autocompress.profiling.lookup import table_target
-
     from autocompress.profiling.target import TargetError
 
     try:

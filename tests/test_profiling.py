@@ -449,9 +449,9 @@ def test_a_network_streams_its_weights_and_every_tensor_its_kernels_write():
     conv = [k for k in ks if "Conv" in k["op"]]
     assert conv and max(k["out_bytes"] for k in conv) == 32 * 8 * 8 * 4
     weights = cold.model_weight_bytes(model)
-    assert weights >= 16 * 32 * 4 and cold.stream_bytes(model, ks) == weights + sum(k["out_bytes"] for k in ks)
-    assert lookup.streamed(model, ks, {"cache_counts": cold.STREAM}) == cold.stream_bytes(model, ks) > weights
-    assert lookup.streamed(model, ks, {"cache_bytes": 1 << 20}) == lookup.streamed(model, ks, {}) == weights
+    assert weights >= 16 * 32 * 4 and cold.stream_bytes(weights, ks) == weights + sum(k["out_bytes"] for k in ks)
+    assert lookup.streamed(weights, ks, {"cache_counts": cold.STREAM}) == cold.stream_bytes(weights, ks) > weights
+    assert lookup.streamed(weights, ks, {"cache_bytes": 1 << 20}) == lookup.streamed(weights, ks, {}) == weights
     assert kernels.output_bytes([{"uint8": [1, 8, 4, 4]}, {"int64": [2]}, {"float": [2, 10]}, {"float": []}]) == 128 + 16 + 80 + 4
 
 

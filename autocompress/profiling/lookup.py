@@ -265,9 +265,9 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
     scale = (ctx.get("scale") or {}).get(dt, 1.0)
     by_kind = (ctx.get("kind_scale") or {}).get(dt) or {}  # tables before it was fitted: the one scale
     extra = (ctx.get("per_kernel_ms") or {}).get(dt, 0.0)  # tables before it was fitted: none
-    nbytes = model_weight_bytes(model)
-    c = coldness(streamed(model, ks, ctx), ctx.get("cache_bytes")) if cold is None else cold
-    mid = mid_share(nbytes, idx.level)
+    nbytes = model_weight_bytes(model)  # parsed once: the last level's coldness and the core's cache step both read it
+    c = coldness(streamed(nbytes, ks, ctx), ctx.get("cache_bytes")) if cold is None else cold
+    mid = mid_share(nbytes, idx.level)  # a core's own cache: its step was measured on weights alone (the knee's copies)
     out = []
     for k in ks:
         ms, how = idx.lookup(k["group"], k["feats"], k["work"], c, mid)
@@ -275,12 +275,11 @@ def breakdown(model: bytes | str, table: dict, kernels: list[dict] | None = None
     return out
 
 
-def streamed(model: bytes | str, kernels: list[dict], ctx: dict) -> int:
-    """The bytes a model's coldness is read from, as the table's networks fitted its cache: weights and outputs
-    (:func:`.cold.stream_bytes`), or the weights alone for a table fitted before (no ``cache_counts``)."""
-    if ctx.get("cache_counts") == STREAM:
-        return stream_bytes(model, kernels)
-    return model_weight_bytes(model)
+def streamed(weights: int, kernels: list[dict], ctx: dict) -> int:
+    """The bytes a model's coldness is read from, as the table's networks fitted its cache: its ``weights`` and its
+    kernels' outputs (:func:`.cold.stream_bytes`), or the weights alone for a table fitted before (no
+    ``cache_counts``)."""
+    return stream_bytes(weights, kernels) if ctx.get("cache_counts") == STREAM else weights
 
 
 def kernel_kind(kernel: dict) -> str:

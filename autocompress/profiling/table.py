@@ -694,7 +694,7 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
         meas = measured[name] = time_sessions(model, target, quick)
         points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"],
-                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.stream_bytes(model, ks),
+                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.stream_bytes(cold.model_weight_bytes(model), ks),
                        "kinds": [kernel_kind(k) if moves_data(k) else None for k in ks],
                        "shares": split_wall(ks, meas - table["overhead_ms"], table["delta_ms"])})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "

@@ -221,7 +221,7 @@ def main():
     t_table = time.perf_counter() - t0
     uncalibrated = {k: v for k, v in table.items() if k != "calibration"}  # the same table, without it: compared
     compares = [predict.read_table(t) for t in args.compare_table]
-    # the same table with its graphs at the speed each was timed at, not rescaled to the last mark's: compared
+    # the same table with its graphs at the speed each was timed at, not rescaled to the build's median speed: compared
     unmarked = {**table, "marks": []} if len(table.get("marks") or []) >= 2 else None
     sizes = [int(v) for v in args.sizes.split(",")]
     rows, cands = [], []

@@ -39,6 +39,8 @@ def main() -> None:
     out = Path(args.out)
     out.write_text("".join(json.dumps(r) + "\n" for r in keep))  # the grid alone, read as the build read it
     grid = ptable.read(out)
+    for m in grid["marks"]:
+        m.pop("nets", None)  # the stored times are already each network's statistic over its rounds
     target = table_target(grid)
     names = {model: name for name, model in ptable.context_nets(target.batch_size, target.int8)}
     missing = set(names.values()) - set(ctx["measured_ms"])

@@ -12,7 +12,7 @@ Only numpy, onnx, onnxruntime and the standard library are imported here (no tor
 * :mod:`.table`: the grid, the resumable JSON Lines table, fusion rules, compatibility checks;
 * :mod:`.cold`: weighted kernels with their weights out of the cache: the knee and its steps (a core's own cache,
   the last level), the cold timings' copies, a network's cache fitted on networks timed whole, the blends;
-* :mod:`.marks`: the device's speed marked between the grid's phases, each graph rescaled to the last mark's;
+* :mod:`.marks`: the device's speed marked between the grid's phases, each graph rescaled to the build's median speed;
 * :mod:`.nets`, :mod:`.lookup`, :mod:`.check`: generated networks, the prediction, ``--check``.
 """
 

@@ -176,11 +176,11 @@ def _weighted_bytes(spec: dict, kernel: dict) -> int:
 
 
 def kept_lines(table: dict) -> list[tuple[dict, float]]:
-    """(graph line, factor to the last mark's speed) for each graph the table holds; a graph timed twice (re-timed
+    """(graph line, factor to the build's median speed) for each graph the table holds; a graph timed twice (re-timed
     by :mod:`.recheck` where its entry disagreed with its neighbours) by its faster time at that speed: on a shared
     machine noise only ever slows a timing."""
     lines = table["lines"]
-    factors = marks.line_factors(len(lines), table.get("marks") or [])  # each graph at the last mark's speed
+    factors = marks.table_factors(table)  # each graph at the build's median speed
     best: dict[str, tuple[dict, float]] = {}
     for i, ln in enumerate(lines):
         f = 1.0 if factors is None else float(factors[i])

@@ -55,8 +55,8 @@ def order(ids, seed: int = 0) -> list[str]:
 
 
 def summary(table: dict, ids: dict[str, float], ratio: float = RATIO) -> dict:
-    """What timing again found: per graph, its second time over its first (both at the last mark's speed)."""
-    factors = marks.line_factors(len(table["lines"]), table.get("marks") or [])
+    """What timing again found: per graph, its second time over its first (both at the build's median speed)."""
+    factors = marks.table_factors(table)
     times: dict[str, list[float]] = {}
     for i, ln in enumerate(table["lines"]):
         if ln["id"] in ids:

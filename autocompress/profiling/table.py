@@ -14,7 +14,7 @@ File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an 
   inflation ``delta_ms``; ``cold_ms``: the same kernel with its weights out of the cache (:mod:`.cold`), where
   that can matter;
 * ``{"mark": {"ms": {reference network: ms}, "at"}}`` lines between the graphs: the device's speed where they
-  were timed (:mod:`.marks`; each graph's kernels are rescaled to the last mark's speed when the table is read);
+  were timed (:mod:`.marks`; each graph's kernels are rescaled to the build's median speed when the table is read);
 * after the grid, the graphs with an entry far above what their neighbours say timed again (:mod:`.recheck`: a
   second line of the same id, the faster of the two kept when the table is read) and ``{"rechecked": {...}}``;
 * ``{"context": {"scale", "kind_scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
@@ -548,10 +548,12 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
     specs = [s for s in all_specs if spec_id(s) not in done and s.get("dtype", "fp32") in dtypes]
     prog = Progress(len(done) + len(specs), len(done), log)
     todo = specs if limit is None else specs[:limit]
-    sentinels = marks.sentinels(context_nets(target.batch_size, target.int8), quick)
+    context = fit_nets(target, quick)
+    sentinels = marks.sentinels(context, quick)
 
-    def mark(f) -> None:
-        f.write(json.dumps({"mark": marks.take(target, quick, sentinels, time_sessions=time_sessions)}) + "\n")
+    def mark(f, with_nets: bool = False) -> None:
+        m = marks.take(target, quick, sentinels, time_sessions=time_sessions, context=context if with_nets else None)
+        f.write(json.dumps({"mark": m}) + "\n")
         f.flush()
 
     def time_all(todo: list[dict], prog: Progress) -> None:
@@ -561,8 +563,8 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
                 f.write(json.dumps(time_spec(spec, target, table, quick)) + "\n")
                 f.flush()
                 prog.step()
-                if i % marks.EVERY == 0 or i == len(todo):
-                    mark(f)
+                if i % marks.EVERY == 0 or i == len(todo):  # a round of the context networks every few marks
+                    mark(f, with_nets=i % (marks.EVERY * marks.ROUND_EVERY) == 0 and i < len(todo))
 
     if todo:
         time_all(todo, prog)
@@ -577,7 +579,7 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
             append_line(p, {"rechecked": summary})
             log(recheck.describe(summary))
             grid_done = read(p)
-        log(marks.describe(marks.line_factors(len(grid_done["lines"]), grid_done["marks"]), len(grid_done["marks"])))
+        log(marks.describe(marks.table_factors(grid_done), len(grid_done["marks"])))
         ctx = context_calibration(grid_done, target, quick=quick, log=log)
         append_line(p, {"context": ctx})
         append_line(p, {"done": True, "seconds": round(time.perf_counter() - t0, 1), "load_avg_end": load_average()})
@@ -624,6 +626,12 @@ def context_nets(batch: int, int8: bool) -> list[tuple[str, bytes]]:
              ("wide resnet w64-128-256-512 16px", lambda q: nets.resnet([64, 128, 256, 512], 1, 16, q, 23, batch)),
              ("wide resnet w128-256-512-512 16px", lambda q: nets.resnet([128, 256, 512, 512], 1, 16, q, 24, batch))]
     return [(f"{n} {dt}", fn(dt == "int8")) for n, fn in specs for dt in (("fp32", "int8") if int8 else ("fp32",))]
+
+
+def fit_nets(target: Target, quick: bool) -> list[tuple[str, bytes]]:
+    """The context networks a build times: all of them, or the first (one per dtype) in a quick build."""
+    nets_ = context_nets(target.batch_size, target.int8)
+    return (nets_[:2] if target.int8 else nets_[:1]) if quick else nets_
 
 
 def fit_context(points: list[tuple[float, float, int]]) -> tuple[float, float]:
@@ -677,22 +685,27 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     profiles (:func:`fit_kinds`), and each warm or cold by the network's weight bytes against the cache that
     explains the networks best (:func:`.cold.fit_cache`). Measured on an AVX2 EPYC: int8 networks with many small
     kernels (SiLU, squeeze-excite, channel shuffle) ran ~1-4 us per kernel over the sum of their kernels timed alone
-    (benchmarks/README.md). Their whole times are kept (``measured_ms``) as the device's speed at the build; the
+    (benchmarks/README.md). A network's time is the target's statistic of its rounds during the grid and the one taken
+    here (:mod:`.marks`, each at the build's median speed), kept (``measured_ms``) as the device's speed at the build; the
     whole-model calibration, where torch is, times them again when it sets the level last, and ``check`` compares
     with the later of the two."""
     from .lookup import breakdown, kernel_kind, model_dtype, moves_data
 
     bare = {**table, "context": None}
-    nets_ = context_nets(target.batch_size, target.int8)
-    if quick:
-        nets_ = nets_[:2] if target.int8 else nets_[:1]
+    nets_ = fit_nets(target, quick)
+    low = marks.low_quantile(table)
+    rounds = marks.context_rounds(table.get("marks") or [], low)
+    at_end = (marks.mark_factors(table.get("marks") or [], low) or [1.0])[-1]  # taken right after the last mark
     measured: dict[str, float] = {}
+    last: list[float] = []  # this moment's time over the rounds' statistic, per network
     points = []
     for name, model in nets_:
         ks = list_kernels(model, target, runs=3 if quick else 30)  # the profile splits the wall time (fit_kinds)
         warm = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=0.0)]
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
-        meas = measured[name] = time_sessions(model, target, quick)
+        now = time_sessions(model, target, quick) * at_end
+        meas = measured[name] = float(statistic_of(np.array([now, *rounds.get(name, [])]), target.statistic))
+        last.append(now / meas)
         points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"],
                        "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.stream_bytes(cold.model_weight_bytes(model), ks),
                        "kinds": [kernel_kind(k) if moves_data(k) else None for k in ks],
@@ -714,6 +727,9 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
                                      for kd, e, sh in zip(p["kinds"], es, p["shares"]) if kd is not None])
         fits[dt] = fit_context([(p["measured"], sum(e * r.get(kd, 1.0) for kd, e in zip(p["kinds"], es)), p["n"])
                                 for p, es in zip(pts, entries)])
+    n_rounds = 1 + max((len(v) for v in rounds.values()), default=0)
+    log(f"context networks: each the {target.statistic} of {n_rounds} rounds across the build at its median speed"
+        + (f"; the final round ran x{min(last):.3f}-x{max(last):.3f} that" if n_rounds > 1 else ""))
     log(f"in network ({len(points)} networks): "
         + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel (kinds "
                     + ", ".join(f"{kd} x{v:.2f}" for kd, v in sorted(by_kind[dt].items(), key=lambda kv: -abs(np.log(kv[1])))[:4])
@@ -721,7 +737,7 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of weights and outputs" if cache else "; every network warm"))
     return {"scale": {dt: s for dt, (s, _) in fits.items()}, "kind_scale": by_kind,
             "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()}, "cache_bytes": cache, "nets": [n for n, _ in nets_],
-            "measured_ms": measured, "cache_counts": cold.STREAM}  # the device's speed at the build (check re-times)
+            "measured_ms": measured, "rounds": n_rounds, "cache_counts": cold.STREAM}  # the device's speed at the build (check re-times)
 
 
 def append_line(path, row: dict) -> None:

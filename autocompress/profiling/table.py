@@ -13,13 +13,15 @@ File format (JSON Lines, ``<name>.table.jsonl``), appended as it is built so an 
   is split over its kernels in proportion to the profiler's per-kernel durations, less the profiler's per-node
   inflation ``delta_ms``; ``cold_ms``: the same kernel with its weights out of the cache (:mod:`.cold`), where
   that can matter;
-* ``{"mark": {"ms": {reference network: ms}, "at"}}`` lines between the graphs: the device's speed where they
-  were timed (:mod:`.marks`; each graph's kernels are rescaled to the build's median speed when the table is read);
+* ``{"mark": {"ms": {reference network: ms}, "nets"?: {context network: ms}, "at"}}`` lines between the graphs:
+  the device's speed where they were timed (:mod:`.marks`; each graph's kernels are rescaled to the build's median
+  speed when the table is read) and, every few marks, a round of the context networks;
 * after the grid, the graphs with an entry far above what their neighbours say timed again (:mod:`.recheck`: a
   second line of the same id, the faster of the two kept when the table is read) and ``{"rechecked": {...}}``;
-* ``{"context": {"scale", "kind_scale", "per_kernel_ms", "cache_bytes", ...}}``: the in-network fit on networks timed whole
-  (:func:`context_calibration`; ``cache_bytes``: the bytes a network streams, weights and outputs as
-  ``cache_counts`` says, where its kernels turn cold);
+* ``{"context": {"scale", "kind_scale", "per_kernel_ms", "cache_bytes", "measured_ms", "rounds", ...}}``: the
+  in-network fit on networks timed whole (:func:`context_calibration`; ``cache_bytes``: the bytes a network streams,
+  weights and outputs as ``cache_counts`` says, where its kernels turn cold; ``measured_ms``: each network's
+  statistic over its ``rounds``);
 * ``{"done": true, "seconds"}`` when the grid is complete; optionally ``{"calibration": {...}}`` lines after it
   (whole-model correction fitted by the search side, ``autocompress.measure.predict``).
 

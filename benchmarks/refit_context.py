@@ -1,5 +1,5 @@
 """A table's in-network fit taken again by this checkout's code, from the network times the table stored at its build:
-the context networks are not timed again (their ``measured_ms`` stand in for ``table.time_sessions``), only their
+the context networks are not timed again (their ``measured_ms`` are passed as ``stored``), only their
 profiles, which split each wall time over its kernels, are listed again. For comparing two fits on one build's
 timings (``bench_predict.py --table NEW --compare-table OLD``) without the device's speed between two builds in it.
 
@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("table", help="a finished lookup table (JSON Lines)")
     ap.add_argument("out", help="where to write the table with its context fitted again")
     args = ap.parse_args()
-    from autocompress.profiling import table as ptable
+    from autocompress.profiling import marks, table as ptable
     from autocompress.profiling.lookup import table_target
     from autocompress.profiling.target import TargetError
 
@@ -39,15 +39,16 @@ def main() -> None:
     out = Path(args.out)
     out.write_text("".join(json.dumps(r) + "\n" for r in keep))  # the grid alone, read as the build read it
     grid = ptable.read(out)
-    for m in grid["marks"]:
-        m.pop("nets", None)  # the stored times are already each network's statistic over its rounds
     target = table_target(grid)
-    names = {model: name for name, model in ptable.context_nets(target.batch_size, target.int8)}
-    missing = set(names.values()) - set(ctx["measured_ms"])
+    quick = bool(grid.get("quick"))
+    missing = {name for name, _ in ptable.fit_nets(target, quick)} - set(ctx["measured_ms"])
     if missing:
         sys.exit(f"error: {args.table} lacks the times of {len(missing)} context networks (built by another version)")
-    ptable.time_sessions = lambda model, target, quick, n=3: ctx["measured_ms"][names[model]]
-    new = ptable.context_calibration(grid, target, quick=bool(grid.get("quick")), log=print)
+    stored = dict(ctx["measured_ms"])
+    if "rounds" not in ctx:  # built before the rounds: its times at its last mark's speed, the grid now the median's
+        at_end = (marks.mark_factors(grid["marks"], marks.low_quantile(grid)) or [1.0])[-1]
+        stored = {name: ms * at_end for name, ms in stored.items()}
+    new = ptable.context_calibration(grid, target, quick=quick, log=print, stored=stored)
     out.write_text("".join(json.dumps(r) + "\n" for r in keep + [{"context": new}, done]))
     print(f"wrote {out}")
 

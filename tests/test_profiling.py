@@ -507,6 +507,27 @@ def test_context_networks_are_timed_in_rounds_across_the_build(tiny_table, monke
     slow_end = rounds + [{"pos": 5, "ms": {s: 2.0}}]
     ctx = ptable.context_calibration({**tiny_table, "marks": slow_end}, TARGET, quick=True, log=msgs.append)
     assert ctx["measured_ms"][a] == pytest.approx(1.2) and ctx["measured_ms"][b] == pytest.approx(0.5)
+    # a fit taken again on a build's stored times (refit_context.py) times nothing and takes them as they are
+    monkeypatch.setattr(ptable, "time_sessions", lambda *a, **k: pytest.fail("timed a stored network"))
+    again = ptable.context_calibration({**tiny_table, "marks": slow_end}, TARGET, quick=True, log=msgs.append,
+                                       stored=ctx["measured_ms"])
+    # (the profiles that split each network's time are listed again: the fit moves by their noise alone)
+    assert again["measured_ms"] == ctx["measured_ms"] and again["scale"] == pytest.approx(ctx["scale"], rel=0.05)
+
+
+def test_refit_context_takes_a_builds_fit_again_from_its_stored_times(tmp_path, monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    src, out = tmp_path / "t.table.jsonl", tmp_path / "again.table.jsonl"
+    built = ptable.build(TARGET, src, quick=True, specs=tiny_specs()[:4], log=lambda *a: None)
+    monkeypatch.setattr(sys, "argv", ["refit_context.py", str(src), str(out)])
+    monkeypatch.setattr(ptable, "time_sessions", lambda *a, **k: pytest.fail("refit timed a network"))
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "refit_context.py"), run_name="__main__")
+    again = ptable.read(out)
+    assert again["done"] and len(again["lines"]) == len(built["lines"])
+    assert again["context"]["measured_ms"] == built["context"]["measured_ms"]
+    assert again["context"]["scale"] == pytest.approx(built["context"]["scale"], rel=0.05)
 
 
 def test_a_build_times_rounds_of_its_context_networks_between_marks(tmp_path, monkeypatch):

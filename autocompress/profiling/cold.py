@@ -79,13 +79,14 @@ STREAM = "weights+outputs"  # a table context's "cache_counts": what its fitted 
 
 def stream_bytes(weights: int, kernels: list[dict]) -> int:
     """What a network streams through the cache every inference: its weights (``weights`` bytes,
-    :func:`model_weight_bytes`) and every tensor its kernels write (``out_bytes`` of :func:`.kernels.list_kernels`). Activations written evict weights as surely as other weights
-    do: on an AMD EPYC (Zen 5, AVX512-VNNI, 1 MiB of L2 per core) timm's efficientnet_b0, ghostnet_100 and rexnet_100
-    at 64 px (18-20 MiB of fp32 weights, 24-26 MiB with their outputs) ran their weight-heavy kernels about two thirds
-    cold and were predicted 15-18% low by a cache fitted on wide residual networks at 16 px, whose outputs are
-    small; counted with their outputs, the same networks fit the same cache (22.6 MiB), and a fresh build put 8 of
-    10 timm models (five families, fp32 and int8) within +-10% where the fit on weights alone put 2 of 10, on the same
-    measurements (benchmarks/README.md, thirty-fourth session)."""
+    :func:`model_weight_bytes`) and every tensor its kernels write (``out_bytes`` of :func:`.kernels.list_kernels`).
+    Activations written evict weights as surely as other weights do: on an AMD EPYC (Zen 5, AVX512-VNNI, 1 MiB of L2
+    per core) timm's efficientnet_b0, ghostnet_100 and rexnet_100 at 64 px (18-20 MiB of fp32 weights, 24-26 MiB
+    with their outputs) ran their weight-heavy kernels about two thirds cold and were predicted 15-18% low by a
+    cache fitted on wide residual networks at 16 px, whose outputs are small; counted with their outputs, the same
+    networks fit the same cache (22.6 MiB), and a fresh build put 8 of 10 timm models (five families, fp32 and int8)
+    within +-10% where the fit on weights alone put 2 of 10, on the same measurements (benchmarks/README.md,
+    thirty-fourth session)."""
     return weights + sum(int(k.get("out_bytes", 0)) for k in kernels)
 
 

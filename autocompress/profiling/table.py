@@ -679,7 +679,8 @@ def fit_kinds(rows: list[tuple[str, float, float]], prior_ms: float = KIND_PRIOR
     return out
 
 
-def context_calibration(table: dict, target: Target, *, quick: bool, log: Callable = print) -> dict:
+def context_calibration(table: dict, target: Target, *, quick: bool, log: Callable = print,
+                        stored: dict[str, float] | None = None) -> dict:
     """What kernels cost inside a network rather than alone (weights and activations out of cache, layout
     hand-offs, the executor between nodes): networks (``context_nets``) are timed whole on the target and, per
     dtype, ``measured - overhead = scale * (sum of their kernels) + per_kernel * (number of kernels)`` is fitted
@@ -687,10 +688,11 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
     profiles (:func:`fit_kinds`), and each warm or cold by the network's weight bytes against the cache that
     explains the networks best (:func:`.cold.fit_cache`). Measured on an AVX2 EPYC: int8 networks with many small
     kernels (SiLU, squeeze-excite, channel shuffle) ran ~1-4 us per kernel over the sum of their kernels timed alone
-    (benchmarks/README.md). A network's time is the target's statistic of its rounds during the grid and the one taken
-    here (:mod:`.marks`, each at the build's median speed), kept (``measured_ms``) as the device's speed at the build; the
-    whole-model calibration, where torch is, times them again when it sets the level last, and ``check`` compares
-    with the later of the two."""
+    (benchmarks/README.md). A network's time is the target's statistic of its rounds during the grid and the one
+    taken here (:mod:`.marks`, each at the build's median speed), kept (``measured_ms``) as the device's speed at the
+    build; the whole-model calibration, where torch is, times them again when it sets the level last, and ``check``
+    compares with the later of the two. ``stored``: each network's time as a build kept it (``measured_ms``), taken
+    as is instead of timing (``benchmarks/refit_context.py``: a fit taken again on one build's timings)."""
     from .lookup import breakdown, kernel_kind, model_dtype, moves_data
 
     bare = {**table, "context": None}
@@ -705,11 +707,15 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
         ks = list_kernels(model, target, runs=3 if quick else 30)  # the profile splits the wall time (fit_kinds)
         warm = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=0.0)]
         cold_ = [ms for *_, ms, _ in breakdown(model, bare, kernels=ks, cold=1.0)]
-        now = time_sessions(model, target, quick) * at_end
-        meas = measured[name] = float(statistic_of(np.array([now, *rounds.get(name, [])]), target.statistic))
+        if stored:
+            now = meas = measured[name] = stored[name]
+        else:
+            now = time_sessions(model, target, quick) * at_end
+            meas = measured[name] = float(statistic_of(np.array([now, *rounds.get(name, [])]), target.statistic))
         last.append(now / meas)
         points.append({"name": name, "dtype": model_dtype(ks), "measured": meas - table["overhead_ms"],
-                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_, "bytes": cold.stream_bytes(cold.model_weight_bytes(model), ks),
+                       "n": sum(moves_data(k) for k in ks), "warm": warm, "cold": cold_,
+                       "bytes": cold.stream_bytes(cold.model_weight_bytes(model), ks),
                        "kinds": [kernel_kind(k) if moves_data(k) else None for k in ks],
                        "shares": split_wall(ks, meas - table["overhead_ms"], table["delta_ms"])})
         log(f"  context {name}: measured {meas:.3f} ms, sum of kernels {sum(warm):.3f} ms warm, {sum(cold_):.3f} ms "
@@ -731,15 +737,18 @@ def context_calibration(table: dict, target: Target, *, quick: bool, log: Callab
                                 for p, es in zip(pts, entries)])
     n_rounds = 1 + max((len(v) for v in rounds.values()), default=0)
     log(f"context networks: each the {target.statistic} of {n_rounds} rounds across the build at its median speed"
-        + (f"; the final round ran x{min(last):.3f}-x{max(last):.3f} that" if n_rounds > 1 else ""))
+        + ("; as the build stored them" if stored else
+           f"; the final round ran x{min(last):.3f}-x{max(last):.3f} that" if n_rounds > 1 else ""))
     log(f"in network ({len(points)} networks): "
         + ", ".join(f"{dt} x{s:.3f} + {k * 1e3:.2f} us per kernel (kinds "
                     + ", ".join(f"{kd} x{v:.2f}" for kd, v in sorted(by_kind[dt].items(), key=lambda kv: -abs(np.log(kv[1])))[:4])
                     + ")" for dt, (s, k) in fits.items())
-        + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of weights and outputs" if cache else "; every network warm"))
+        + (f"; weights out of the cache from {cache / 2**20:.1f} MiB of weights and outputs" if cache
+           else "; every network warm"))
     return {"scale": {dt: s for dt, (s, _) in fits.items()}, "kind_scale": by_kind,
             "per_kernel_ms": {dt: k for dt, (_, k) in fits.items()}, "cache_bytes": cache, "nets": [n for n, _ in nets_],
-            "measured_ms": measured, "rounds": n_rounds, "cache_counts": cold.STREAM}  # the device's speed at the build (check re-times)
+            "measured_ms": measured,  # the device's speed at the build (check re-times)
+            "rounds": n_rounds, "cache_counts": cold.STREAM}
 
 
 def append_line(path, row: dict) -> None:

@@ -681,6 +681,28 @@ def test_a_conv_with_a_fused_activation_other_than_relu_is_its_own_kernel():
     assert no_clip.lookup("NchwcConv-clip/fp32/k1/s1/full/a16", [1.0], 1.0) == (pytest.approx(1.0), "activation")
 
 
+
+def test_a_conv_with_an_activation_beyond_its_twins_grid_is_priced_from_the_plain_conv():
+    """The grid times Clip convs on a narrower range than plain ones (up to 160 channels in, from 4 pixels): a
+    kernel with a fused activation outside its own or its Clip twin's grid (mobilenetv3's 576 -> 1024 hard-swish
+    head conv on one pixel) is read from the plain conv's grid where that spans it, not from a fit extrapolated
+    past the Clip points; inside the Clip grid the Clip entry still prices it."""
+    def line(i, group, f, ms):
+        return {"id": f"g{i}", "spec": {}, "wall_ms": ms, "kernels": [{"group": group, "feats": f, "work": 1.0, "ms": ms}]}
+    clip = [line(i, "NchwcConv-clip/fp32/k1/s1/full/a16", [math.log(c), math.log(p)], 2.0)
+            for i, (c, p) in enumerate((c, p) for c in (16, 64, 160) for p in (4, 64))]
+    plain = [line(10 + i, "NchwcConv/fp32/k1/s1/full/a16", [math.log(c), math.log(p)], 1.0)
+             for i, (c, p) in enumerate((c, p) for c in (16, 64, 576, 1152) for p in (1, 4, 64))]
+    idx = lookup.Index({"lines": clip + plain, "marks": [], "node_ms": 0.001})
+    inside, beyond = [math.log(64), math.log(16)], [math.log(576), math.log(1)]
+    assert lookup.covers(idx.groups["NchwcConv-clip/fp32/k1/s1/full/a16"][0], inside)
+    assert not lookup.covers(idx.groups["NchwcConv-clip/fp32/k1/s1/full/a16"][0], beyond)
+    for group in ("NchwcConv-hardswish/fp32/k1/s1/full/a16", "NchwcConv-clip/fp32/k1/s1/full/a16"):
+        assert idx.lookup(group, inside, 1.0)[0] == pytest.approx(2.0)
+        assert idx.lookup(group, beyond, 1.0) == (pytest.approx(1.0), "activation")
+    # a group no twin spans either keeps its own fit
+    assert idx.lookup("NchwcConv-clip/fp32/k1/s1/full/a16", [math.log(4096), math.log(1)], 1.0)[1] == "fit"
+
 def test_the_local_fit_scales_by_work_along_a_feature_its_neighbours_share():
     """A group the grid timed at one input count (13) asked for 15: the fit is of time per unit of work, so along a
     feature with no spread time goes with work (15/13 of the nearest), where a fit of time itself guessed 0.6x; where

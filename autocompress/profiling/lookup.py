@@ -70,8 +70,10 @@ class Index:
         g, how = self.groups.get(group), "fit"
         if g is None:
             g, how = self._other_alignment(group), "alignment"
-        if g is None:
-            g, how = self._act_twin(group), "activation"
+        if g is None or not covers(g[0], feats):
+            twin = self._act_twin(group, feats, fallback=g is None)
+            if twin is not None:
+                g, how = twin, "activation"
         if g is None or g[0].shape[1] != len(feats):
             g = self._same_impl(group, col)
             if g is None:
@@ -118,15 +120,18 @@ class Index:
                 return g
         return self.groups.get("/".join(parts[:-1]))  # a table from before the group had classes (reorders)
 
-    def _act_twin(self, group: str):
-        """A conv with a fused activation the grid did not time at that kernel size / stride / kind: the same conv
-        with Clip (the one it times), else with Relu (the activation's pass over the output not counted)."""
+    def _act_twin(self, group: str, feats: list[float], fallback: bool):
+        """A conv with a fused activation the grid did not time at that kernel size / stride / kind, or not near these
+        features: the same conv with Clip (the one it times), else without one (the activation's pass over the output
+        not counted), the first whose grid covers ``feats`` (:func:`covers`); with none covering, the first there is
+        (``fallback``: the kernel's own group is missing) or None. The grid times Clip convs up to 160 channels in
+        and from 4 pixels: mobilenetv3's head conv (576 -> 1024 channels, hard-swish, on one pixel) came out of the
+        Clip group's local fit at 12.4 us where the plain conv's grid, which has such points, says 25.9 and the model
+        spent 25.8 there (benchmarks/README.md, thirty-sixth session)."""
         impl, _, rest = group.partition("/")
-        for other in _act_twins(impl):
-            g = self.groups.get(f"{other}/{rest}") or self._other_alignment(f"{other}/{rest}")
-            if g is not None:
-                return g
-        return None
+        found = [g for other in _act_twins(impl)
+                 if (g := self.groups.get(f"{other}/{rest}") or self._other_alignment(f"{other}/{rest}")) is not None]
+        return next((g for g in found if covers(g[0], feats)), found[0] if found and fallback else None)
 
     def _same_impl(self, group: str, col: int):
         impl, dt = (group.split("/") + [""])[:2]
@@ -139,6 +144,17 @@ class Index:
         if not cands:
             return None
         return (None, np.concatenate([self.groups[k][1] for k in cands]), np.concatenate([self.groups[k][col] for k in cands]))
+
+
+COVER_SLACK = math.log(1.5)  # how far (x, log) past its grid's range a group's fit is still read
+
+
+def covers(X: np.ndarray, feats: list[float], slack: float = COVER_SLACK) -> bool:
+    """Whether a group's grid points ``X`` (log features) span ``feats`` on every axis, to within ``slack``."""
+    if X.shape[1] != len(feats):
+        return False
+    f = np.asarray(feats, float)
+    return bool(np.all(f >= X.min(axis=0) - slack) and np.all(f <= X.max(axis=0) + slack))
 
 
 def local_fit(X: np.ndarray, w: np.ndarray, lt: np.ndarray, q: np.ndarray, work: float, skip: int | None = None) -> float:

@@ -688,7 +688,8 @@ def test_a_conv_with_an_activation_beyond_its_twins_grid_is_priced_from_the_plai
     head conv on one pixel) is read from the plain conv's grid where that spans it, not from a fit extrapolated
     past the Clip points; inside the Clip grid the Clip entry still prices it."""
     def line(i, group, f, ms):
-        return {"id": f"g{i}", "spec": {}, "wall_ms": ms, "kernels": [{"group": group, "feats": f, "work": 1.0, "ms": ms}]}
+        return {"id": f"g{i}", "spec": {}, "wall_ms": ms,
+                "kernels": [{"group": group, "feats": f, "work": 1.0, "ms": ms}]}
     clip = [line(i, "NchwcConv-clip/fp32/k1/s1/full/a16", [math.log(c), math.log(p)], 2.0)
             for i, (c, p) in enumerate((c, p) for c in (16, 64, 160) for p in (4, 64))]
     plain = [line(10 + i, "NchwcConv/fp32/k1/s1/full/a16", [math.log(c), math.log(p)], 1.0)

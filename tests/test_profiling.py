@@ -486,6 +486,10 @@ def test_a_low_quantile_tables_marks_are_read_through_their_lower_envelope():
     assert marks.envelope(np.array(ms), 1).tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     assert marks.low_quantile({"timing": {"statistic": "p10"}}) and not marks.low_quantile({"timing": {"statistic": "median"}})
     assert marks.table_factors({"lines": [{}] * 10, "marks": bumpy, "timing": {"statistic": "p10"}}).tolist() == [1.0] * 10
+    # the build says how many marks it took in a slow spell (the shared cores a user's timings will see too)
+    assert marks.slow_spells(bumpy, low=True) == 2 and marks.slow_spells(bumpy, low=False) == 0
+    assert "2 of them in a slow spell" in marks.describe(marks.line_factors(10, bumpy, low=True), 6, 2)
+    assert "slow spell" not in marks.describe(marks.line_factors(10, bumpy, low=True), 6, 0)
 
 
 def test_context_networks_are_timed_in_rounds_across_the_build(tiny_table, monkeypatch):

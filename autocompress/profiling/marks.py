@@ -113,9 +113,28 @@ def context_rounds(marks: list[dict], low: bool = False) -> dict[str, list[float
     return out
 
 
-def describe(factors: np.ndarray | None, n_marks: int) -> str:
+SLOW_SPELL = 1.25  # a mark this far over its lower envelope was taken while another process held a core
+
+
+def slow_spells(marks: list[dict], low: bool) -> int:
+    """How many of a low-quantile table's marks were taken in a slow spell: their sentinels' median time at least
+    ``SLOW_SPELL`` times its lower envelope (:func:`envelope`; the two-thread build of the thirty-sixth session had 10
+    of 31, each at one thread's speed). 0 for a median table, whose marks are read as measured."""
+    if not low:
+        return 0
+    marks, names, t = _speeds(marks, False)
+    if not names:
+        return 0
+    over = np.median(np.array([t[n] / envelope(t[n]) for n in names]), axis=0)
+    return int((over >= SLOW_SPELL).sum())
+
+
+def describe(factors: np.ndarray | None, n_marks: int, slow: int = 0) -> str:
+    """The build's line on its speed marks; ``slow``: how many were taken in a slow spell (:func:`slow_spells`)."""
     if factors is None:
         return "speed marks: fewer than two, the grid's times are used as measured"
     lo, hi = float(np.min(factors)), float(np.max(factors))
+    spells = (f"; {slow} of them in a slow spell (another process held a core for seconds: the low quantile leaves "
+              f"such spells out, but timings on this device will move as much)" if slow else "")
     return (f"speed marks: {n_marks} taken; the grid's graphs ran at x{1 / hi:.3f}-x{1 / lo:.3f} the build's median "
-            f"speed, each rescaled to it")
+            f"speed, each rescaled to it" + spells)

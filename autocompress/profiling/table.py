@@ -581,7 +581,8 @@ def build(target: Target, path, *, quick: bool = False, log: Callable = print, l
             append_line(p, {"rechecked": summary})
             log(recheck.describe(summary))
             grid_done = read(p)
-        log(marks.describe(marks.table_factors(grid_done), len(grid_done["marks"])))
+        log(marks.describe(marks.table_factors(grid_done), len(grid_done["marks"]),
+                           marks.slow_spells(grid_done["marks"], marks.low_quantile(grid_done))))
         ctx = context_calibration(grid_done, target, quick=quick, log=log)
         append_line(p, {"context": ctx})
         append_line(p, {"done": True, "seconds": round(time.perf_counter() - t0, 1), "load_avg_end": load_average()})

@@ -13,7 +13,8 @@ import yaml
 from .config import RunSpec
 from .errors import ConfigError
 from .records import TrialStatus
-from .report import _card, _recipe, load_records, stamp_model
+from .report import _card, _recipe, stamp_model
+from .results import load_records
 from .store import RunStore
 
 

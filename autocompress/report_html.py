@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import RunSpec
-from .report import feasible_mask, front_2d, hypervolume_history
+from .results import feasible_mask, front_2d, hypervolume_history
 from .tables import (against_int8, chosen, display_table, fmt_acc, fmt_drop, fmt_mb, fmt_speedup, percent_metric, reference_table,
                      seed_trials)
 

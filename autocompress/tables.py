@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import Constraints, RunSpec
-from .report import feasible_mask, load_records, pareto_front, trials_frame
+from .results import feasible_mask, load_records, pareto_front, trials_frame
 from .store import RunStore
 
 

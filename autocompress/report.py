@@ -20,9 +20,7 @@ import yaml
 
 from .config import RunSpec
 from .records import TrialRecord
-# the trials as data, named here too (``autocompress.report.pareto_front`` and the rest, as before .results)
-from .results import (COLUMNS, METRIC_COLUMNS, feasible_mask, front_2d, front_hypervolume,  # noqa: F401
-                      hypervolume_history, load_records, pareto_front, reference_point, trials_frame)  # noqa: F401
+from .results import METRIC_COLUMNS, load_records, pareto_front, trials_frame
 from .store import RunStore
 
 @dataclass

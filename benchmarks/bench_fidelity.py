@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from autocompress.config import RunSpec  # noqa: E402
 from autocompress.records import TrialRecord, TrialStatus  # noqa: E402
-from autocompress.report import front_hypervolume  # noqa: E402
+from autocompress.results import front_hypervolume  # noqa: E402
 
 ARMS = {"multi-fidelity": [], "flat": ["--no-multi-fidelity"]}
 

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autocompress.config import RunSpec, load_space  # noqa: E402
-from autocompress.report import front_hypervolume, pareto_front  # noqa: E402
+from autocompress.results import front_hypervolume, pareto_front  # noqa: E402
 
 
 def noseed_space(space: str, work: Path) -> Path:
@@ -88,7 +88,7 @@ def retime_arms(runs: dict[str, Path], windows: int) -> tuple[dict, dict[str, pd
     from autocompress.config import load_profile
     from autocompress.measure.hardware import check_available, fingerprint, input_shape_for
     from autocompress.measure.retime import retime
-    from autocompress.report import feasible_mask
+    from autocompress.results import feasible_mask
 
     first = next(iter(runs.values()))
     meta = yaml.safe_load((first / "run.yaml").read_text())

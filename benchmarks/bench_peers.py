@@ -47,7 +47,7 @@ from autocompress.measure import hardware  # noqa: E402
 from autocompress.measure.hardware import input_shape_for  # noqa: E402
 from autocompress.measure.latency import measure_latency  # noqa: E402
 from autocompress.records import Candidate, DistillSpec, QuantSpec  # noqa: E402
-from autocompress.report import pareto_front  # noqa: E402
+from autocompress.results import pareto_front  # noqa: E402
 from autocompress.trial import run_trial  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from autocompress.config import RunSpec, load_profile, read_yaml  # noqa: E402
-from autocompress.report import front_hypervolume  # noqa: E402
+from autocompress.results import front_hypervolume  # noqa: E402
 from bench_hv import replace_rows, retime_arms  # noqa: E402
 
 LEVELS = (0.5, 1.0, 2.0, 5.0)  # accuracy drop (pp) at which the arms' fastest models are compared

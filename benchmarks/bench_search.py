@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autocompress.config import RunSpec  # noqa: E402
-from autocompress.report import front_hypervolume  # noqa: E402
+from autocompress.results import front_hypervolume  # noqa: E402
 
 
 def main() -> None:

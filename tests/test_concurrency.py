@@ -123,7 +123,7 @@ def check_shared(out: Path, workers: list[Path], url: str, budget: int) -> None:
     from autocompress.cli import main
     from autocompress.config import RunSpec
     from autocompress.records import TrialRecord
-    from autocompress.report import pareto_front, trials_frame
+    from autocompress.results import pareto_front, trials_frame
     from autocompress.search.optuna_backend import open_storage, record_of
 
     per_folder = {f: _records(f) for f in [out, *workers]}

@@ -15,7 +15,8 @@ import pytest
 from autocompress.config import Constraints, Objective, RunSpec
 from autocompress.records import Candidate, Metrics, TrialRecord, TrialStatus
 from autocompress.cli import main
-from autocompress.report import finalize, front_2d, front_hypervolume, hypervolume_history, pareto_front, trials_frame
+from autocompress.report import finalize
+from autocompress.results import front_2d, front_hypervolume, hypervolume_history, pareto_front, trials_frame
 from autocompress.report_html import _tradeoff_fig
 from autocompress.search.pareto import hypervolume
 from autocompress.tables import display_table
@@ -232,7 +233,7 @@ def test_a_duplicate_candidate_appears_once_on_the_front():
 def test_one_network_reached_by_several_ratios_appears_once_on_the_front():
     """Channel rounding maps 70%, 80% and 90% of a small network to one graph, measured once per run: the trials tie
     on every objective and the front lists the earliest (a user CNN's front listed 5 copies of one model)."""
-    from autocompress.report import front_2d
+    from autocompress.results import front_2d
 
     recs = [_rec(3, 0.99, 3.0, 10.0, sparsity=0.8), _rec(2, 0.99, 3.0, 10.0, sparsity=0.7),
             _rec(4, 0.99, 3.0, 10.0, sparsity=0.9), _rec(5, 0.995, 2.0, 12.0, sparsity=0.5)]
@@ -258,7 +259,7 @@ def test_load_records_unites_other_workers_trials_and_says_what_it_leaves_out(tm
     """Trials other workers stored on the study join the folder's own; a record that cannot be read is named."""
     import json
 
-    from autocompress.report import load_records
+    from autocompress.results import load_records
     from autocompress.search.optuna_backend import RECORD_ATTR, OptunaBackend
 
     url = f"journal://{tmp_path / 'study.log'}"
@@ -281,7 +282,7 @@ def test_load_records_unites_other_workers_trials_and_says_what_it_leaves_out(tm
 
 def test_load_records_says_when_the_study_cannot_be_read(tmp_path):
     """A study database that cannot be opened: the folder's own trials, and one line saying what was not read."""
-    from autocompress.report import load_records
+    from autocompress.results import load_records
 
     db = tmp_path / "study.db"
     db.write_text("this is not an SQLite database\n" * 100)

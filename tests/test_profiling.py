@@ -747,3 +747,20 @@ def test_the_in_network_level_is_set_on_networks_as_deep_as_real_ones(tiny_table
     ctx = ptable.context_calibration(tiny_table, TARGET, quick=False, log=lambda *a: None)
     assert ctx["scale"]["fp32"] == pytest.approx(2.0, rel=1e-3) and ctx["per_kernel_ms"]["fp32"] == pytest.approx(0.0, abs=1e-6)
     assert set(ctx["measured_ms"]) == {name for name, _ in nets_}
+
+
+def test_a_profiled_session_that_fails_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    from autocompress.profiling.target import profile_nodes
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def broken(**kw):
+        raise RuntimeError("the session could not be built")
+
+    with pytest.raises(RuntimeError, match="could not be built"):
+        profile_nodes(broken, lambda s: {}, 1)
+    assert list(tmp_path.iterdir()) == []
+    kernels.list_kernels(ptable.build_graph(dict(op="reduce", c=8, h=4, n=1, dtype="fp32")), TARGET)
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -190,15 +191,19 @@ def profile_nodes(sess_factory, feeds_fn, runs: int) -> tuple[list[dict], str]:
     in execution order. ``sess_factory(optimized_path=..., profile_prefix=...)`` builds the session."""
     d = tempfile.mkdtemp(prefix="ac_prof_")
     opt = os.path.join(d, "optimized.onnx")
-    sess = sess_factory(optimized_path=opt, profile_prefix=os.path.join(d, "trace"))
-    feeds = feeds_fn(sess)
-    for _ in range(max(1, runs)):
-        sess.run(None, feeds)
-    trace = sess.end_profiling()
     try:
-        events = json.loads(Path(trace).read_text())
-    finally:
-        Path(trace).unlink(missing_ok=True)
+        sess = sess_factory(optimized_path=opt, profile_prefix=os.path.join(d, "trace"))
+        feeds = feeds_fn(sess)
+        for _ in range(max(1, runs)):
+            sess.run(None, feeds)
+        trace = sess.end_profiling()
+        try:
+            events = json.loads(Path(trace).read_text())
+        finally:
+            Path(trace).unlink(missing_ok=True)
+    except BaseException:  # the caller removes the folder only once it has read the optimised graph
+        shutil.rmtree(d, ignore_errors=True)
+        raise
     nodes: dict[str, dict] = {}
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):

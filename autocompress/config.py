@@ -15,9 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .registry import did_you_mean
+from .shipped import builtin_dirs
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_ROOT.parent
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -647,7 +646,7 @@ def resolve_relative(base_file: Path, rel: str) -> Path:
 
 
 def _search_dirs(sub: str) -> list[Path]:
-    return [Path.cwd() / sub, REPO_ROOT / sub]
+    return [Path.cwd() / sub, *builtin_dirs(sub)]
 
 
 def builtin_names(sub: str) -> list[str]:

@@ -17,10 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .config import REPO_ROOT, HardwareProfile, RunSpec, SearchSpace, load_profile, load_space, parse
+from .config import HardwareProfile, RunSpec, SearchSpace, load_profile, load_space, parse
 from .errors import ConfigError
 from .records import Baseline, content_hash
 from .store import RunStore, follow_folder, package_versions
+from .shipped import REPO_ROOT
 from .search.scheduler import FidelityScheduler
 from .trial import TrialContext, feasibility
 

@@ -7,20 +7,20 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..shipped import builtin_dirs
 from .table import build
 from .target import Target, TargetError
-
-_BUILTIN = Path(__file__).resolve().parents[2] / "hardware_profiles"
 
 
 def read_profile(name_or_path: str) -> dict:
     """A profile YAML (a path, or a built-in name) as a plain dict."""
     p = Path(name_or_path)
+    dirs = builtin_dirs("hardware_profiles")
     if not p.is_file():
-        p = _BUILTIN / f"{name_or_path}.yaml"
+        p = next((d / f"{name_or_path}.yaml" for d in dirs if (d / f"{name_or_path}.yaml").is_file()), p)
     if not p.is_file():
-        raise TargetError(f"--profile {name_or_path}: no such profile file (built-in: "
-                          f"{', '.join(sorted(q.stem for q in _BUILTIN.glob('*.yaml')))})")
+        names = sorted({q.stem for d in dirs for q in d.glob("*.yaml")})
+        raise TargetError(f"--profile {name_or_path}: no such profile file (built-in: {', '.join(names) or 'none'})")
     try:
         import yaml
     except ImportError:

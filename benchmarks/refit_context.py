@@ -4,6 +4,10 @@ profiles, which split each wall time over its kernels, are listed again. For com
 timings (``bench_predict.py --table NEW --compare-table OLD``) without the device's speed between two builds in it.
 
     python benchmarks/refit_context.py OLD.table.jsonl NEW.table.jsonl
+
+``--retime R`` times the context networks again now, on this device, in R rounds (each network the target's
+statistic of its rounds) instead of taking the stored times: the table re-levelled at the minute of use, its grid
+as built (tried for two threads in the thirty-seventh session, benchmarks/README.md: not kept).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table", help="a finished lookup table (JSON Lines)")
     ap.add_argument("out", help="where to write the table with its context fitted again")
+    ap.add_argument("--retime", type=int, metavar="R", help="time the context networks again now, in R rounds")
     args = ap.parse_args()
     from autocompress.profiling import marks, table as ptable
     from autocompress.profiling.lookup import table_target
@@ -48,6 +53,18 @@ def main() -> None:
     if "rounds" not in ctx:  # built before the rounds: its times at its last mark's speed, the grid now the median's
         at_end = (marks.mark_factors(grid["marks"], marks.low_quantile(grid)) or [1.0])[-1]
         stored = {name: ms * at_end for name, ms in stored.items()}
+    if args.retime:
+        import numpy as np
+
+        from autocompress.profiling.target import statistic_of
+
+        rounds: dict[str, list[float]] = {}
+        for _ in range(args.retime):  # rounds, as a build times them between its marks
+            for name, model in ptable.fit_nets(target, quick):
+                rounds.setdefault(name, []).append(ptable.time_sessions(model, target, quick))
+        stored = {name: float(statistic_of(np.array(v), target.statistic)) for name, v in rounds.items()}
+        for name, ms in stored.items():
+            print(f"  {name:50s} built {ctx['measured_ms'][name]:.4f} ms, now {ms:.4f} (x{ms / ctx['measured_ms'][name]:.3f})")
     new = ptable.context_calibration(grid, target, quick=quick, log=print, stored=stored)
     out.write_text("".join(json.dumps(r) + "\n" for r in keep + [{"context": new}, done]))
     print(f"wrote {out}")

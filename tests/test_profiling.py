@@ -60,7 +60,9 @@ sys.meta_path.insert(0, Block())
 sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
 from test_profiling import tiny_specs
 from autocompress.profiling import table, lookup, nets
+from autocompress.profiling.__main__ import read_profile
 from autocompress.profiling.target import Target
+assert read_profile("cpu-1thread")["intra_op_threads"] == 1  # a built-in profile, read without pydantic
 t = table.build(Target(intra_op_threads=1), {str(tmp_path / 't.table.jsonl')!r}, quick=True,
                 specs=[s for s in tiny_specs() if s["op"] == "conv" and s["cin"] == 16 and s["h"] == 8], log=lambda *a: None)
 name, model = nets.held_out()[0]

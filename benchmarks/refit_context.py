@@ -64,7 +64,8 @@ def main() -> None:
                 rounds.setdefault(name, []).append(ptable.time_sessions(model, target, quick))
         stored = {name: float(statistic_of(np.array(v), target.statistic)) for name, v in rounds.items()}
         for name, ms in stored.items():
-            print(f"  {name:50s} built {ctx['measured_ms'][name]:.4f} ms, now {ms:.4f} (x{ms / ctx['measured_ms'][name]:.3f})")
+            built = ctx["measured_ms"][name]
+            print(f"  {name:50s} built {built:.4f} ms, now {ms:.4f} (x{ms / built:.3f})")
     new = ptable.context_calibration(grid, target, quick=quick, log=print, stored=stored)
     out.write_text("".join(json.dumps(r) + "\n" for r in keep + [{"context": new}, done]))
     print(f"wrote {out}")

@@ -174,7 +174,8 @@ class Listable(str, Enum):
 @app.command("list")
 def list_(what: Listable = typer.Argument(..., help="models | spaces | profiles | samplers | criteria")):
     """List built-in models, search spaces, hardware profiles, samplers or pruning criteria."""
-    from .config import builtin_names, find_named, read_yaml
+    from .config import find_named, read_yaml
+    from .shipped import names
 
     if what == Listable.models:
         from .models.zoo import MODELS
@@ -183,7 +184,7 @@ def list_(what: Listable = typer.Argument(..., help="models | spaces | profiles 
             out.print(n)
     elif what in (Listable.spaces, Listable.profiles):
         sub = "search_spaces" if what == Listable.spaces else "hardware_profiles"
-        for n in builtin_names(sub):
+        for n in names(sub):
             desc = read_yaml(find_named(n, sub, what.value)).get("description", "")
             out.print(f"{n:16s} {desc}")
     elif what == Listable.samplers:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .registry import did_you_mean
-from .shipped import builtin_dirs
+from .shipped import named_file, names
 
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -645,18 +645,6 @@ def resolve_relative(base_file: Path, rel: str) -> Path:
     return q if q.is_absolute() else (base_file.resolve().parent / q)
 
 
-def _search_dirs(sub: str) -> list[Path]:
-    return [Path.cwd() / sub, *builtin_dirs(sub)]
-
-
-def builtin_names(sub: str) -> list[str]:
-    names: set[str] = set()
-    for d in _search_dirs(sub):
-        if d.is_dir():
-            names.update(f.stem for f in d.glob("*.yaml"))
-    return sorted(names)
-
-
 def find_named(name_or_path: str, sub: str, what: str) -> Path:
     """A built-in name (``default``) or a path to a YAML file."""
     p = Path(name_or_path)
@@ -664,14 +652,13 @@ def find_named(name_or_path: str, sub: str, what: str) -> Path:
         if not p.is_file():
             raise ConfigError(f"{what} file '{name_or_path}' not found; check the path")
         return p
-    for d in _search_dirs(sub):
-        cand = d / f"{name_or_path}.yaml"
-        if cand.is_file():
-            return cand
-    names = builtin_names(sub)
+    found = named_file(name_or_path, sub)
+    if found is not None:
+        return found
+    known = names(sub)
     raise ConfigError(
-        f"unknown {what} '{name_or_path}'{did_you_mean(name_or_path, names)}; "
-        f"built-in: {', '.join(names) or '(none)'}, or give a path to a YAML file"
+        f"unknown {what} '{name_or_path}'{did_you_mean(name_or_path, known)}; "
+        f"built-in: {', '.join(known) or '(none)'}, or give a path to a YAML file"
     )
 
 

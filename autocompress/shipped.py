@@ -1,6 +1,7 @@
-"""Where the built-in YAML files are (``search_spaces/``, ``hardware_profiles/``): the checkout's top-level folders
-(a clone, an editable install), or the copies a wheel carries inside the package (``pyproject.toml`` maps the two
-folders into ``autocompress/``). No imports beyond the standard library: the target side reads its profiles here."""
+"""Where named YAML files are found (``search_spaces/``, ``hardware_profiles/``): a folder of that name in the
+working directory (a user's own), then the checkout's top-level folders (a clone, an editable install), then the
+copies a wheel carries inside the package (``pyproject.toml`` maps the two folders into ``autocompress/``). The
+standard library only: the target side (no pydantic, no torch) reads its profiles through here, as config does."""
 
 from __future__ import annotations
 
@@ -16,3 +17,18 @@ def builtin_dirs(sub: str) -> list[Path]:
     if sub not in FOLDERS:
         raise ValueError(f"no built-in folder {sub!r}; one of {', '.join(FOLDERS)}")
     return [d for d in (REPO_ROOT / sub, PACKAGE_ROOT / sub) if d.is_dir()]
+
+
+def search_dirs(sub: str) -> list[Path]:
+    """Where a name is looked up, in order: ``./sub`` of the working directory, then :func:`builtin_dirs`."""
+    return [Path.cwd() / sub, *builtin_dirs(sub)]
+
+
+def named_file(name: str, sub: str) -> Path | None:
+    """``name.yaml`` in the first of :func:`search_dirs` that has it, else None."""
+    return next((d / f"{name}.yaml" for d in search_dirs(sub) if (d / f"{name}.yaml").is_file()), None)
+
+
+def names(sub: str) -> list[str]:
+    """Every name :func:`named_file` can find."""
+    return sorted({f.stem for d in search_dirs(sub) if d.is_dir() for f in d.glob("*.yaml")})

@@ -83,3 +83,25 @@ def test_a_wheel_carries_the_builtin_spaces_and_profiles(tmp_path):
     where, got = run.stdout.splitlines()
     assert Path(where).is_relative_to(site)
     assert got == "True cpu 1"
+
+
+def test_a_users_own_profile_folder_is_read_by_the_search_and_the_target_side_alike(tmp_path, monkeypatch):
+    """``./hardware_profiles/NAME.yaml`` in the working directory is found by name by ``autocompress`` (config) and
+    by ``python -m autocompress.profiling`` (no pydantic) through the same lookup, before the built-ins."""
+    from autocompress.config import ConfigError, load_profile
+    from autocompress.profiling.__main__ import read_profile
+    from autocompress.profiling.target import TargetError
+    from autocompress.shipped import named_file, names
+
+    mine = tmp_path / "hardware_profiles"
+    mine.mkdir()
+    text = (ROOT / "hardware_profiles" / "cpu-1thread.yaml").read_text().replace("name: cpu-1thread", "name: my-box")
+    (mine / "my-box.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert named_file("my-box", "hardware_profiles") == mine / "my-box.yaml"
+    assert {"my-box", "cpu", "cpu-1thread"} <= set(names("hardware_profiles"))
+    assert read_profile("my-box")["name"] == "my-box" and load_profile("my-box")[0].name == "my-box"
+    with pytest.raises(TargetError, match="my-box"):
+        read_profile("my-boks")
+    with pytest.raises(ConfigError, match="did you mean 'my-box'"):
+        load_profile("my-boks")

@@ -687,7 +687,6 @@ def test_a_conv_with_a_fused_activation_other_than_relu_is_its_own_kernel():
     assert no_clip.lookup("NchwcConv-clip/fp32/k1/s1/full/a16", [1.0], 1.0) == (pytest.approx(1.0), "activation")
 
 
-
 def test_a_conv_with_an_activation_beyond_its_twins_grid_is_priced_from_the_plain_conv():
     """The grid times Clip convs on a narrower range than plain ones (up to 160 channels in, from 4 pixels): a
     kernel with a fused activation outside its own or its Clip twin's grid (mobilenetv3's 576 -> 1024 hard-swish
@@ -709,6 +708,7 @@ def test_a_conv_with_an_activation_beyond_its_twins_grid_is_priced_from_the_plai
         assert idx.lookup(group, beyond, 1.0) == (pytest.approx(1.0), "activation")
     # a group no twin spans either keeps its own fit
     assert idx.lookup("NchwcConv-clip/fp32/k1/s1/full/a16", [math.log(4096), math.log(1)], 1.0)[1] == "fit"
+
 
 def test_the_local_fit_scales_by_work_along_a_feature_its_neighbours_share():
     """A group the grid timed at one input count (13) asked for 15: the fit is of time per unit of work, so along a
@@ -752,6 +752,8 @@ def test_the_in_network_level_is_set_on_networks_as_deep_as_real_ones(tiny_table
 
 
 def test_a_profiled_session_that_fails_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """A session that cannot be built (or run) takes its temporary folder with it; one that works leaves none either
+    (list_kernels removes it once it has read the optimised graph)."""
     import tempfile
 
     from autocompress.profiling.target import profile_nodes

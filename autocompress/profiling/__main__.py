@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..shipped import builtin_dirs
+from ..shipped import named_file, names
 from .table import build
 from .target import Target, TargetError
 
@@ -15,12 +15,11 @@ from .target import Target, TargetError
 def read_profile(name_or_path: str) -> dict:
     """A profile YAML (a path, or a built-in name) as a plain dict."""
     p = Path(name_or_path)
-    dirs = builtin_dirs("hardware_profiles")
     if not p.is_file():
-        p = next((d / f"{name_or_path}.yaml" for d in dirs if (d / f"{name_or_path}.yaml").is_file()), p)
+        p = named_file(name_or_path, "hardware_profiles") or p
     if not p.is_file():
-        names = sorted({q.stem for d in dirs for q in d.glob("*.yaml")})
-        raise TargetError(f"--profile {name_or_path}: no such profile file (built-in: {', '.join(names) or 'none'})")
+        known = ", ".join(names("hardware_profiles")) or "none"
+        raise TargetError(f"--profile {name_or_path}: no such profile file (built-in: {known})")
     try:
         import yaml
     except ImportError:
